@@ -1,0 +1,68 @@
+"""`DataLoaders`: a training and a validation iterable of `(x, y)` batches, plus what is known of the labels."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+class DataLoaders:
+    """Holds `train` and `valid`: any iterables of `(x, y)` batches (usually torch DataLoaders).
+
+    `vocab` is the list of class names when known; `c` the number of outputs (defaults to `len(vocab)`).
+    `data_config` carries preprocessing facts (mean, std, input size...) when the data was built for a model.
+    """
+
+    def __init__(self, train: Iterable, valid: Optional[Iterable] = None, vocab: Optional[Sequence[str]] = None,
+                 c: Optional[int] = None, data_config: Optional[dict[str, Any]] = None):
+        self.train, self.valid = train, valid
+        self.vocab = list(vocab) if vocab is not None else None
+        self.c = c if c is not None else (len(self.vocab) if self.vocab is not None else None)
+        self.data_config = data_config
+
+    def __getitem__(self, i: int) -> Optional[Iterable]:
+        return (self.train, self.valid)[i]
+
+    def __repr__(self) -> str:
+        def size(dl):
+            try:
+                return len(dl)
+            except TypeError:
+                return "?"
+        return f"DataLoaders(train: {size(self.train)} batches, valid: {size(self.valid)} batches, c={self.c})"
+
+    @classmethod
+    def from_dsets(cls, train_ds: Dataset, valid_ds: Optional[Dataset] = None, bs: int = 64, shuffle: bool = True,
+                   num_workers: int = 0, vocab: Optional[Sequence[str]] = None, c: Optional[int] = None,
+                   seed: Optional[int] = None, pin_memory: Optional[bool] = None, **kwargs: Any) -> "DataLoaders":
+        """Wrap two torch Datasets in DataLoaders (the training one shuffled, the last partial batch dropped
+        when there is more than one batch, as fastai does)."""
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        drop_last = len(train_ds) > bs  # type: ignore[arg-type]
+        train = DataLoader(train_ds, batch_size=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                           generator=generator, pin_memory=pin_memory, **kwargs)
+        valid = None
+        if valid_ds is not None:
+            valid = DataLoader(valid_ds, batch_size=bs * 2, shuffle=False, num_workers=num_workers,
+                               pin_memory=pin_memory, **kwargs)
+        return cls(train, valid, vocab=vocab, c=c)
+
+    @classmethod
+    def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: Optional[torch.Tensor] = None,
+                     y_valid: Optional[torch.Tensor] = None, **kwargs: Any) -> "DataLoaders":
+        """DataLoaders over in-memory tensors; `c` is inferred from integer targets when not given."""
+        if len(x_train) != len(y_train):
+            raise ValueError(f"x_train has {len(x_train)} items but y_train has {len(y_train)}: they must match")
+        valid_ds = None
+        if x_valid is not None:
+            if y_valid is None or len(x_valid) != len(y_valid):
+                raise ValueError("x_valid and y_valid must both be given and have the same length")
+            valid_ds = TensorDataset(x_valid, y_valid)
+        if kwargs.get("c") is None and kwargs.get("vocab") is None and not y_train.is_floating_point():
+            ys = y_train if y_valid is None else torch.cat([y_train.reshape(-1), y_valid.reshape(-1)])
+            kwargs["c"] = int(ys.max()) + 1
+        return cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)

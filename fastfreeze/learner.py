@@ -1,0 +1,577 @@
+"""`Learner`: a model, its data, its layer groups and one optimizer param group per layer group,
+the one training loop (`fit`), freezing by layer group, evaluation and saving.
+
+The loop is `fit` → `_do_epoch` → `_do_train` / `_do_validate` → `_do_batch`, all in this file,
+with callback events around every stage (see `callback.EVENTS`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                       CancelTrainException, CancelValidException, ProgressCallback, Recorder)
+from .data import DataLoaders
+from .lrs import LrSpec, expand_lrs
+from .norm import is_norm, no_decay_param_ids, norm_param_ids
+
+NORM_POLICIES = ("train", "frozen", "recalibrate")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def adamw(param_groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """The default optimizer: torch AdamW with betas (0.9, 0.99) and eps 1e-5 (fastai's Adam).
+
+    Weight decay is not given to torch: the Learner applies decoupled decay itself (`p *= 1 - lr*wd`,
+    what AdamW does) so that norm parameters and biases can be exempted inside one param group.
+    """
+    on_cuda = all(p.is_cuda for g in param_groups for p in g["params"]) and torch.cuda.is_available()
+    return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.0,
+                             fused=True if on_cuda else None)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_splitter(model: nn.Module) -> list[nn.Module]:
+    """One group per top-level child that has parameters (the whole model if it has no children)."""
+    children = [c for c in model.children() if any(True for _ in c.parameters())]
+    return children if children else [model]
+
+
+def _resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `precision` on `device` (None: full fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Learner:
+    """Trains `model` on `dls` with discriminative learning rates over ordered layer groups.
+
+    Args:
+        model: any nn.Module mapping a batch of inputs to predictions.
+        dls: a `DataLoaders` (or anything with `.train` and `.valid` iterables of `(x, y)` batches).
+        loss_func: defaults to `nn.CrossEntropyLoss()`.
+        splitter: `splitter(model)` returns the layer groups in forward order (head last), each an
+            nn.Module or an iterable of parameters. Default: one group per top-level child.
+        opt_func: `opt_func(param_groups, lr)` builds a `torch.optim.Optimizer` (default AdamW).
+        lr: default learning rate for `fit` / `fit_one_cycle`.
+        wd: decoupled weight decay (`p *= 1 - lr*wd` before each step), stored as `'wd'` in each param group.
+        wd_bn_bias: also decay normalization parameters and biases.
+        train_bn: keep normalization parameters of frozen groups trainable (fastai's default).
+        norm: norm policy for frozen groups, overriding `train_bn`: 'train' (norm params train, norm layers
+            in train mode), 'frozen' (frozen groups fully frozen: eval mode, no gradients: a forward pass
+            only), 'recalibrate' (re-estimate BatchNorm statistics on the training data before a frozen
+            fit, then as 'frozen').
+        metrics: functions `(pred, targ) -> batch mean`, or `Metric` objects.
+        cbs: extra callbacks, kept for every fit.
+        precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
+        reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
+    """
+
+    def __init__(self, model: nn.Module, dls: DataLoaders, loss_func: Optional[Callable] = None,
+                 splitter: Optional[Callable[[nn.Module], Sequence[Any]]] = None,
+                 opt_func: Callable[..., torch.optim.Optimizer] = adamw, lr: float = 1e-3, wd: float = 0.01,
+                 wd_bn_bias: bool = False, train_bn: bool = True, norm: Optional[str] = None,
+                 metrics: Optional[Union[Callable, Sequence[Callable]]] = None,
+                 cbs: Optional[Union[Callback, Sequence[Callback]]] = None, path: Union[str, Path] = ".",
+                 model_dir: str = "models", device: Optional[Union[str, torch.device]] = None,
+                 precision: str = "auto", progress: bool = True, reset_opt: bool = True):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.dls = dls
+        self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
+        self.splitter = splitter or default_splitter
+        self.opt_func, self.lr, self.wd, self.wd_bn_bias = opt_func, lr, wd, wd_bn_bias
+        if norm is not None and norm not in NORM_POLICIES:
+            raise ValueError(f"norm must be one of {NORM_POLICIES} (or None to follow train_bn), got {norm!r}")
+        self.norm = norm or "train"
+        self.train_bn = train_bn if norm is None else norm == "train"
+        self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        self.path, self.model_dir = Path(path), model_dir
+        self.precision = precision
+        self.autocast_dtype = _resolve_precision(precision, self.device)
+        self.reset_opt = reset_opt
+        self.phase = "fit"
+        self.n_epoch, self.epoch, self.iter, self.train_iter = 0, 0, 0, 0
+        self.training = False
+        self.xb: tuple = ()
+        self.yb: tuple = ()
+        self.pred: Optional[torch.Tensor] = None
+        self.loss: Optional[torch.Tensor] = None
+        self.smooth_loss: torch.Tensor = torch.tensor(float("nan"))
+        self.last_validation: list[float] = []
+        self._n_fits = 0
+
+        self.layer_groups = self._split(self.model)
+        self._norm_ids = norm_param_ids(self.model)
+        no_decay = set() if wd_bn_bias else no_decay_param_ids(self.model)
+        self._decay_params = [[p for p in g if id(p) not in no_decay] for g in self.layer_groups]
+        self.opt = self.opt_func([{"params": g, "lr": lr, "wd": wd} for g in self.layer_groups], lr=lr)
+        self.frozen_groups = 0
+        self._recalibrated_for: Optional[int] = None
+
+        self.recorder = Recorder()
+        self.cbs: list[Callback] = []
+        self.add_cbs([self.recorder] + ([ProgressCallback()] if progress else []))
+        if cbs is not None:
+            self.add_cbs(cbs)
+
+    # ---------------------------------------------------------------------------------------------
+    # layer groups and freezing
+    # ---------------------------------------------------------------------------------------------
+    def _split(self, model: nn.Module) -> list[list[nn.Parameter]]:
+        """Run the splitter and check that every parameter of the model is in exactly one group."""
+        raw = list(self.splitter(model))
+        if not raw:
+            raise ValueError("the splitter returned no layer groups")
+        groups = [list(g.parameters()) if isinstance(g, nn.Module) else list(g) for g in raw]
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen: dict[int, int] = {}
+        for i, g in enumerate(groups):
+            if not g:
+                raise ValueError(f"layer group {i} has no parameters: every group needs at least one")
+            for p in g:
+                if id(p) not in names:
+                    raise ValueError(f"layer group {i} holds a parameter (shape {tuple(p.shape)}) that is not part "
+                                     "of the model: the splitter must return the model's own parameters")
+                if id(p) in seen:
+                    raise ValueError(f"parameter {names[id(p)]!r} is in layer groups {seen[id(p)]} and {i}: "
+                                     "every parameter must be in exactly one group")
+                seen[id(p)] = i
+        missing = [n for i, n in names.items() if i not in seen]
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise ValueError(f"{len(missing)} parameters are in no layer group ({shown}): "
+                             "the splitter must put every parameter in exactly one group")
+        return groups
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.layer_groups)
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze layer groups `[:k]` and train `[k:]`, with `k = n` if `n >= 0` else `G + n`.
+
+        Frozen parameters get `requires_grad=False` and `grad=None`, so no optimizer step touches them
+        (no weight decay either). Normalization parameters of frozen groups stay trainable when
+        `train_bn` (norm policy 'train').
+        """
+        g = self.n_groups
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"freeze_to takes an int group index, got {n!r}")
+        if not -g <= n <= g - 1:
+            raise ValueError(f"freeze_to({n}) is out of range: this learner has {g} layer groups, so n must be "
+                             f"in [{-g}, {g - 1}] (0 or {-g} unfreezes all, {g - 1} or -1 trains the last group only)")
+        k = n if n >= 0 else g + n
+        for i, group in enumerate(self.layer_groups):
+            for p in group:
+                trainable = i >= k or (self.train_bn and id(p) in self._norm_ids)
+                p.requires_grad_(trainable)
+                if not trainable:
+                    p.grad = None
+        self.frozen_groups = k
+        self._recalibrated_for = None
+        if self.reset_opt:
+            self.opt.state.clear()
+
+    def freeze(self) -> None:
+        """Train the last group (the head) only: `freeze_to(-1)`."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Train every group: `freeze_to(0)`."""
+        self.freeze_to(0)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """The largest modules whose parameters all lie in frozen groups (put in eval mode when norm != 'train')."""
+        frozen = {id(p) for g in self.layer_groups[:self.frozen_groups] for p in g}
+        if not frozen:
+            return []
+        out: list[nn.Module] = []
+
+        def visit(module: nn.Module) -> None:
+            params = list(module.parameters())
+            if params and all(id(p) in frozen for p in params):
+                out.append(module)
+            elif params:
+                for child in module.children():
+                    visit(child)
+        visit(self.model)
+        return out
+
+    def groups_table(self) -> list[dict[str, Any]]:
+        """One row per layer group: index, module names, parameter count, trainable count, state."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        rows = []
+        for i, g in enumerate(self.layer_groups):
+            n_params = sum(p.numel() for p in g)
+            n_train = sum(p.numel() for p in g if p.requires_grad)
+            state = "trainable" if n_train == n_params else ("frozen" if n_train == 0 else "frozen (norm trains)")
+            rows.append({"group": i, "modules": _summarize_names([names[id(p)] for p in g]),
+                         "params": n_params, "trainable": n_train, "state": state,
+                         "lr": self.opt.param_groups[i]["lr"]})
+        return rows
+
+    def show_groups(self) -> None:
+        """Print the layer groups: index, module names, parameter count, trainable or frozen, current lr."""
+        rows = self.groups_table()
+        print(f"{'group':>5}  {'modules':<44}  {'params':>11}  {'trainable':>11}  {'lr':>9}  state")
+        for r in rows:
+            mods = r["modules"] if len(r["modules"]) <= 44 else r["modules"][:41] + "..."
+            print(f"{r['group']:>5}  {mods:<44}  {r['params']:>11,}  {r['trainable']:>11,}  {r['lr']:>9.2e}  {r['state']}")
+
+    # ---------------------------------------------------------------------------------------------
+    # callbacks
+    # ---------------------------------------------------------------------------------------------
+    def add_cbs(self, cbs: Union[Callback, Iterable[Callback]]) -> None:
+        for cb in [cbs] if isinstance(cbs, Callback) else cbs:
+            cb.learn = self
+            self.cbs.append(cb)
+        self.cbs.sort(key=lambda c: c.order)
+
+    def remove_cbs(self, cbs: Iterable[Callback]) -> None:
+        for cb in cbs:
+            if cb in self.cbs:
+                self.cbs.remove(cb)
+
+    @contextlib.contextmanager
+    def added_cbs(self, cbs: Optional[Union[Callback, Sequence[Callback]]]) -> Iterator[None]:
+        """Callbacks that live for one fit only."""
+        cbs = [] if cbs is None else ([cbs] if isinstance(cbs, Callback) else list(cbs))
+        self.add_cbs(cbs)
+        try:
+            yield
+        finally:
+            self.remove_cbs(cbs)
+
+    @contextlib.contextmanager
+    def no_bar(self) -> Iterator[None]:
+        """Run without the progress bar and table (e.g. `with learn.no_bar(): learn.fit(1)`)."""
+        bars = [cb for cb in self.cbs if isinstance(cb, ProgressCallback)]
+        self.remove_cbs(bars)
+        try:
+            yield
+        finally:
+            self.add_cbs(bars)
+
+    def _event(self, name: str) -> None:
+        for cb in list(self.cbs):
+            method = getattr(cb, name, None)
+            if method is not None:
+                method()
+
+    # ---------------------------------------------------------------------------------------------
+    # the training loop
+    # ---------------------------------------------------------------------------------------------
+    def fit(self, n_epoch: int, lr: Optional[LrSpec] = None, wd: Optional[float] = None,
+            cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
+        """Train for `n_epoch` epochs, validating after each.
+
+        `lr` (float, slice or one per group) and `wd` are written into every param group first;
+        schedulers passed in `cbs` then change them step by step. `phase` labels this fit in the Recorder.
+        """
+        if n_epoch < 0:
+            raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
+        if lr is not None:
+            self.set_lrs(lr)
+        if wd is not None:
+            for g in self.opt.param_groups:
+                g["wd"] = wd
+        self._n_fits += 1
+        self.phase = phase or f"fit {self._n_fits}"
+        self.n_epoch, self.train_iter = n_epoch, 0
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
+        if self.norm == "recalibrate" and self.frozen_groups and self._recalibrated_for != self.frozen_groups:
+            self.recalibrate_norm()
+        with self.added_cbs(cbs):
+            try:
+                self._event("before_fit")
+                for self.epoch in range(n_epoch):
+                    self._do_epoch()
+            except CancelFitException:
+                self._event("after_cancel_fit")
+            finally:
+                # runs after an interrupt too (KeyboardInterrupt, an exception in a callback):
+                # bars closed, history kept, model back in eval mode, requires_grad as freeze_to set it.
+                self.training = False
+                self.model.eval()
+                self._event("after_fit")
+
+    def _do_epoch(self) -> None:
+        try:
+            self._event("before_epoch")
+            self._do_train()
+            self._do_validate()
+            self._event("after_epoch")
+        except CancelEpochException:
+            self._event("after_cancel_epoch")
+
+    def _do_train(self) -> None:
+        self.training, self.dl = True, self.dls.train
+        self._set_train_mode()
+        try:
+            self._event("before_train")
+            for self.iter, batch in enumerate(self.dl):
+                self._do_batch(batch)
+                self.train_iter += 1
+            self._event("after_train")
+        except CancelTrainException:
+            self._event("after_cancel_train")
+
+    def _do_validate(self, dl: Optional[Iterable] = None) -> None:
+        dl = dl if dl is not None else self.dls.valid
+        if dl is None:
+            return
+        self.training, self.dl = False, dl
+        self.model.eval()
+        try:
+            self._event("before_validate")
+            with torch.no_grad():
+                for self.iter, batch in enumerate(self.dl):
+                    self._do_batch(batch)
+            self._event("after_validate")
+        except CancelValidException:
+            self._event("after_cancel_validate")
+
+    def _do_batch(self, batch: Sequence[Any]) -> None:
+        self.xb, self.yb = self._to_device(batch)
+        try:
+            self._event("before_batch")
+            with self._autocast():
+                self.pred = self.model(*self.xb)
+                self._event("after_pred")
+                self.loss = self.loss_func(self.pred, *self.yb)
+            self._event("after_loss")
+            if self.training:
+                self._check_finite_loss()
+                self._backward_and_step()
+            self._event("after_batch")
+        except CancelBatchException:
+            self._event("after_cancel_batch")
+
+    def _backward_and_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(self.loss).backward()
+        else:
+            self.loss.backward()
+        self._event("after_backward")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        self._apply_weight_decay()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self._event("after_step")
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _apply_weight_decay(self) -> None:
+        """Decoupled weight decay, `p *= 1 - lr*wd`, on the parameters that get a step (grad not None)."""
+        for group, decay_params in zip(self.opt.param_groups, self._decay_params):
+            factor = 1 - group["lr"] * group.get("wd", 0.0)
+            if factor == 1:
+                continue
+            params = [p for p in decay_params if p.grad is not None]
+            if params:
+                torch._foreach_mul_(params, factor)
+
+    def _check_finite_loss(self) -> None:
+        """Stop before a NaN/inf loss reaches the weights (checked every step on CPU, where it is free)."""
+        if self.device.type == "cpu" and not torch.isfinite(self.loss.detach()).all():
+            raise FloatingPointError(
+                f"the training loss is {self.loss.item()} at epoch {self.epoch}, batch {self.iter}: stopped "
+                "before this step touched the weights. Lower the learning rate, check the data for NaNs, or use "
+                "precision='fp32'.")
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.norm != "train":
+            for m in self._frozen_modules():
+                m.eval()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: Sequence[Any]) -> tuple[tuple, tuple]:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise TypeError("each batch must be a tuple (x, y) (or (x1, ..., xn, y)); got "
+                            f"{type(batch).__name__}")
+        moved = [b.to(self.device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch]
+        return tuple(moved[:-1]), tuple(moved[-1:])
+
+    # ---------------------------------------------------------------------------------------------
+    # learning rates and schedules
+    # ---------------------------------------------------------------------------------------------
+    def set_lrs(self, lr: LrSpec) -> None:
+        """Write one lr per group (float, `slice(hi)`, `slice(lo, hi)`, or a list) into the optimizer."""
+        for g, value in zip(self.opt.param_groups, expand_lrs(lr, self.n_groups)):
+            g["lr"] = value
+
+    def fit_one_cycle(self, n_epoch: int, lr_max: Optional[LrSpec] = None, div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25, wd: Optional[float] = None,
+                      moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                      cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
+        """One-cycle training (SPEC.md §5): see `schedule.fit_one_cycle`."""
+        from .schedule import fit_one_cycle
+        fit_one_cycle(self, n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
+                      moms=moms, cbs=cbs, phase=phase)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
+        """fastai's transfer-learning recipe (SPEC.md §6): see `schedule.fine_tune`."""
+        from .schedule import fine_tune
+        fine_tune(self, epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult,
+                  pct_start=pct_start, div=div, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    # norm recalibration
+    # ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recalibrate_norm(self, max_batches: int = 100) -> None:
+        """Re-estimate the running statistics of BatchNorm layers in frozen groups on the training data
+        (a no-grad pass, cumulative average), then keep them fixed (norm policy 'recalibrate')."""
+        frozen_mods = self._frozen_modules()
+        bns = [m for top in frozen_mods for m in top.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not bns:
+            self._recalibrated_for = self.frozen_groups
+            return
+        saved_momentum = [m.momentum for m in bns]
+        self.model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the pass
+            m.train()
+        try:
+            for i, batch in enumerate(self.dls.train):
+                if i >= max_batches:
+                    break
+                xb, _ = self._to_device(batch)
+                with self._autocast():
+                    self.model(*xb)
+        finally:
+            for m, mom in zip(bns, saved_momentum):
+                m.momentum = mom
+            self.model.eval()
+        self._recalibrated_for = self.frozen_groups
+
+    # ---------------------------------------------------------------------------------------------
+    # evaluation
+    # ---------------------------------------------------------------------------------------------
+    def validate(self, dl: Optional[Iterable] = None) -> list[float]:
+        """`[valid_loss, *metrics]` over `dl` (default: the validation set), size-weighted."""
+        dl = dl if dl is not None else self.dls.valid
+        if dl is None:
+            raise ValueError("no validation data: pass a dl or give DataLoaders a valid set")
+        bars = [cb for cb in self.cbs if isinstance(cb, ProgressCallback)]
+        with self.no_bar() if bars else contextlib.nullcontext():
+            self.last_validation = []
+            self._do_validate(dl)
+        return list(self.last_validation)
+
+    def activation(self, pred: torch.Tensor) -> torch.Tensor:
+        """Turn raw model outputs into what `get_preds`/`predict` return (softmax for cross-entropy)."""
+        if isinstance(self.loss_func, nn.CrossEntropyLoss):
+            return torch.softmax(pred.float(), dim=-1)
+        if isinstance(self.loss_func, nn.BCEWithLogitsLoss):
+            return torch.sigmoid(pred.float())
+        return pred.float()
+
+    @torch.no_grad()
+    def get_preds(self, dl: Optional[Iterable] = None, activation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, targets) over `dl` (default: the validation set), on the CPU.
+        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`)."""
+        dl = dl if dl is not None else self.dls.valid
+        if dl is None:
+            raise ValueError("no data to predict on: pass a dl or give DataLoaders a valid set")
+        self.model.eval()
+        preds, targs = [], []
+        for batch in dl:
+            xb, yb = self._to_device(batch)
+            with self._autocast():
+                out = self.model(*xb)
+            preds.append((self.activation(out) if activation else out.float()).cpu())
+            targs.append(yb[0].cpu())
+        return torch.cat(preds), torch.cat(targs)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[Any, int, torch.Tensor]:
+        """Predict one item (a tensor without batch dimension): `(label, index, probabilities)`.
+        `label` is the class name when `dls.vocab` is known, else the index."""
+        x = self._prepare_item(x)
+        self.model.eval()
+        with self._autocast():
+            out = self.model(x.unsqueeze(0).to(self.device))
+        probs = self.activation(out)[0].cpu()
+        index = int(probs.argmax())
+        vocab = getattr(self.dls, "vocab", None)
+        return (vocab[index] if vocab else index), index, probs
+
+    def _prepare_item(self, item: Any) -> torch.Tensor:
+        """Hook for subclasses that accept images or paths; the base Learner takes a tensor."""
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"predict takes one input tensor (no batch dimension), got {type(item).__name__}")
+        return item
+
+    # ---------------------------------------------------------------------------------------------
+    # saving
+    # ---------------------------------------------------------------------------------------------
+    def _file(self, name: Union[str, Path]) -> Path:
+        p = Path(name)
+        if p.suffix == "" and not p.is_absolute() and len(p.parts) == 1:
+            p = self.path / self.model_dir / f"{name}.pth"
+        return p
+
+    def save(self, name: Union[str, Path], with_opt: bool = True) -> Path:
+        """Save the model (and optimizer) state to `path/model_dir/name.pth` (or an explicit file path).
+        Written to a temporary file first, then renamed, so a crash never leaves a half-written file."""
+        file = self._file(name)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"model": self.model.state_dict()}
+        if with_opt:
+            state["opt"] = self.opt.state_dict()
+        tmp = file.with_suffix(file.suffix + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(file)
+        return file
+
+    def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "Learner":
+        """Load a state written by `save` (with `torch.load(weights_only=True)`: no code is unpickled)."""
+        file = self._file(name)
+        if not file.exists():
+            raise FileNotFoundError(f"no saved state at {file}: check the name, or `learn.path`/`model_dir`")
+        state = torch.load(file, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"], strict=strict)
+        if with_opt and "opt" in state:
+            self.opt.load_state_dict(state["opt"])
+        return self
+
+
+def _summarize_names(names: list[str], max_items: int = 4) -> str:
+    """Short label for a group: its distinct module prefixes (two levels deep), e.g. 'body.conv1, body.bn1'."""
+    prefixes: list[str] = []
+    for n in names:
+        parts = n.split(".")[:-1] or [n]
+        prefix = ".".join(parts[:3]) if parts[0] in ("body", "0") and len(parts) > 2 else ".".join(parts[:2])
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    shown = ", ".join(prefixes[:max_items])
+    return shown + (f", ... (+{len(prefixes) - max_items})" if len(prefixes) > max_items else "")

@@ -1,0 +1,110 @@
+"""Schedules: cosine annealing, the one-cycle policy (SPEC.md §5) and fastai's `fine_tune` recipe (§6).
+
+A schedule is a callback that writes each group's lr and momentum into `learn.opt.param_groups`
+before every training batch; it touches parameters only through those values and `freeze_to`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from .callback import Callback
+from .lrs import LrSpec, expand_lrs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learner import Learner
+
+Schedule = Callable[[float], float]  # position in [0, 1) -> value
+
+
+def cos_anneal(start: float, end: float, pos: float) -> float:
+    """Cosine from `start` (pos 0) to `end` (pos 1)."""
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def combined_cos(pct: float, start: float, middle: float, end: float) -> Schedule:
+    """Cosine from `start` to `middle` over the first `pct` of training, then from `middle` to `end`."""
+    def schedule(pos: float) -> float:
+        if pos < pct:
+            return cos_anneal(start, middle, pos / pct)
+        return cos_anneal(middle, end, (pos - pct) / (1 - pct))
+    return schedule
+
+
+class ParamScheduler(Callback):
+    """Sets, before each training batch, `lr` of group i to `lr_scheds[i](pos)` and the momentum of
+    every group to `mom_sched(pos)`, where `pos = train_iter / total_steps` (the first step uses pos 0)."""
+    order = 10
+
+    def __init__(self, lr_scheds: Sequence[Schedule], mom_sched: Optional[Schedule] = None):
+        self.lr_scheds, self.mom_sched = list(lr_scheds), mom_sched
+
+    def before_fit(self) -> None:
+        try:
+            n_batches = len(self.learn.dls.train)
+        except TypeError:
+            raise TypeError("a scheduled fit needs a training set with a length (len(dls.train)) to know "
+                            "the number of steps; wrap it in a torch DataLoader") from None
+        self.total_steps = max(self.learn.n_epoch * n_batches, 1)
+        if len(self.lr_scheds) != len(self.learn.opt.param_groups):
+            raise ValueError(f"{len(self.lr_scheds)} lr schedules for {len(self.learn.opt.param_groups)} param groups")
+
+    def before_batch(self) -> None:
+        if not self.learn.training:
+            return
+        pos = self.learn.train_iter / self.total_steps
+        for group, sched in zip(self.learn.opt.param_groups, self.lr_scheds):
+            group["lr"] = sched(pos)
+            if self.mom_sched is not None:
+                set_momentum(group, self.mom_sched(pos))
+
+
+def set_momentum(group: dict[str, Any], mom: float) -> None:
+    """Write momentum into a param group: `betas[0]` for Adam-style optimizers, `momentum` for SGD-style."""
+    if "betas" in group:
+        group["betas"] = (mom, *tuple(group["betas"])[1:])
+    elif "momentum" in group:
+        group["momentum"] = mom
+
+
+def one_cycle_scheduler(lrs: Sequence[float], div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25,
+                        moms: Optional[tuple[float, float, float]] = (0.95, 0.85, 0.95)) -> ParamScheduler:
+    """The one-cycle policy: each group's lr warms up from lr/div to lr over `pct_start` of the steps,
+    then anneals to lr/div_final; momentum goes moms[0] -> moms[1] -> moms[2] (cosine both ways)."""
+    if not 0 < pct_start <= 1:
+        raise ValueError(f"pct_start must be in (0, 1], got {pct_start}")
+    lr_scheds = [combined_cos(pct_start, lr / div, lr, lr / div_final) for lr in lrs]
+    mom_sched = combined_cos(pct_start, *moms) if moms is not None else None
+    return ParamScheduler(lr_scheds, mom_sched)
+
+
+def _as_list(cbs: Optional[Union[Callback, Sequence[Callback]]]) -> list[Callback]:
+    return [] if cbs is None else ([cbs] if isinstance(cbs, Callback) else list(cbs))
+
+
+def fit_one_cycle(learn: "Learner", n_epoch: int, lr_max: Optional[LrSpec] = None, div: float = 25.0,
+                  div_final: float = 1e5, pct_start: float = 0.25, wd: Optional[float] = None,
+                  moms: Optional[tuple[float, float, float]] = (0.95, 0.85, 0.95),
+                  cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
+    """Fit `n_epoch` epochs with the one-cycle policy; `lr_max` is a float, a slice or one lr per group
+    (default: `learn.lr`)."""
+    lrs = expand_lrs(learn.lr if lr_max is None else lr_max, learn.n_groups)
+    scheduler = one_cycle_scheduler(lrs, div=div, div_final=div_final, pct_start=pct_start, moms=moms)
+    learn.fit(n_epoch, wd=wd, cbs=[scheduler] + _as_list(cbs), phase=phase)
+
+
+def fine_tune(learn: "Learner", epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+              pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
+    """fastai's recipe (SPEC.md §6):
+    1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
+    2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
+    Extra keyword arguments (moms, div_final, wd, cbs) go to both phases; `freeze_epochs=0` skips phase 1.
+    """
+    if freeze_epochs > 0:
+        learn.freeze()
+        fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, phase="frozen", **kwargs)
+    base_lr /= 2
+    learn.unfreeze()
+    fit_one_cycle(learn, epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div,
+                  phase="unfrozen", **kwargs)

@@ -1,0 +1,201 @@
+"""Splitting a model into ordered layer groups, for discriminative learning rates and `freeze_to`.
+
+A timm body is split by its own `group_matcher()`: the stem, then one group per stage (`level='coarse'`)
+or per block (`level='fine'`), in forward order. Parameters timm's matcher leaves unmatched (a final norm,
+a pre-logits layer: timm puts them in a trailing group of their own) join the last body group.
+Any other body (torchvision, a user's `nn.Module`) is split by `generic_groups` (see there).
+The head is always the last group of a `TransferModel`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch.nn as nn
+
+from .body import TransferModel
+from .norm import norm_param_ids
+
+Group = Union[nn.Module, Iterable[nn.Parameter]]
+DEFAULT_MAX_GROUPS = {"coarse": 6, "fine": 12}  # for models split without a timm matcher
+_UNMATCHED = "\x00unmatched"  # a name no group matcher recognises: timm gives it the last ('inf') group id
+
+
+def body_groups(body: nn.Module, level: str = "coarse", max_groups: Optional[int] = None) -> list[list[str]]:
+    """Parameter names of `body`, one list per group, groups in forward order.
+
+    `level`: 'coarse' (timm: stem + one group per stage) or 'fine' (timm: one group per block).
+    `max_groups`: cap on the number of groups; adjacent groups are merged (smallest combined parameter
+    count first) until it holds. None keeps timm's groups as they are and splits other models into at
+    most 6 ('coarse') or 12 ('fine') groups (see `generic_groups`).
+    """
+    if level not in ("coarse", "fine"):
+        raise ValueError(f"level must be 'coarse' or 'fine', got {level!r}")
+    if max_groups is not None and max_groups < 1:
+        raise ValueError(f"max_groups must be at least 1, got {max_groups}")
+    if not any(True for _ in body.parameters()):
+        raise ValueError(f"{type(body).__name__} has no parameters to put in layer groups")
+    groups = timm_groups(body, level)
+    if groups is None:
+        groups = generic_groups(body, max_groups=max_groups or DEFAULT_MAX_GROUPS[level])
+    elif max_groups is not None:
+        groups = merge_groups(groups, _sizes(body, groups), max_groups)
+    return groups
+
+
+def timm_groups(body: nn.Module, level: str = "coarse") -> Optional[list[list[str]]]:
+    """Groups from timm's `group_matcher(coarse=...)`, or None when the model has no usable matcher
+    (none at all, or one that puts every parameter in a single group)."""
+    matcher_fn = getattr(body, "group_matcher", None)
+    if not callable(matcher_fn):
+        return None
+    from timm.models._manipulate import group_with_matcher
+    try:
+        matcher = matcher_fn(coarse=(level == "coarse"))
+    except (NotImplementedError, TypeError):
+        return None
+    names = [name for name, _ in body.named_parameters()]
+    grouped = group_with_matcher([(n, None) for n in names] + [(_UNMATCHED, None)], matcher)
+    groups = [list(grouped[k]) for k in sorted(grouped)]
+    if _UNMATCHED in groups[-1]:  # the parameters timm's matcher did not place share the sentinel's group
+        unmatched = [n for n in groups.pop() if n != _UNMATCHED]
+        if groups:
+            groups[-1].extend(unmatched)
+        elif unmatched:
+            groups.append(unmatched)
+    else:  # a matcher that places every name somewhere
+        groups = [[n for n in g if n != _UNMATCHED] for g in groups]
+        groups = [g for g in groups if g]
+    if len(groups) < 2:
+        return None
+    return groups
+
+
+def generic_groups(body: nn.Module, max_groups: int = DEFAULT_MAX_GROUPS["coarse"]) -> list[list[str]]:
+    """Groups for a model without a timm matcher, in module registration order (the forward order of
+    nearly every model):
+
+    1. units: the top-level children holding parameters; parameters owned directly by a module form a
+       unit of their own, placed before its children.
+    2. while there are fewer units than `max_groups`, a unit that is a module with submodules and holds
+       more than half of all parameters (torchvision's `features`, a ViT `encoder`...) is replaced by
+       its own units.
+    3. a unit holding only normalization parameters joins the unit before it (a conv and its BatchNorm,
+       the last stage and a final norm stay together).
+    4. adjacent units are merged, smallest combined parameter count first, down to `max_groups`.
+    """
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be at least 1, got {max_groups}")
+    sizes = {name: p.numel() for name, p in body.named_parameters()}
+    total = sum(sizes.values())
+    units = _units(body, "", sizes)
+    while len(units) < max_groups:
+        dominant = [i for i, u in enumerate(units) if u.module is not None
+                    and any(True for _ in u.module.children()) and 2 * sum(sizes[n] for n in u.names) > total]
+        if not dominant:
+            break
+        i = dominant[0]
+        units[i:i + 1] = _units(units[i].module, units[i].prefix, sizes)
+    norm_ids = norm_param_ids(body)
+    params = dict(body.named_parameters())
+    groups: list[list[str]] = []
+    for unit in units:
+        if groups and all(id(params[n]) in norm_ids for n in unit.names):
+            groups[-1].extend(unit.names)
+        else:
+            groups.append(list(unit.names))
+    return merge_groups(groups, [sum(sizes[n] for n in g) for g in groups], max_groups)
+
+
+@dataclass
+class _Unit:
+    """Parameter names that move together; `module` is set when they are exactly one submodule's."""
+    names: list[str]
+    module: Optional[nn.Module] = None
+    prefix: str = ""
+
+
+def _units(module: nn.Module, prefix: str, sizes: dict[str, int]) -> list[_Unit]:
+    """One unit for `module`'s own parameters (if any), then one per child holding parameters."""
+    def qualified(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    units: list[_Unit] = []
+    own = [qualified(n) for n, _ in module.named_parameters(recurse=False)]
+    own = [n for n in own if n in sizes]  # a shared parameter belongs where named_parameters first lists it
+    if own:
+        units.append(_Unit(own))
+    for child_name, child in module.named_children():
+        name = qualified(child_name)
+        names = [n for n in (f"{name}.{k}" for k, _ in child.named_parameters()) if n in sizes]
+        if names:
+            units.append(_Unit(names, child, name))
+    return units
+
+
+def merge_groups(groups: list[list[str]], sizes: Sequence[int], max_groups: int) -> list[list[str]]:
+    """Merge adjacent groups, the pair with the smallest combined size first, until at most `max_groups`."""
+    groups = [list(g) for g in groups]
+    sizes = list(sizes)
+    while len(groups) > max_groups:
+        i = min(range(len(groups) - 1), key=lambda j: sizes[j] + sizes[j + 1])
+        groups[i:i + 2] = [groups[i] + groups[i + 1]]
+        sizes[i:i + 2] = [sizes[i] + sizes[i + 1]]
+    return groups
+
+
+def _sizes(body: nn.Module, groups: list[list[str]]) -> list[int]:
+    params = dict(body.named_parameters())
+    return [sum(params[n].numel() for n in g) for g in groups]
+
+
+def layer_groups(model: TransferModel, level: str = "coarse", max_groups: Optional[int] = None
+                 ) -> list[list[nn.Parameter]]:
+    """The parameters of `model` in layer groups: the body's groups (see `body_groups`), then the head."""
+    if not isinstance(model, TransferModel):
+        raise TypeError(f"layer_groups needs a TransferModel (body + head), got {type(model).__name__}; "
+                        "for other models pass a splitter to the Learner")
+    params = dict(model.body.named_parameters())
+    groups = [[params[n] for n in names] for names in body_groups(model.body, level, max_groups)]
+    head = list(model.head.parameters())
+    if not head:
+        raise ValueError("the head has no parameters: there would be nothing to train in the last group")
+    return groups + [head]
+
+
+def group_names(model: nn.Module, groups: Sequence[Group], max_parts: int = 3) -> list[str]:
+    """A short label per group: the outermost modules (or parameters) that lie wholly in that group,
+    e.g. 'conv1, bn1', 'layer2', 'blocks.11, norm', 'head'; more than `max_parts` parts are shown as
+    'first ... last (n parts)'. For a TransferModel the 'body.' prefix is left out (except for a body's
+    own `head` submodule, shown as 'body.head' so that 'head' is always the new head)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    group_of: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        params = group.parameters() if isinstance(group, nn.Module) else group
+        for p in params:
+            if id(p) not in names:
+                raise ValueError(f"group {i} holds a parameter that is not in the model")
+            group_of[names[id(p)]] = i
+
+    groups_under: dict[str, set[int]] = {}  # dotted prefix -> the groups of the parameters under it
+    for name, i in group_of.items():
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            groups_under.setdefault(".".join(parts[:k]), set()).add(i)
+    labels: list[list[str]] = [[] for _ in groups]
+    for name, i in group_of.items():
+        parts = name.split(".")
+        prefixes = (".".join(parts[:k]) for k in range(1, len(parts) + 1))
+        label = next(p for p in prefixes if groups_under[p] == {i})
+        if isinstance(model, TransferModel) and label.startswith("body.") and not label.startswith("body.head"):
+            label = label[len("body."):]  # 'body.' is implied, except for a body's own 'head' submodule
+        if label not in labels[i]:
+            labels[i].append(label)
+    out = []
+    for parts in labels:
+        if len(parts) > max_parts:
+            out.append(f"{parts[0]} ... {parts[-1]} ({len(parts)} parts)")
+        else:
+            out.append(", ".join(parts) or "(empty)")
+    return out

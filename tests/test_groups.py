@@ -1,0 +1,216 @@
+"""Layer groups: timm's matcher groups in forward order, every parameter once, head last; the fallback
+split for torchvision and hand-written models."""
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastfreeze.body import TransferModel, create_timm_body, cut_classifier
+from fastfreeze.groups import body_groups, generic_groups, group_names, layer_groups, merge_groups
+
+# (architecture, timm kwargs, probe size): small variants of each family, small images where the model allows.
+ARCHS = [
+    ("resnet18", {}, 64),
+    ("resnext26ts", {}, 64),
+    ("tf_efficientnet_lite0", {}, 64),
+    ("mobilenetv3_small_050", {}, 64),
+    ("regnetx_002", {}, 64),
+    ("convnext_atto", {}, 64),
+    ("vit_tiny_patch16_224", {"img_size": 64}, 64),
+    ("deit_tiny_patch16_224", {"img_size": 64}, 64),
+    ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}, 64),
+    ("eva02_tiny_patch14_224", {"img_size": 56}, 56),
+    ("maxvit_nano_rw_256", {"img_size": 64}, 64),
+    ("test_coatnet", {}, 160),
+    ("test_vit", {}, 160),
+    ("test_efficientnet", {}, 64),
+    ("test_nfnet", {}, 64),
+]
+
+
+@lru_cache(maxsize=None)
+def _body(arch: str, **kwargs):
+    return create_timm_body(arch, check_unused=False, **kwargs)  # test_body checks the unused-parameter probe
+
+
+def transfer_model(arch: str, **kwargs) -> TransferModel:
+    """A timm body (built once per test session) with a small linear head; tests only read it."""
+    info = _body(arch, **kwargs)
+    head = nn.Linear(info.num_features, 3)
+    if not info.pooled:
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    return TransferModel(info.body, head)
+
+
+def assert_partition(model: nn.Module, groups: list[list[nn.Parameter]]) -> None:
+    """Every parameter of `model` in exactly one group."""
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)), "a parameter is in two groups"
+    assert set(ids) == {id(p) for p in model.parameters()}, "a parameter is missing from the groups"
+    assert all(len(g) > 0 for g in groups)
+
+
+def execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """Modules that own parameters, in the order they first run."""
+    order: list[nn.Module] = []
+
+    def record(module, _inputs):
+        if not any(module is m for m in order):
+            order.append(module)
+
+    owners = [m for m in model.modules() if any(p is not None for p in m._parameters.values())]
+    handles = [m.register_forward_pre_hook(record) for m in owners]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def assert_forward_order(model: nn.Module, groups: list[list[nn.Parameter]], x: torch.Tensor) -> None:
+    """Along execution order, no module may use a group earlier than one already used."""
+    group_of = {id(p): i for i, g in enumerate(groups) for p in g}
+    highest = 0
+    for module in execution_order(model, x):
+        ids = [group_of[id(p)] for p in module._parameters.values() if p is not None]
+        assert min(ids) >= highest, f"{type(module).__name__} (groups {ids}) runs after group {highest}"
+        highest = max(highest, max(ids))
+    assert highest == len(groups) - 1  # the head runs last
+
+
+@pytest.mark.parametrize("arch,kwargs,size", ARCHS, ids=[a for a, _, _ in ARCHS])
+def test_timm_groups_partition_in_forward_order(arch, kwargs, size):
+    torch.manual_seed(0)
+    model = transfer_model(arch, **kwargs)
+    groups = layer_groups(model)
+    assert len(groups) >= 4, f"{arch}: only {len(groups) - 1} body groups"
+    assert_partition(model, groups)
+    assert [id(p) for p in groups[-1]] == [id(p) for p in model.head.parameters()]
+    assert_forward_order(model, groups, torch.randn(1, 3, size, size))
+    names = group_names(model, groups)
+    assert len(names) == len(groups) and names[-1] == "head"
+
+
+def test_resnet_groups_are_stem_and_stages():
+    model = transfer_model("resnet18")
+    coarse, fine = layer_groups(model, "coarse"), layer_groups(model, "fine")
+    # resnet18: stem, 4 stages of 2 basic blocks each, then the head
+    assert len(coarse) == 1 + 4 + 1 and len(fine) == 1 + 8 + 1
+    assert group_names(model, coarse) == ["conv1, bn1", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert group_names(model, fine)[1:3] == ["layer1.0", "layer1.1"]
+    assert body_groups(model.body)[0] == ["conv1.weight", "bn1.weight", "bn1.bias"]
+
+
+def test_efficientnet_fine_is_per_block():
+    body = _body("tf_efficientnet_lite0").body
+    coarse, fine = body_groups(body, "coarse"), body_groups(body, "fine")
+    # EfficientNet-B0/lite0: 7 stages repeated 1, 2, 2, 3, 3, 4, 1 times -> 16 blocks, plus the stem
+    assert len(coarse) == 1 + 7 and len(fine) == 1 + 16
+    # conv_head and bn2 run after the last stage: they join the last group
+    assert {"conv_head.weight", "bn2.weight", "bn2.bias"} <= set(coarse[-1])
+
+
+def test_unmatched_final_norm_joins_last_body_group():
+    # timm's convnext matcher leaves head.norm unmatched (its own trailing group); it runs after stage 3.
+    model = transfer_model("convnext_atto")
+    groups = body_groups(model.body)
+    assert len(groups) == 1 + 4
+    assert groups[-1][-2:] == ["head.norm.weight", "head.norm.bias"]
+    assert all(n.startswith("stages.3.") for n in groups[-1][:-2])
+    assert group_names(model, layer_groups(model))[-2:] == ["stages.3, body.head", "head"]
+
+
+def test_vit_group_names():
+    model = transfer_model("vit_tiny_patch16_224", img_size=64)
+    names = group_names(model, layer_groups(model))
+    assert names[0] == "cls_token, pos_embed, patch_embed"
+    assert names[-2:] == ["blocks.11, norm", "head"]
+    assert len(names) == 1 + 12 + 1
+
+
+def test_max_groups_merges_smallest_neighbours():
+    model = transfer_model("resnet18")
+    two = body_groups(model.body, max_groups=2)
+    # layer4 holds 8.4M of resnet18's 11.2M parameters: everything before it merges first
+    assert all(n.startswith("layer4.") for n in two[1])
+    assert len(two[0]) + len(two[1]) == len(list(model.body.parameters()))
+
+
+def test_merge_groups_by_size():
+    groups = [["a"], ["b"], ["c"], ["d"]]
+    # sizes 1, 10, 2, 3: neighbour sums 11, 12, 5 -> merge c+d; then 11, 15 -> merge a+b
+    assert merge_groups(groups, [1, 10, 2, 3], 2) == [["a", "b"], ["c", "d"]]
+    assert merge_groups(groups, [1, 10, 2, 3], 4) == groups
+
+
+def test_torchvision_resnet18_groups():
+    torchvision = pytest.importorskip("torchvision")
+    info = cut_classifier(torchvision.models.resnet18(), input_size=64)
+    model = TransferModel(info.body, nn.Linear(info.num_features, 2))
+    groups = layer_groups(model)
+    assert_partition(model, groups)
+    assert group_names(model, groups) == ["conv1, bn1", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert_forward_order(model, groups, torch.randn(1, 3, 64, 64))
+
+
+def test_torchvision_mobilenet_features_are_split():
+    torchvision = pytest.importorskip("torchvision")
+    info = cut_classifier(torchvision.models.mobilenet_v3_small(), input_size=64)
+    model = TransferModel(info.body, nn.Linear(info.num_features, 2))
+    groups = layer_groups(model)
+    # `features` (13 blocks) holds most parameters, so it is split; merged to the default 6 body groups
+    assert len(groups) == 6 + 1
+    assert_partition(model, groups)
+    assert_forward_order(model, groups, torch.randn(1, 3, 64, 64))
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
+        self.block3 = nn.Sequential(nn.Conv2d(32, 64, 3), nn.BatchNorm2d(64), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.block3(self.block2(self.block1(self.stem(x))))).flatten(1))
+
+
+def test_hand_written_module_groups():
+    info = cut_classifier(SmallNet(), input_size=32)
+    model = TransferModel(info.body, nn.Linear(info.num_features, 2))
+    groups = layer_groups(model)
+    assert group_names(model, groups) == ["stem", "block1", "block2", "block3", "head"]
+    assert_partition(model, groups)
+    assert_forward_order(model, groups, torch.randn(1, 3, 32, 32))
+
+
+def test_group_names_accepts_module_groups():
+    info = cut_classifier(SmallNet(), input_size=32)
+    model = TransferModel(info.body, nn.Linear(info.num_features, 2))
+    assert group_names(model, [model.body, model.head]) == ["body", "head"]
+    assert group_names(model.body, [model.body.stem, list(model.body.block1.parameters())]) == ["stem", "block1"]
+    with pytest.raises(ValueError, match="not in the model"):
+        group_names(model.body, [nn.Linear(1, 1)])
+
+
+def test_flat_sequential_keeps_conv_and_its_norm_together():
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    assert generic_groups(body) == [["0.weight", "0.bias", "1.weight", "1.bias"],
+                                    ["2.weight", "2.bias", "3.weight", "3.bias"]]
+
+
+def test_bad_arguments():
+    body = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="level"):
+        body_groups(body, level="medium")
+    with pytest.raises(ValueError, match="no parameters"):
+        body_groups(nn.Sequential(nn.ReLU()))
+    with pytest.raises(TypeError):
+        layer_groups(body)  # not a TransferModel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -262,13 +263,15 @@ class ProgressCallback(Callback):
     """
     order = 60
 
-    def __init__(self, refresh_every: int = 10):
+    def __init__(self, refresh_every: int = 10, batch_bars: Optional[bool] = None):
         self.refresh_every = refresh_every
+        self.batch_bars = batch_bars
         self.mbar = None
+        self.pbar = None
 
     def before_fit(self) -> None:
         from fastprogress.fastprogress import master_bar
-        self.mbar = master_bar(list(range(self.learn.n_epoch)))
+        self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
         self._epochs = iter(self.mbar)
         names = ["epoch"] + self.learn.recorder.metric_names + ["time"]
         self.mbar.write(names, table=True)
@@ -284,7 +287,12 @@ class ProgressCallback(Callback):
         self._wrap_dl()
 
     def _wrap_dl(self) -> None:
-        from fastprogress.fastprogress import progress_bar
+        """Show a bar over the batches: in Jupyter or a terminal (a log file gets only the epoch table)."""
+        from fastprogress.fastprogress import IN_NOTEBOOK, progress_bar
+        show = self.batch_bars if self.batch_bars is not None else (IN_NOTEBOOK or sys.stdout.isatty())
+        if not show:
+            self.pbar = None
+            return
         try:
             total = len(self.learn.dl)
         except TypeError:
@@ -293,7 +301,7 @@ class ProgressCallback(Callback):
         self.learn.dl = self.pbar
 
     def after_batch(self) -> None:
-        if self.learn.training and self.learn.iter % self.refresh_every == 0:
+        if self.pbar is not None and self.learn.training and self.learn.iter % self.refresh_every == 0:
             self.pbar.comment = f"{float(self.learn.smooth_loss):.4f}"
 
     def after_epoch(self) -> None:

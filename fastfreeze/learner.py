@@ -106,7 +106,7 @@ class Learner:
         self.autocast_dtype = _resolve_precision(precision, self.device)
         self.reset_opt = reset_opt
         self.phase = "fit"
-        self.n_epoch, self.epoch, self.iter, self.train_iter = 0, 0, 0, 0
+        self.n_epoch, self.start_epoch, self.epoch, self.iter, self.train_iter = 0, 0, 0, 0, 0
         self.training = False
         self.xb: tuple = ()
         self.yb: tuple = ()
@@ -215,13 +215,14 @@ class Learner:
 
     def groups_table(self) -> list[dict[str, Any]]:
         """One row per layer group: index, module names, parameter count, trainable count, state."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        from .groups import group_names
+        labels = group_names(self.model, self.layer_groups)
         rows = []
         for i, g in enumerate(self.layer_groups):
             n_params = sum(p.numel() for p in g)
             n_train = sum(p.numel() for p in g if p.requires_grad)
             state = "trainable" if n_train == n_params else ("frozen" if n_train == 0 else "frozen (norm trains)")
-            rows.append({"group": i, "modules": _summarize_names([names[id(p)] for p in g]),
+            rows.append({"group": i, "modules": labels[i],
                          "params": n_params, "trainable": n_train, "state": state,
                          "lr": self.opt.param_groups[i]["lr"]})
         return rows
@@ -278,14 +279,18 @@ class Learner:
     # the training loop
     # ---------------------------------------------------------------------------------------------
     def fit(self, n_epoch: int, lr: Optional[LrSpec] = None, wd: Optional[float] = None,
-            cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
+            cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None,
+            start_epoch: int = 0) -> None:
         """Train for `n_epoch` epochs, validating after each.
 
         `lr` (float, slice or one per group) and `wd` are written into every param group first;
         schedulers passed in `cbs` then change them step by step. `phase` labels this fit in the Recorder.
+        `start_epoch` skips epochs already done (resuming): schedules continue from that point.
         """
         if n_epoch < 0:
             raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
+        if not 0 <= start_epoch <= n_epoch:
+            raise ValueError(f"start_epoch must be in [0, {n_epoch}], got {start_epoch}")
         if lr is not None:
             self.set_lrs(lr)
         if wd is not None:
@@ -293,14 +298,15 @@ class Learner:
                 g["wd"] = wd
         self._n_fits += 1
         self.phase = phase or f"fit {self._n_fits}"
-        self.n_epoch, self.train_iter = n_epoch, 0
+        self.n_epoch, self.start_epoch = n_epoch, start_epoch
+        self.train_iter = start_epoch * len(self.dls.train) if start_epoch else 0
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         if self.norm == "recalibrate" and self.frozen_groups and self._recalibrated_for != self.frozen_groups:
             self.recalibrate_norm()
         with self.added_cbs(cbs):
             try:
                 self._event("before_fit")
-                for self.epoch in range(n_epoch):
+                for self.epoch in range(start_epoch, n_epoch):
                     self._do_epoch()
             except CancelFitException:
                 self._event("after_cancel_fit")
@@ -435,11 +441,23 @@ class Learner:
                       moms=moms, cbs=cbs, phase=phase)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
-        """fastai's transfer-learning recipe (SPEC.md §6): see `schedule.fine_tune`."""
+                  pct_start: float = 0.3, div: float = 5.0, strategy: Any = None,
+                  layer_decay: Optional[float] = None, **kwargs: Any) -> None:
+        """Transfer learning in phases (SPEC.md §6): by default fastai's recipe, head only for
+        `freeze_epochs`, then every group with discriminative lrs. `strategy` picks another freezing
+        schedule and `layer_decay` layer-wise lr decay: see `schedule.fine_tune`."""
         from .schedule import fine_tune
         fine_tune(self, epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult,
-                  pct_start=pct_start, div=div, **kwargs)
+                  pct_start=pct_start, div=div, strategy=strategy, layer_decay=layer_decay, **kwargs)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
+                suggest_funcs: Optional[Sequence[Callable]] = None) -> tuple:
+        """Exponential lr sweep with everything restored afterwards, in memory (SPEC.md §8): see
+        `lr_finder.lr_find`. Returns a namedtuple of suggestions (default `.valley`);
+        `self.recorder.plot_lr_find()` draws the sweep."""
+        from .lr_finder import lr_find
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div,
+                       suggest_funcs=suggest_funcs)
 
     # ---------------------------------------------------------------------------------------------
     # norm recalibration
@@ -563,15 +581,3 @@ class Learner:
         if with_opt and "opt" in state:
             self.opt.load_state_dict(state["opt"])
         return self
-
-
-def _summarize_names(names: list[str], max_items: int = 4) -> str:
-    """Short label for a group: its distinct module prefixes (two levels deep), e.g. 'body.conv1, body.bn1'."""
-    prefixes: list[str] = []
-    for n in names:
-        parts = n.split(".")[:-1] or [n]
-        prefix = ".".join(parts[:3]) if parts[0] in ("body", "0") and len(parts) > 2 else ".".join(parts[:2])
-        if prefix not in prefixes:
-            prefixes.append(prefix)
-    shown = ", ".join(prefixes[:max_items])
-    return shown + (f", ... (+{len(prefixes) - max_items})" if len(prefixes) > max_items else "")

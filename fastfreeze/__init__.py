@@ -3,9 +3,12 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
                        CancelTrainException, CancelValidException, ProgressCallback, Recorder)
 from .data import DataLoaders
 from .learner import Learner, adamw
+from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
 from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
 from .schedule import ParamScheduler, cos_anneal, fine_tune, fit_one_cycle, one_cycle_scheduler
+from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
+                         UnfreezeMilestones)
 
 try:  # the version lives in settings.ini only; installed metadata carries it here
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -18,4 +21,7 @@ __all__ = [
     "CancelValidException", "DataLoaders", "Learner", "Metric", "ParamScheduler", "ProgressCallback", "Recorder",
     "accuracy", "adamw", "cos_anneal", "error_rate", "expand_lrs", "fine_tune", "fit_one_cycle", "lrs_decay",
     "one_cycle_scheduler", "top_k", "top_k_accuracy",
+    "valley", "minimum", "steep", "slide",
+    "Strategy", "Phase", "FastaiFineTune", "Freeze", "NoFreeze", "FreezeUnfreeze", "UnfreezeMilestones",
+    "GradualUnfreezing",
 ]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .callback import Callback
 from .lrs import LrSpec, expand_lrs
+from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Learner
@@ -95,16 +96,43 @@ def fit_one_cycle(learn: "Learner", n_epoch: int, lr_max: Optional[LrSpec] = Non
 
 
 def fine_tune(learn: "Learner", epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-              pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
-    """fastai's recipe (SPEC.md §6):
+              pct_start: float = 0.3, div: float = 5.0, strategy: StrategySpec = None,
+              layer_decay: Optional[float] = None, **kwargs: Any) -> None:
+    """Fine-tune in phases, one `fit_one_cycle` per phase, `freeze_to` between them (see `strategies`).
+
+    The default (`strategy=None`) is fastai's recipe (SPEC.md §6):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
-    Extra keyword arguments (moms, div_final, wd, cbs) go to both phases; `freeze_epochs=0` skips phase 1.
+    `freeze_epochs=0` skips phase 1. Other strategies: 'freeze', 'no_freeze', ('freeze_unfreeze', e),
+    ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a `Strategy` object; their phases use
+    `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is the default's only).
+
+    Discriminative lrs: `slice(head_lr/lr_mult, head_lr)` over all groups, or with `layer_decay=d`
+    `head_lr * d**(G-1-i)` for group i (layer-wise lr decay) in place of the slice.
+    Extra keyword arguments (moms, div_final, wd, cbs) go to every phase. Phases are labelled in the
+    Recorder ('frozen', 'unfrozen', 'unfrozen from group k', or a custom strategy's labels).
     """
-    if freeze_epochs > 0:
-        learn.freeze()
-        fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, phase="frozen", **kwargs)
-    base_lr /= 2
-    learn.unfreeze()
-    fit_one_cycle(learn, epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div,
-                  phase="unfrozen", **kwargs)
+    if "phase" in kwargs:
+        raise ValueError("fine_tune labels its phases itself: pass no `phase`, or define a Strategy with labels")
+    if not base_lr > 0:
+        raise ValueError(f"base_lr must be positive, got {base_lr}")
+    plan = resolve_strategy(strategy, freeze_epochs)
+    phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))
+    for phase in phases:  # check them all before training starts
+        _check_phase(learn, phase, plan)
+    for phase in phases:
+        learn.freeze_to(phase.freeze_to)
+        fit_one_cycle(learn, phase.epochs, phase.lr, pct_start=pct_start if phase.pct_start is None else phase.pct_start,
+                      div=div if phase.div is None else phase.div, phase=phase.label, **kwargs)
+
+
+def _check_phase(learn: "Learner", phase: Any, plan: Strategy) -> None:
+    if not isinstance(phase, Phase):
+        raise TypeError(f"{plan!r}.phases() must yield Phase objects, got {type(phase).__name__}")
+    if not isinstance(phase.epochs, int) or isinstance(phase.epochs, bool) or phase.epochs < 0:
+        raise ValueError(f"{plan!r} gave a phase of {phase.epochs!r} epochs: a phase needs an int >= 0")
+    g = learn.n_groups
+    if not isinstance(phase.freeze_to, int) or isinstance(phase.freeze_to, bool) or not -g <= phase.freeze_to <= g - 1:
+        raise ValueError(f"{plan!r} gave phase {phase.label!r} freeze_to={phase.freeze_to!r}, but this learner has "
+                         f"{g} layer groups: it must be an int in [{-g}, {g - 1}]")
+    expand_lrs(phase.lr, g)  # a clear error now rather than after the first phases

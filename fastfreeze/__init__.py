@@ -1,12 +1,20 @@
 """fastfreeze: transfer learning for timm image models with layer groups and discriminative learning rates."""
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                        CancelTrainException, CancelValidException, ProgressCallback, Recorder)
+from .auto_lr import choose_base_lr
+from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
 from .data import DataLoaders
+from .groups import body_groups, group_names, layer_groups
+from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
+from .image_data import ImageDataLoaders
 from .learner import Learner, adamw
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
 from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
 from .schedule import ParamScheduler, cos_anneal, fine_tune, fit_one_cycle, one_cycle_scheduler
+from .losses import SupervisedContrastiveLoss
+from .vision import VisionLearner, vision_learner
+from .weights import load_pretrained
 from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
                          UnfreezeMilestones)
 
@@ -24,4 +32,7 @@ __all__ = [
     "valley", "minimum", "steep", "slide",
     "Strategy", "Phase", "FastaiFineTune", "Freeze", "NoFreeze", "FreezeUnfreeze", "UnfreezeMilestones",
     "GradualUnfreezing",
+    "choose_base_lr", "BodyInfo", "TransferModel", "create_timm_body", "cut_classifier", "body_groups",
+    "group_names", "layer_groups", "AdaptiveConcatPool2d", "create_head", "head_from_layers", "projection_head",
+    "ImageDataLoaders", "SupervisedContrastiveLoss", "VisionLearner", "vision_learner", "load_pretrained",
 ]

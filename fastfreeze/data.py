@@ -1,7 +1,8 @@
 """`DataLoaders`: a training and a validation iterable of `(x, y)` batches, plus what is known of the labels."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -66,3 +67,27 @@ class DataLoaders:
             ys = y_train if y_valid is None else torch.cat([y_train.reshape(-1), y_valid.reshape(-1)])
             kwargs["c"] = int(ys.max()) + 1
         return cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
+
+
+def loader_generators(dl: Any) -> list[torch.Generator]:
+    """The torch Generators a DataLoader draws its shuffling from (its own and its sampler's)."""
+    candidates = [getattr(dl, "generator", None), getattr(getattr(dl, "sampler", None), "generator", None),
+                  getattr(getattr(getattr(dl, "batch_sampler", None), "sampler", None), "generator", None)]
+    found: dict[int, torch.Generator] = {}
+    for g in candidates:
+        if isinstance(g, torch.Generator):
+            found[id(g)] = g
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def seeded_loader(dl: Any, seed: int) -> Iterator[None]:
+    """Iterate `dl` in the order `seed` gives, then put its generators back as they were."""
+    saved = [(g, g.get_state()) for g in loader_generators(dl)]
+    try:
+        for g, _ in saved:
+            g.manual_seed(seed)
+        yield
+    finally:
+        for g, state in saved:
+            g.set_state(state)

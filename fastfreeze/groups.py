@@ -3,6 +3,10 @@
 A timm body is split by its own `group_matcher()`: the stem, then one group per stage (`level='coarse'`)
 or per block (`level='fine'`), in forward order. Parameters timm's matcher leaves unmatched (a final norm,
 a pre-logits layer: timm puts them in a trailing group of their own) join the last body group.
+Forward order holds as far as timm's matchers allow; known exceptions, all timm's own choices: CaiT's
+class-attention blocks (run last) share the groups of the last self-attention blocks; CoaT's conv position
+encodings sit in each stage's stem group but run inside its blocks; EfficientViM's per-stage output norms
+are unmatched, so they go last.
 Any other body (torchvision, a user's `nn.Module`) is split by `generic_groups` (see there).
 The head is always the last group of a `TransferModel`.
 """
@@ -53,7 +57,10 @@ def timm_groups(body: nn.Module, level: str = "coarse") -> Optional[list[list[st
     from timm.models._manipulate import group_with_matcher
     try:
         matcher = matcher_fn(coarse=(level == "coarse"))
-    except (NotImplementedError, TypeError):
+    except (NotImplementedError, AssertionError, TypeError):
+        if level == "coarse":  # some models (e.g. RDNet) only group per block: merge those instead
+            fine = timm_groups(body, "fine")
+            return None if fine is None else merge_groups(fine, _sizes(body, fine), DEFAULT_MAX_GROUPS["coarse"])
         return None
     names = [name for name, _ in body.named_parameters()]
     grouped = group_with_matcher([(n, None) for n in names] + [(_UNMATCHED, None)], matcher)

@@ -80,6 +80,8 @@ class Learner:
         cbs: extra callbacks, kept for every fit.
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
+        channels_last: keep the model and 4-D inputs in channels_last memory format (faster for CNNs:
+            8.5x for EfficientNet-Lite training on a 2-core CPU, neutral for ResNet; see vision_learner).
     """
 
     def __init__(self, model: nn.Module, dls: DataLoaders, loss_func: Optional[Callable] = None,
@@ -89,9 +91,12 @@ class Learner:
                  metrics: Optional[Union[Callable, Sequence[Callable]]] = None,
                  cbs: Optional[Union[Callback, Sequence[Callback]]] = None, path: Union[str, Path] = ".",
                  model_dir: str = "models", device: Optional[Union[str, torch.device]] = None,
-                 precision: str = "auto", progress: bool = True, reset_opt: bool = True):
+                 precision: str = "auto", progress: bool = True, reset_opt: bool = True,
+                 channels_last: bool = False):
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device)
+        self.channels_last = channels_last
+        self.model = model.to(self.device, memory_format=torch.channels_last) if channels_last else \
+            model.to(self.device)
         self.dls = dls
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
         self.splitter = splitter or default_splitter
@@ -421,7 +426,9 @@ class Learner:
             raise TypeError("each batch must be a tuple (x, y) (or (x1, ..., xn, y)); got "
                             f"{type(batch).__name__}")
         moved = [b.to(self.device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch]
-        return tuple(moved[:-1]), tuple(moved[-1:])
+        xb = tuple(x.contiguous(memory_format=torch.channels_last)
+                   if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4 else x for x in moved[:-1])
+        return xb, tuple(moved[-1:])
 
     # ---------------------------------------------------------------------------------------------
     # learning rates and schedules
@@ -440,11 +447,12 @@ class Learner:
         fit_one_cycle(self, n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
                       moms=moms, cbs=cbs, phase=phase)
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+    def fine_tune(self, epochs: int, base_lr: Union[float, str] = "auto", freeze_epochs: int = 1, lr_mult: float = 100,
                   pct_start: float = 0.3, div: float = 5.0, strategy: Any = None,
                   layer_decay: Optional[float] = None, **kwargs: Any) -> None:
         """Transfer learning in phases (SPEC.md §6): by default fastai's recipe, head only for
-        `freeze_epochs`, then every group with discriminative lrs. `strategy` picks another freezing
+        `freeze_epochs`, then every group with discriminative lrs. `base_lr='auto'` (default) picks the
+        lr from a sweep of the head on cached body features (`auto_lr`); a number keeps fastai's numbers. `strategy` picks another freezing
         schedule and `layer_decay` layer-wise lr decay: see `schedule.fine_tune`."""
         from .schedule import fine_tune
         fine_tune(self, epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult,
@@ -536,8 +544,9 @@ class Learner:
         `label` is the class name when `dls.vocab` is known, else the index."""
         x = self._prepare_item(x)
         self.model.eval()
+        (x,), _ = self._to_device((x.unsqueeze(0), None))
         with self._autocast():
-            out = self.model(x.unsqueeze(0).to(self.device))
+            out = self.model(x)
         probs = self.activation(out)[0].cpu()
         index = int(probs.argmax())
         vocab = getattr(self.dls, "vocab", None)

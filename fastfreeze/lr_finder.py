@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
+from .data import loader_generators
 from .callback import Callback, CancelFitException
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -272,17 +273,6 @@ def _to_cpu_copy(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def _sampler_generators(dl: Any) -> list[torch.Generator]:
-    """The torch Generators a DataLoader draws its shuffling from (its own and its sampler's)."""
-    candidates = [getattr(dl, "generator", None), getattr(getattr(dl, "sampler", None), "generator", None),
-                  getattr(getattr(getattr(dl, "batch_sampler", None), "sampler", None), "generator", None)]
-    found: dict[int, torch.Generator] = {}
-    for g in candidates:
-        if isinstance(g, torch.Generator):
-            found[id(g)] = g
-    return list(found.values())
-
-
 @contextlib.contextmanager
 def _everything_restored(learn: "Learner") -> Iterator[None]:
     """Snapshot the learner's training state; put it back exactly on exit (also after an error)."""
@@ -296,7 +286,7 @@ def _everything_restored(learn: "Learner") -> Iterator[None]:
     loop = {a: getattr(learn, a) for a in _LOOP_ATTRS if hasattr(learn, a)}
     recorder = learn.recorder
     recorder_state = {k: copy.deepcopy(v) for k, v in vars(recorder).items() if k != "learn"}
-    generators = [(g, g.get_state()) for g in _sampler_generators(learn.dls.train)]
+    generators = [(g, g.get_state()) for g in loader_generators(learn.dls.train)]
     py_state, np_state = random.getstate(), np.random.get_state()
     cuda_devices = [learn.device] if learn.device.type == "cuda" else []
     try:

@@ -90,17 +90,21 @@ def fit_one_cycle(learn: "Learner", n_epoch: int, lr_max: Optional[LrSpec] = Non
                   cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
     """Fit `n_epoch` epochs with the one-cycle policy; `lr_max` is a float, a slice or one lr per group
     (default: `learn.lr`)."""
+    if lr_max == "auto":
+        from .auto_lr import choose_base_lr
+        lr_max = choose_base_lr(learn)
     lrs = expand_lrs(learn.lr if lr_max is None else lr_max, learn.n_groups)
     scheduler = one_cycle_scheduler(lrs, div=div, div_final=div_final, pct_start=pct_start, moms=moms)
     learn.fit(n_epoch, wd=wd, cbs=[scheduler] + _as_list(cbs), phase=phase)
 
 
-def fine_tune(learn: "Learner", epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+def fine_tune(learn: "Learner", epochs: int, base_lr: Union[float, str] = "auto", freeze_epochs: int = 1, lr_mult: float = 100,
               pct_start: float = 0.3, div: float = 5.0, strategy: StrategySpec = None,
               layer_decay: Optional[float] = None, **kwargs: Any) -> None:
     """Fine-tune in phases, one `fit_one_cycle` per phase, `freeze_to` between them (see `strategies`).
 
-    The default (`strategy=None`) is fastai's recipe (SPEC.md §6):
+    `base_lr='auto'` (default) first picks base_lr from an lr sweep of the head (see `auto_lr`); a number
+    is used as given. The default (`strategy=None`) is fastai's recipe (SPEC.md §6):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
     `freeze_epochs=0` skips phase 1. Other strategies: 'freeze', 'no_freeze', ('freeze_unfreeze', e),
@@ -114,8 +118,11 @@ def fine_tune(learn: "Learner", epochs: int, base_lr: float = 2e-3, freeze_epoch
     """
     if "phase" in kwargs:
         raise ValueError("fine_tune labels its phases itself: pass no `phase`, or define a Strategy with labels")
-    if not base_lr > 0:
-        raise ValueError(f"base_lr must be positive, got {base_lr}")
+    if base_lr == "auto":
+        from .auto_lr import choose_base_lr
+        base_lr = choose_base_lr(learn)
+    if isinstance(base_lr, str) or not base_lr > 0:
+        raise ValueError(f"base_lr must be a positive number or 'auto', got {base_lr!r}")
     plan = resolve_strategy(strategy, freeze_epochs)
     phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))
     for phase in phases:  # check them all before training starts

@@ -52,14 +52,17 @@ def assert_partition(model: nn.Module, groups: list[list[nn.Parameter]]) -> None
 
 
 def execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    """Modules that own parameters, in the order they first run."""
+    """Modules that own parameters, in the order they first run. Modules with submodules are left out:
+    a hook tells when they start, not when they use their own parameters (a ViT's cls_token, CoaT's
+    per-stage class tokens)."""
     order: list[nn.Module] = []
 
     def record(module, _inputs):
         if not any(module is m for m in order):
             order.append(module)
 
-    owners = [m for m in model.modules() if any(p is not None for p in m._parameters.values())]
+    owners = [m for m in model.modules()
+              if any(p is not None for p in m._parameters.values()) and not any(True for _ in m.children())]
     handles = [m.register_forward_pre_hook(record) for m in owners]
     try:
         model.eval()

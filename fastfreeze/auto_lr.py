@@ -1,0 +1,121 @@
+"""`base_lr='auto'`: fine_tune picks its own learning rate from an lr sweep of the head.
+
+How: run the (frozen) body once, in eval mode and without gradients, over up to `max_items` training
+images and keep its features; then run `lr_find` on a *copy* of the head trained on those cached features
+(hundreds of head-only steps cost less than one batch through the body). The learner itself is not
+touched: weights, buffers, optimizer state, `requires_grad` and the global RNG state stay as they were.
+Models that are not a `TransferModel` (no body/head split) get a short sweep of the frozen learner instead,
+restored exactly by `lr_find`.
+
+The rule turning the sweep into `base_lr` is `pick_base_lr` (see its docstring for the reasoning and
+benchmarks/transfer_quality.py for the measurements behind it).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learner import Learner
+
+# the range `pick_base_lr` clips to: below it a head barely moves in a few epochs, above it AdamW
+# updates of the body (base_lr/2 for the head, /100 for the stem) stop being small perturbations
+MIN_AUTO_LR, MAX_AUTO_LR = 1e-4, 3e-2
+
+
+def pick_base_lr(valley_lr: float, minimum_lr: float) -> float:
+    """The rule: the geometric mean of fastai's `valley` and `minimum` suggestions, clipped to
+    [MIN_AUTO_LR, MAX_AUTO_LR].
+
+    Why: measured on real data (SPEC.md §12, issue "Transfer quality by default"), `valley` on a frozen
+    learner lands 5-10x below the best fine_tune base_lr (it picks the middle of the steepest descent,
+    a lr that is safe for the head alone for one epoch), while `minimum` (a tenth of the lr at the loss
+    minimum) lands at or slightly above it. Their geometric mean sits between the two on a log scale,
+    where base_lr errors cost the least. A sweep that found nothing (NaN) falls back to fastai's 2e-3.
+    """
+    candidates = [x for x in (valley_lr, minimum_lr) if x is not None and math.isfinite(x) and x > 0]
+    if not candidates:
+        return 2e-3
+    lr = math.exp(sum(math.log(x) for x in candidates) / len(candidates))
+    return float(min(max(lr, MIN_AUTO_LR), MAX_AUTO_LR))
+
+
+@torch.no_grad()
+def cached_body_features(learn: "Learner", max_items: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Body outputs (eval mode, autocast as the learner trains) and targets for up to `max_items`
+    training items, on the learner's device."""
+    body = learn.model.body
+    was_training = body.training
+    body.eval()
+    feats, targs, n = [], [], 0
+    try:
+        for batch in learn.dls.train:  # (seeded by the caller: see choose_base_lr)
+            xb, yb = learn._to_device(batch)
+            with learn._autocast():
+                feats.append(body(*xb).float())
+            targs.append(yb[0])
+            n += len(yb[0])
+            if n >= max_items:
+                break
+    finally:
+        body.train(was_training)
+    if not feats:
+        raise ValueError("base_lr='auto' needs training data, and dls.train yielded no batch")
+    return torch.cat(feats)[:max_items], torch.cat(targs)[:max_items]
+
+
+def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = 100, verbose: bool = True) -> float:
+    """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
+    from .body import TransferModel
+    from .data import DataLoaders, seeded_loader
+    from .learner import Learner
+    from .lr_finder import minimum, valley
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
+        torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
+        if isinstance(learn.model, TransferModel):
+            with seeded_loader(learn.dls.train, 0):
+                feats, targs = cached_body_features(learn, max_items)
+            bs = getattr(learn.dls.train, "batch_size", None) or 64
+            bs = max(2, min(bs, len(targs) // 2)) if len(targs) >= 4 else len(targs)
+            generator = torch.Generator().manual_seed(0)
+            feature_dl = DataLoader(TensorDataset(feats.cpu(), targs.cpu()), batch_size=bs, shuffle=True,
+                                    drop_last=True, generator=generator)
+            head_learner = Learner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
+                                   opt_func=learn.opt_func, wd=learn.wd, wd_bn_bias=learn.wd_bn_bias,
+                                   device=learn.device, precision="fp32", progress=False)
+            how = f"lr_find of the head on cached body features of {len(targs)} training items"
+            suggestions = head_learner.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
+            sweep = head_learner.recorder.lr_find_results
+        else:
+            frozen_before = learn.frozen_groups
+            how = "lr_find of the learner with all groups but the last frozen"
+            _refreeze(learn, max(learn.n_groups - 1, 0))
+            try:
+                suggestions = learn.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
+            finally:
+                _refreeze(learn, frozen_before)
+            sweep = learn.recorder.lr_find_results
+    base_lr = pick_base_lr(suggestions.valley, suggestions.minimum)
+    seconds = time.perf_counter() - start
+    learn.auto_lr = {"base_lr": base_lr, "valley": suggestions.valley, "minimum": suggestions.minimum,
+                     "how": how, "seconds": seconds, "sweep": sweep}
+    learn.recorder.lr_find_results = dict(sweep, suggestions={**sweep["suggestions"], "auto": base_lr})
+    if verbose:
+        print(f"base_lr={base_lr:.2e} chosen by {how} (geometric mean of valley {suggestions.valley:.2e} and "
+              f"minimum {suggestions.minimum:.2e}; {seconds:.1f} s)")
+    return base_lr
+
+
+def _refreeze(learn: "Learner", frozen_groups: int) -> None:
+    """`freeze_to` without resetting the optimizer state (which must come out of the choice unchanged)."""
+    reset, learn.reset_opt = learn.reset_opt, False
+    try:
+        learn.freeze_to(frozen_groups)
+    finally:
+        learn.reset_opt = reset

@@ -1,0 +1,152 @@
+"""The `fastfreeze` command line: `fastfreeze demo` (real weights, real images, offline) and
+`fastfreeze fine-tune DATA_DIR` for any image folder. Also `python -m fastfreeze`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+DEMO_ARCH = "tf_efficientnet_lite0"
+DEMO_WEIGHTS = "efficientnet-lite0"
+
+
+def _lr(text: str) -> Union[str, float]:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr takes a number or 'auto', got {text!r}") from None
+
+
+def _pretrained(text: str) -> Union[bool, str]:
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastfreeze", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def training_args(p: argparse.ArgumentParser, arch: str, epochs: int, size: Optional[int]) -> None:
+        p.add_argument("--arch", default=arch, help=f"timm architecture (default {arch})")
+        p.add_argument("--epochs", type=int, default=epochs, help="unfrozen epochs")
+        p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs first")
+        p.add_argument("--lr", type=_lr, default="auto", help="base learning rate, or 'auto' (default)")
+        p.add_argument("--bs", type=int, default=64, help="batch size")
+        p.add_argument("--size", type=int, default=size, help="input size in pixels")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", type=Path, default=Path("fastfreeze_out"), help="folder for plots and the model")
+        p.add_argument("--no-bar", action="store_true", help="no progress bars (the epoch table still prints)")
+
+    demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
+    training_args(demo, DEMO_ARCH, epochs=3, size=96)
+    demo.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
+    demo.add_argument("--full", action="store_true", help="all 60,000 training images at 224 px (use a GPU)")
+    demo.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files")
+    demo.set_defaults(out=Path("demo_out"))
+
+    ft = sub.add_parser("fine-tune", help="fine-tune a timm model on an image folder (train/ and valid/ inside)")
+    ft.add_argument("data_dir", type=Path)
+    training_args(ft, "resnet18", epochs=5, size=None)
+    ft.add_argument("--pretrained", type=_pretrained, default=True,
+                    help="true (timm hub), false, a local .pth/.safetensors file, or 'efficientnet-lite0'")
+    ft.add_argument("--valid-pct", type=float, default=None, help="split DATA_DIR/<class>/ instead of train/valid")
+    ft.add_argument("--workers", type=int, default=None, help="data loading processes")
+    return parser
+
+
+def _train_and_report(learn: Any, args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """fine_tune, then print the results and save plots and the model in `args.out`."""
+    from .metrics import accuracy  # noqa: F401  (the learner was built with it)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    before = learn.validate()
+    print(f"before fine-tuning: valid_loss {before[0]:.4f}, accuracy {before[1]:.4f} (random head)")
+    learn.show_groups()
+    fit_start = time.perf_counter()
+    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
+    fit_seconds = time.perf_counter() - fit_start
+    after = learn.validate()
+    learn.recorder.plot_loss(path=out / "loss.png")
+    learn.recorder.plot_sched(path=out / "lr_schedule.png")
+    if learn.recorder.lr_find_results is not None:
+        learn.recorder.plot_lr_find(path=out / "lr_find.png")
+    model_file = _save_model(learn, out)
+    results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
+               "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
+               "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", args.lr), "epochs": args.epochs,
+               "freeze_epochs": args.freeze_epochs, "model": str(model_file)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"after fine-tuning : valid_loss {after[0]:.4f}, accuracy {after[1]:.4f}")
+    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); "
+          f"plots, model and results.json in {out}/")
+    return results
+
+
+def _save_model(learn: Any, out: Path) -> Path:
+    export = getattr(learn, "export", None)
+    if export is not None:
+        return export(out / "model")
+    return learn.save(out / "model.pth", with_opt=False)
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from .datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+    from .image_data import ImageDataLoaders
+    from .metrics import accuracy
+    from .vision import vision_learner
+    started = time.perf_counter()
+    try:
+        x_train, y_train, x_test, y_test = load_fashion_mnist(args.data)
+    except FileNotFoundError as e:
+        sys.exit(f"fastfreeze demo: {e}")
+    if args.full:
+        size = 224 if args.size == 96 else args.size
+        idx = np.arange(len(y_train))
+    else:
+        size = args.size
+        idx = stratified_subset(y_train, args.per_class, seed=args.seed)
+    print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class), {len(y_test)} validation "
+          f"images (the official test split), {size} px; {DEMO_ARCH} with its ImageNet weights")
+    import torch
+    torch.manual_seed(args.seed)
+    dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test, y_test, vocab=FASHION_MNIST_CLASSES,
+                                       arch=DEMO_ARCH, size=size, bs=args.bs, augment=True, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dls.show_batch(path=args.out / "batch.png")
+    learn = vision_learner(dls, args.arch, pretrained=DEMO_WEIGHTS if args.arch == DEMO_ARCH else True,
+                           metrics=accuracy, progress=not args.no_bar)
+    return _train_and_report(learn, args, started)
+
+
+def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from .image_data import ImageDataLoaders
+    from .metrics import accuracy
+    from .vision import vision_learner
+    import torch
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    dls = ImageDataLoaders.from_folder(args.data_dir, valid_pct=args.valid_pct, seed=args.seed, bs=args.bs,
+                                       size=args.size, arch=args.arch, num_workers=args.workers)
+    print(f"{args.data_dir}: {len(dls.vocab)} classes ({', '.join(dls.vocab[:10])}"
+          f"{', ...' if len(dls.vocab) > 10 else ''})")
+    learn = vision_learner(dls, args.arch, pretrained=args.pretrained, metrics=accuracy, progress=not args.no_bar)
+    return _train_and_report(learn, args, started)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        run_demo(args)
+    else:
+        run_fine_tune(args)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

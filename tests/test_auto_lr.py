@@ -1,0 +1,81 @@
+"""base_lr='auto': deterministic, leaves the learner untouched, and beats a hopeless fixed lr."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastfreeze import DataLoaders, Learner, accuracy
+from fastfreeze.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, pick_base_lr
+from fastfreeze.body import TransferModel
+from conftest import blobs
+
+
+def transfer_learner(seed=0, n=240):
+    torch.manual_seed(seed)
+    body = nn.Sequential(nn.Linear(4, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+    head = nn.Sequential(nn.BatchNorm1d(32), nn.Linear(32, 3))
+    x, y = blobs(n, spread=1.0)
+    xv, yv = blobs(150, seed=1, spread=1.0)
+    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=16, seed=0)
+    return Learner(TransferModel(body, head), dls, splitter=lambda m: [m.body, m.head], metrics=accuracy,
+                   progress=False)
+
+
+def test_pick_base_lr_rule():
+    assert pick_base_lr(1e-3, 1e-1) == pytest.approx(1e-2)  # geometric mean
+    assert pick_base_lr(1e-6, 1e-5) == MIN_AUTO_LR and pick_base_lr(1.0, 10.0) == MAX_AUTO_LR
+    assert pick_base_lr(float("nan"), 4e-3) == pytest.approx(4e-3)
+    assert pick_base_lr(float("nan"), float("nan")) == 2e-3
+
+
+def test_auto_is_deterministic_and_touches_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def prepared():
+        learn = transfer_learner()
+        learn.fit(1, lr=1e-3)  # some optimizer state to preserve
+        learn.freeze()
+        return learn
+    learn = prepared()
+    state = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    opt_state = learn.opt.state_dict()
+    opt_tensors = {(i, k): v.clone() for i, st in opt_state["state"].items() for k, v in st.items()}
+    flags = [p.requires_grad for p in learn.model.parameters()]
+    rng = torch.get_rng_state()
+    files = sorted(os.listdir(tmp_path))
+    lr1 = choose_base_lr(learn, verbose=False)
+    lr2 = choose_base_lr(learn, verbose=False)
+    assert lr1 == lr2 and MIN_AUTO_LR <= lr1 <= MAX_AUTO_LR
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    for (i, k), v in opt_tensors.items():
+        assert torch.equal(learn.opt.state_dict()["state"][i][k], v)
+    assert [p.requires_grad for p in learn.model.parameters()] == flags
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert sorted(os.listdir(tmp_path)) == files
+    # a second learner built the same way picks the same lr
+    assert choose_base_lr(prepared(), verbose=False) == lr1
+
+
+def test_auto_beats_a_hopeless_lr():
+    """With base_lr=1e-6 nothing moves in 3 epochs; 'auto' must find an lr that learns the task."""
+    tiny = transfer_learner()
+    tiny.fine_tune(2, base_lr=1e-6, freeze_epochs=1)
+    acc_tiny = tiny.validate()[1]
+    auto = transfer_learner()
+    auto.fine_tune(2, freeze_epochs=1)  # base_lr='auto' is the default
+    acc_auto = auto.validate()[1]
+    assert auto.auto_lr["base_lr"] > 1e-4
+    assert acc_auto > 0.9 and acc_auto > acc_tiny + 0.2, (acc_auto, acc_tiny)
+
+
+def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
+    from conftest import mlp3
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    lr = choose_base_lr(learn, verbose=False, num_it=30)
+    assert math.isfinite(lr) and learn.frozen_groups == 0
+    assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
+    assert all(p.requires_grad for p in learn.model.parameters())

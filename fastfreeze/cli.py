@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
     training_args(demo, DEMO_ARCH, epochs=3, size=96)
-    demo.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
+    demo.add_argument("--per-class", type=int, default=200, help="training images per class (default 200)")
+    demo.add_argument("--valid-per-class", type=int, default=200,
+                      help="test-split images per class for the per-epoch validation (default 200); the final "
+                           "accuracy is measured on the whole official test split")
+    demo.add_argument("--final-per-class", type=int, default=None,
+                      help="measure the final accuracy on this many test images per class (default: all 10,000)")
     demo.add_argument("--full", action="store_true", help="all 60,000 training images at 224 px (use a GPU)")
     demo.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files")
     demo.set_defaults(out=Path("demo_out"))
@@ -58,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_and_report(learn: Any, args: argparse.Namespace, started: float) -> dict[str, Any]:
-    """fine_tune, then print the results and save plots and the model in `args.out`."""
+def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
+                      final_dl: Any = None, final_name: str = "validation set") -> dict[str, Any]:
+    """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
+    measured on `final_dl` when given (e.g. a whole test split), else on the validation set."""
     from .metrics import accuracy  # noqa: F401  (the learner was built with it)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -69,18 +76,19 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float) -> d
     fit_start = time.perf_counter()
     learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
     fit_seconds = time.perf_counter() - fit_start
-    after = learn.validate()
+    after = learn.validate(final_dl)
     learn.recorder.plot_loss(path=out / "loss.png")
     learn.recorder.plot_sched(path=out / "lr_schedule.png")
     if learn.recorder.lr_find_results is not None:
         learn.recorder.plot_lr_find(path=out / "lr_find.png")
     model_file = _save_model(learn, out)
     results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
+               "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
                "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", args.lr), "epochs": args.epochs,
                "freeze_epochs": args.freeze_epochs, "model": str(model_file)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"after fine-tuning : valid_loss {after[0]:.4f}, accuracy {after[1]:.4f}")
+    print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}")
     print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); "
           f"plots, model and results.json in {out}/")
     return results
@@ -91,6 +99,15 @@ def _save_model(learn: Any, out: Path) -> Path:
     if export is not None:
         return export(out / "model")
     return learn.save(out / "model.pth", with_opt=False)
+
+
+def _quiet_bars(learn: Any, no_bar: bool) -> None:
+    """`--no-bar`: no per-batch bars; the per-epoch table still prints."""
+    from .callback import ProgressCallback
+    if no_bar:
+        for cb in learn.cbs:
+            if isinstance(cb, ProgressCallback):
+                cb.batch_bars = False
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,17 +128,27 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     else:
         size = args.size
         idx = stratified_subset(y_train, args.per_class, seed=args.seed)
-    print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class), {len(y_test)} validation "
-          f"images (the official test split), {size} px; {DEMO_ARCH} with its ImageNet weights")
+    valid_idx = stratified_subset(y_test, args.valid_per_class, seed=0)
+    print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class); per-epoch validation on "
+          f"{len(valid_idx)} images of the official test split, final accuracy on all {len(y_test)}; {size} px; "
+          f"{DEMO_ARCH} with its ImageNet weights")
     import torch
     torch.manual_seed(args.seed)
-    dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test, y_test, vocab=FASHION_MNIST_CLASSES,
-                                       arch=DEMO_ARCH, size=size, bs=args.bs, augment=True, seed=args.seed)
+    dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test[valid_idx], y_test[valid_idx],
+                                       vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,
+                                       augment=True, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     dls.show_batch(path=args.out / "batch.png")
     learn = vision_learner(dls, args.arch, pretrained=DEMO_WEIGHTS if args.arch == DEMO_ARCH else True,
-                           metrics=accuracy, progress=not args.no_bar)
-    return _train_and_report(learn, args, started)
+                           metrics=accuracy)
+    _quiet_bars(learn, args.no_bar)
+    if args.final_per_class is None:
+        test_dl, name = dls.test_dl(x_test, y_test, bs=256), f"official Fashion-MNIST test split ({len(y_test)} images)"
+    else:
+        final_idx = stratified_subset(y_test, args.final_per_class, seed=1)
+        test_dl = dls.test_dl(x_test[final_idx], y_test[final_idx], bs=256)
+        name = f"official Fashion-MNIST test split ({len(final_idx)} of its {len(y_test)} images, stratified)"
+    return _train_and_report(learn, args, started, final_dl=test_dl, final_name=name)
 
 
 def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,7 +162,8 @@ def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
                                        size=args.size, arch=args.arch, num_workers=args.workers)
     print(f"{args.data_dir}: {len(dls.vocab)} classes ({', '.join(dls.vocab[:10])}"
           f"{', ...' if len(dls.vocab) > 10 else ''})")
-    learn = vision_learner(dls, args.arch, pretrained=args.pretrained, metrics=accuracy, progress=not args.no_bar)
+    learn = vision_learner(dls, args.arch, pretrained=args.pretrained, metrics=accuracy)
+    _quiet_bars(learn, args.no_bar)
     return _train_and_report(learn, args, started)
 
 

@@ -543,6 +543,15 @@ class ImageDataLoaders(DataLoaders):
         """`from_tensors` for numpy arrays (same arguments); e.g. Fashion-MNIST's uint8 `(N, 28, 28)`."""
         return cls.from_tensors(x, y, x_valid, y_valid, **kwargs)
 
+    def test_dl(self, images: Union[np.ndarray, Tensor], labels: Union[np.ndarray, Tensor, Sequence[int]],
+                bs: Optional[int] = None) -> torch.utils.data.DataLoader:
+        """A DataLoader over more in-memory images, preprocessed as the validation data is (for
+        `learn.validate(dl)` / `learn.get_preds(dl)`), e.g. a full test split."""
+        dataset = ArrayImageDataset(images, labels, self.data_config)
+        batch_size = bs or getattr(self.valid, "batch_size", None) or 128
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                           collate_fn=_collate_ready_batch, pin_memory=torch.cuda.is_available())
+
     def preprocess(self, item: ImageItem) -> Tensor:
         """One image (path, PIL image, array or tensor) preprocessed as the validation data is: `(3, H, W)`."""
         return preprocess_image(item, self.data_config, self.resize_method)

@@ -13,3 +13,17 @@ py="$venv/bin/python"
 # torch and torchvision together, pinned: other pairs fail to import side by side
 "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
 "$py" -m pip install -q -e "$repo[${FASTFREEZE_EXTRAS:-dev}]"
+
+# Fashion-MNIST for the demo and the notebooks: the Debian package dataset-fashion-mnist (MIT).
+ensure_fashion_mnist() {
+  if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || [ -n "${FASTFREEZE_DATA:-}" ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing the Debian package dataset-fashion-mnist"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or set"
+    echo "FASTFREEZE_DATA to a folder with the four *-ubyte.gz files (tests that need it are skipped)."
+  fi
+}

@@ -3,5 +3,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k groups`.
 FASTFREEZE_EXTRAS=dev
 source "$(dirname "$0")/env.sh"
+ensure_fashion_mnist
 cd "$repo"
 "$py" -m pytest -q --durations=15 "$@"

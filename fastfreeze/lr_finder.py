@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data import loader_generators
+from .distributed import broadcast_object
 from .callback import Callback, CancelFitException
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -248,6 +249,7 @@ def lr_find(learn: "Learner", start_lr: float = 1e-7, end_lr: float = 10, num_it
 
     lrs, losses = list(finder.lrs), list(finder.losses)
     suggestions = {name: float(f(lrs, losses, num_it)) for name, f in zip(names, funcs)}
+    suggestions = broadcast_object(suggestions)  # every rank of a DDP run uses rank 0's numbers
     learn.recorder.lr_find_results = {"lrs": lrs, "losses": losses, "suggestions": suggestions, "num_it": num_it}
     return namedtuple("SuggestedLRs", names)(*(suggestions[n] for n in names))
 

@@ -1,0 +1,180 @@
+"""Bad input gives a clear error: one test per row of docs/errors.md (some rows point to tests elsewhere)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from fastfreeze import Callback, DataLoaders, Learner
+from fastfreeze.export import InvalidExportError, load_learner
+from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.vision import vision_learner
+from conftest import blobs, mlp2, mlp3
+
+
+def save_image(path, mode="RGB", size=(20, 16), value=100):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        Image.fromarray(np.full(size[::-1], value * 257, dtype=np.uint16)).save(path)
+    elif mode == "P":
+        image = Image.new("P", size, 0)
+        image.putpalette([value] * 3 + [0] * 765)
+        image.save(path)
+    else:
+        Image.new(mode, size, value if mode == "L" else (value,) * len(mode)).save(path)
+
+
+def image_folder(root, classes=("a", "b"), per_class=3, modes=("RGB",)):
+    for c in classes:
+        for i in range(per_class):
+            save_image(root / c / f"{i}.png", modes[i % len(modes)], value=40 + 60 * classes.index(c))
+    return root
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image folder .*nowhere does not exist"):
+        ImageDataLoaders.from_folder(tmp_path / "nowhere", valid_pct=0.2, num_workers=0)
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ValueError, match=r"found no class sub-folders in .*data: expected path/train/<class>/<image>"):
+        ImageDataLoaders.from_folder(tmp_path / "data", valid_pct=0.2, num_workers=0)
+    (tmp_path / "data" / "a").mkdir()
+    (tmp_path / "data" / "b").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        ImageDataLoaders.from_folder(tmp_path / "data", valid_pct=0.2, num_workers=0)
+
+
+def test_one_class_only(tmp_path):
+    with pytest.raises(ValueError, match=r"need at least 2 classes, found only 'cats'"):
+        ImageDataLoaders.from_folder(image_folder(tmp_path / "d", classes=("cats",)), valid_pct=0.3, num_workers=0)
+
+
+def test_corrupt_or_non_image_file(tmp_path):
+    root = image_folder(tmp_path / "d")
+    bad = root / "a" / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match=r"(?s)1 unreadable image file.*broken.png"):
+        ImageDataLoaders.from_folder(root, valid_pct=0.3, num_workers=0, check=True)
+    dls = ImageDataLoaders.from_folder(root, valid_pct=0.3, num_workers=0, size=16, bs=16)
+    with pytest.raises(ValueError, match=r"cannot read image file .*broken.png.*remove or replace it"):
+        list(dls.train) + list(dls.valid)
+
+
+def test_mixed_channel_counts_are_converted_not_crashed(tmp_path):
+    root = image_folder(tmp_path / "d", per_class=5, modes=("RGB", "L", "RGBA", "P", "I;16"))
+    dls = ImageDataLoaders.from_folder(root, valid_pct=0.2, num_workers=0, size=16, bs=4, augment=False)
+    xs = [x for x, _ in dls.train] + [x for x, _ in dls.valid]
+    assert all(x.shape[1:] == (3, 16, 16) for x in xs)
+    assert sum(len(x) for x in xs) == 8 + 2  # drop_last on train: 8 of the 8 training images, then 2 valid
+
+
+# -- labels and model --------------------------------------------------------------------------------
+
+def label_dls(train_max, valid_max=2, n=16):
+    x, y = blobs(n)
+    y = y.clone()
+    y[5] = train_max
+    xv, yv = blobs(8, seed=1)
+    yv = yv.clone()
+    yv[3] = valid_max
+    return DataLoaders.from_tensors(x, y, xv, yv, bs=8, shuffle=False, c=3)
+
+
+def test_label_outside_the_model_outputs():
+    learn = Learner(mlp2(n_out=3), label_dls(train_max=7), progress=False)
+    with pytest.raises(ValueError, match=r"label 7 in a training batch, but the model has 3 outputs \(labels must be "
+                                         r"0\.\.2\).*n_out=8"):
+        learn.fit(1)
+    learn = Learner(mlp2(n_out=3), label_dls(train_max=2, valid_max=3), progress=False)
+    with pytest.raises(ValueError, match="label 3 in a validation batch"):
+        learn.fit(1)
+    learn = Learner(mlp2(n_out=3), label_dls(train_max=-1), progress=False)
+    with pytest.raises(ValueError, match="label -1 in a training batch"):
+        learn.fit(1)
+    # cross-entropy's ignore_index (-100) is a valid label: no error
+    Learner(mlp2(n_out=3), label_dls(train_max=-100), progress=False).fit(1)
+
+
+def test_head_input_size_does_not_match_the_body():
+    x = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    dls = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:4], np.arange(4) % 2, size=32, bs=4)
+    with pytest.raises(ValueError, match=r"head's first layer expects 100 input features but the body gives 96: "
+                                         r"use nn.Linear\(96, \.\.\.\)"):
+        vision_learner(dls, "test_resnet", pretrained=False, head=[nn.Linear(100, 2)], progress=False)
+    with pytest.raises(ValueError, match="the head does not fit the body"):
+        vision_learner(dls, "test_resnet", pretrained=False, head=nn.Sequential(nn.Flatten(), nn.Linear(7, 2)),
+                       progress=False)
+
+
+@pytest.mark.parametrize("n", [3, -4, 10])
+def test_freeze_to_out_of_range(dls_5_batches, n):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=rf"freeze_to\({n}\) is out of range: this learner has 3 layer groups, so n "
+                                         r"must be in \[-3, 2\]"):
+        learn.freeze_to(n)
+
+
+def test_lr_list_of_the_wrong_length(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for call in (lambda: learn.fit(1, lr=[1e-3, 1e-2]), lambda: learn.fit_one_cycle(1, [1e-3, 1e-2]),
+                 lambda: learn.set_lrs(np.array([1e-3, 1e-2, 1e-1, 1.0]))):
+        with pytest.raises(ValueError, match=r"got \d learning rates for 3 layer groups: pass one lr, a slice, or a "
+                                             r"list of exactly 3"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_loss(dls_5_batches, bad):
+    class Poison(Callback):
+        def after_loss(self):
+            if self.learn.training and self.learn.iter == 2:
+                self.learn.loss = self.learn.loss * bad
+    learn = Learner(mlp2(), dls_5_batches, cbs=Poison(), progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(FloatingPointError, match=rf"training loss is {bad} at epoch 0, batch 2: stopped before this "
+                                                 "step touched the weights"):
+        learn.fit(1, lr=0.0)  # lr 0: the two good steps move nothing either, so the weights must be as before
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+
+
+# -- weights and exports -------------------------------------------------------------------------------
+
+def test_missing_weights_file(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"no saved state at .*models/stage1.pth"):
+        learn.load("stage1")
+    x = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    dls = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:4], np.arange(4) % 2, size=32, bs=4)
+    with pytest.raises(FileNotFoundError, match=r"No weight file at .*missing.pth"):
+        vision_learner(dls, "test_resnet", pretrained=tmp_path / "missing.pth", progress=False)
+
+
+def test_mismatched_weights_file(tmp_path, dls_5_batches):
+    other = Learner(mlp2(hidden=8), dls_5_batches, path=tmp_path, progress=False)
+    other.save("small")
+    learn = Learner(mlp2(hidden=16), dls_5_batches, path=tmp_path, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with another shape: 0\.0\.weight: file \(8, 4\) "
+                                         r"vs model \(16, 4\)"):
+        learn.load("small")
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))  # nothing half-loaded
+    torch.save(mlp3().state_dict(), tmp_path / "models" / "three.pth")  # a plain state dict of another model
+    with pytest.raises(ValueError, match=r"keys missing from the file: 1\.weight, 1\.bias"):
+        learn.load("three")
+    torch.save(learn.model.state_dict(), tmp_path / "models" / "plain.pth")  # a plain state dict that fits: loads
+    learn.load("plain")
+
+
+def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    file = learn.save("model")
+    with pytest.raises(InvalidExportError, match="is a file, not a fastfreeze export"):
+        load_learner(file)
+    with pytest.raises(InvalidExportError, match="not a fastfreeze export: it has no config.json"):
+        load_learner(tmp_path / "models")
+    with pytest.raises(FileNotFoundError, match="no export at"):
+        load_learner(tmp_path / "nothing")

@@ -1,0 +1,289 @@
+"""Export without pickle: safetensors + JSON, rebuilt and loaded by `load_learner`, predictions bit-exact on CPU."""
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from fastfreeze import DataLoaders, Learner
+from fastfreeze.export import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec,
+                               export_learner, load_learner)
+from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.vision import vision_learner
+
+VOCAB = ["ant", "bee", "cat"]
+
+
+def array_dls(size=32, n=24):
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    y = np.arange(n) % 3
+    return ImageDataLoaders.from_arrays(x, y, x[:6], y[:6], size=size, bs=8, vocab=VOCAB)
+
+
+def trained(learn):
+    """One short fit, so that weights and BatchNorm statistics are not the initial ones."""
+    learn.fit(1, lr=1e-3)
+    return learn
+
+
+def images():
+    g = np.random.default_rng(1)
+    return [Image.fromarray(g.integers(0, 255, (40 + 7 * i, 36, 3), dtype=np.uint8)) for i in range(3)]
+
+
+def assert_predicts_like(predictor, learn, items):
+    for item in items:
+        label, index, probs = learn.predict(item)
+        label2, index2, probs2 = predictor.predict(item)
+        assert torch.equal(probs2, probs), (probs2 - probs).abs().max()  # bit-exact on the CPU
+        assert (label2, index2) == (label, index)
+
+
+# -- round trips ----------------------------------------------------------------------------------
+
+def test_default_head_round_trip_is_bit_exact_and_needs_no_pickle(tmp_path, monkeypatch):
+    learn = trained(vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False))
+    learn.build_spec = build_spec("test_resnet", n_out=3)
+    folder = export_learner(learn, tmp_path / "export")
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    assert config["format"] == "fastfreeze-export" and config["format_version"] == FORMAT_VERSION
+    assert config["model"]["body"] == {"kind": "timm", "arch": "test_resnet", "timm_kwargs": {"global_pool": ""},
+                                       "removed": []}
+    assert config["model"]["head"] == {"kind": "default", "n_out": 3, "lin_ftrs": None, "ps": 0.5, "concat_pool": True,
+                                       "first_bn": True, "bn_final": False, "lin_first": False}
+    assert config["body_info"] == {"num_features": learn.body_info.num_features, "pooled": False}
+    assert config["vocab"] == VOCAB and config["n_out"] == 3 and config["activation"] == "softmax"
+    assert config["channels_last"] is True and config["preprocessing"]["resize_method"] == "squish"
+    assert config["preprocessing"]["data_config"]["input_size"] == [3, 32, 32]
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("load_learner unpickled something")
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    predictor = load_learner(folder)
+    assert not predictor.model.training
+    state = learn.model.state_dict()
+    assert all(torch.equal(v, state[k].cpu()) for k, v in predictor.model.state_dict().items())
+    assert_predicts_like(predictor, learn, images())
+
+
+def test_folder_images_with_crop_preprocessing_predict_by_path(tmp_path):
+    for split, n in (("train", 4), ("valid", 2)):
+        for c, grey in zip(VOCAB, (30, 120, 210)):
+            for i in range(n):
+                (tmp_path / "data" / split / c).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (30 + 4 * i, 26), (grey, 255 - grey, i * 40)).save(tmp_path / "data" / split / c / f"{i}.png")
+    dls = ImageDataLoaders.from_folder(tmp_path / "data", size=32, bs=4, num_workers=0, arch="test_efficientnet")
+    learn = trained(vision_learner(dls, "test_efficientnet", pretrained=False, progress=False))
+    predictor = load_learner(export_learner(learn, tmp_path / "export"))
+    assert predictor.config["model"]["head"]["kind"] == "default"  # vision_learner recorded how it built the head
+    assert predictor.resize_method == "crop" and predictor.vocab == VOCAB
+    paths = sorted((tmp_path / "data" / "valid").rglob("*.png"))[:3]
+    assert_predicts_like(predictor, learn, paths)
+    assert_predicts_like(predictor, learn, [str(paths[0])])
+
+
+def tiny_cnn() -> nn.Module:
+    """A user's model with a classifier (module level, so export can name it)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))
+
+
+HEADS = {
+    "layer list": dict(head=[nn.Linear(64, 20), nn.GELU(), nn.LayerNorm(20), nn.Dropout(0.1), nn.Linear(20, 3)]),
+    "default, two hidden": dict(lin_ftrs=[16, 8], ps=[0.1, 0.2, 0.3], bn_final=True),
+    "default, lin_first": dict(lin_first=True, concat_pool=False, first_bn=False),
+    "projection": dict(output_dim=5),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_heads_round_trip(tmp_path, name):
+    kwargs = HEADS[name]
+    learn = trained(vision_learner(array_dls(), "test_convnext", pretrained=False, progress=False, **kwargs))
+    spec_kwargs = {k: v for k, v in kwargs.items() if k != "head"}
+    learn.build_spec = build_spec("test_convnext", head=kwargs.get("head"), n_out=3, **spec_kwargs)
+    predictor = load_learner(export_learner(learn, tmp_path / "e"))
+    kind = {"layer list": "layers", "projection": "projection"}.get(name, "default")
+    assert predictor.config["model"]["head"]["kind"] == kind
+    x = next(iter(learn.dls.valid))[0]
+    learn.model.eval()
+    with torch.no_grad():
+        expected = learn.model(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(predictor.forward(x), expected)
+    if name != "projection":
+        assert_predicts_like(predictor, learn, images()[:1])
+
+
+def test_pooled_vit_body_needs_its_timm_kwargs(tmp_path):
+    learn = vision_learner(array_dls(), "test_vit", pretrained=False, progress=False, timm_kwargs={"img_size": 32})
+    trained(learn)
+    assert learn.build_spec["timm_kwargs"] == {"img_size": 32}  # vision_learner records how it built the body
+    spec = learn.build_spec
+    del learn.build_spec  # a learner that did not record it: built at img_size 32, the default size differs
+    with pytest.raises(InvalidExportError, match="timm_kwargs"):
+        export_learner(learn, tmp_path / "e")
+    assert not (tmp_path / "e").exists() and not list(tmp_path.iterdir())  # nothing half-written
+    learn.build_spec = spec
+    predictor = load_learner(export_learner(learn, tmp_path / "e"))
+    assert predictor.config["body_info"]["pooled"] is True and predictor.config["channels_last"] is False
+    assert_predicts_like(predictor, learn, images())
+
+
+def test_user_module_needs_a_named_factory(tmp_path):
+    learn = trained(vision_learner(array_dls(), tiny_cnn(), pretrained=False, progress=False))
+    with pytest.raises(InvalidExportError, match="factory="):
+        export_learner(learn, tmp_path / "e")
+    with pytest.raises(InvalidExportError, match="top level of an importable module"):
+        export_learner(learn, tmp_path / "e", factory=lambda: tiny_cnn())
+    folder = export_learner(learn, tmp_path / "e", factory=tiny_cnn)
+    body = json.loads((folder / CONFIG_FILE).read_text())["model"]["body"]
+    assert body == {"kind": "cut", "factory": "test_export:tiny_cnn", "kwargs": {}, "input_size": [3, 32, 32]}
+    with pytest.raises(InvalidExportError, match=r"pass that function, load_learner\(path, factory=\.\.\.\)"):
+        load_learner(folder)  # the name in the file is never imported
+    with pytest.raises(InvalidExportError, match="was made with factory test_export:tiny_cnn"):
+        load_learner(folder, factory=array_dls)
+    assert_predicts_like(load_learner(folder, factory=tiny_cnn), learn, images())
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_plain_learner_with_a_factory_for_its_whole_model(tmp_path):
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    dls = DataLoaders.from_tensors(x, torch.arange(32) % 3, x[:8], torch.arange(8) % 3, bs=8)
+    learn = Learner(mlp(), dls, path=tmp_path, progress=False)
+    learn.fit(1)
+    with pytest.raises(InvalidExportError, match="factory="):
+        export_learner(learn, "e")
+    predictor = load_learner(export_learner(learn, "e", factory=mlp), factory=mlp)  # "e" is taken from learn.path
+    assert predictor.config["preprocessing"] is None and (tmp_path / "e" / WEIGHTS_FILE).exists()
+    for item in x[:4]:
+        assert torch.equal(predictor.predict(item)[2], learn.predict(item)[2])
+    with pytest.raises(TypeError, match="takes tensors"):
+        predictor.predict(images()[0])
+
+
+def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False,
+                           head=[nn.Linear(96, 3), Scale()])
+    with pytest.raises(InvalidExportError, match=r"head\.3 is a .*Scale.*plain layers: Linear"):
+        export_learner(learn, tmp_path / "e")
+
+
+def test_rebuilding_takes_out_the_modules_the_body_had_removed():
+    import timm
+    from fastfreeze.export import build_model
+    body = timm.create_model("test_resnet", num_classes=0, global_pool="")
+    removed = [f"layer4.{n}" for n, _ in body.layer4.named_parameters()]
+    config = {"model": {"kind": "transfer",
+                        "body": {"kind": "timm", "arch": "test_resnet", "timm_kwargs": {"global_pool": ""},
+                                 "removed": removed},
+                        "head": {"kind": "projection", "output_dim": 4}},
+              "body_info": {"num_features": 96, "pooled": False}}
+    model = build_model(config)
+    assert isinstance(model.body.layer4, nn.Identity)
+    assert not any(n.startswith("body.layer4") for n, _ in model.named_parameters())
+
+
+# -- bad exports ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def good_export(tmp_path_factory):
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False)
+    learn.build_spec = build_spec("test_resnet", n_out=3)
+    return export_learner(learn, tmp_path_factory.mktemp("good") / "export")
+
+
+def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Path:
+    from safetensors.torch import load_file, save_file
+    dst.mkdir()
+    config = json.loads((src / CONFIG_FILE).read_text())
+    if config_edit:
+        config_edit(config)
+    (dst / CONFIG_FILE).write_text(json.dumps(config))
+    weights = load_file(str(src / WEIGHTS_FILE))
+    if weights_edit:
+        weights_edit(weights)
+    save_file(weights, str(dst / WEIGHTS_FILE))
+    return dst
+
+
+def test_newer_format_version_says_upgrade(good_export, tmp_path):
+    folder = copy_export(good_export, tmp_path / "e", lambda c: c.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(InvalidExportError, match=f"format version {FORMAT_VERSION + 1}.*upgrade fastfreeze"):
+        load_learner(folder)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(extra=1), r"unknown keys \['extra'\]"),
+    (lambda c: c.pop("vocab"), r"lacks keys \['vocab'\]"),
+    (lambda c: c.update(n_out="3"), r"n_out must be a positive int, found '3'"),
+    (lambda c: c.update(activation="relu"), r"activation must be one of"),
+    (lambda c: c["model"]["head"].update(ps="x"), r"model.head.ps must be"),
+    (lambda c: c["model"]["body"].update(kind="pickle"), r"model.body.kind must be 'timm' or 'cut'"),
+    (lambda c: c["model"]["body"]["timm_kwargs"].update(checkpoint_path="/etc/x"), r"may not hold \['checkpoint_path'\]"),
+    (lambda c: c["preprocessing"]["data_config"].update(input_size=[3, 32]), r"input_size must be a list of 3"),
+    (lambda c: c.update(vocab=["a", "b"]), r"vocab has 2 classes but n_out is 3"),
+    (lambda c: c["model"].update(head={"kind": "layers", "module": {"type": "os.system", "command": "x"}}),
+     r"unknown layer type 'os.system'"),
+    (lambda c: c["model"].update(head={"kind": "layers", "module": {"type": "Linear", "in_features": 4}}),
+     r"lacks keys \['bias', 'out_features'\]"),
+])
+def test_tampered_config_is_a_clear_error(good_export, tmp_path, edit, message):
+    with pytest.raises(InvalidExportError, match=message):
+        load_learner(copy_export(good_export, tmp_path / "e", edit))
+
+
+def test_weights_that_do_not_fit_are_a_clear_error(good_export, tmp_path):
+    first = "body.conv1.0.weight"
+
+    def drop(w):
+        del w[first]
+
+    def add(w):
+        w["body.extra"] = torch.zeros(2)
+
+    def reshape(w):
+        w[first] = w[first][:1].clone()
+    with pytest.raises(InvalidExportError, match=f"1 keys missing from the file: {first}"):
+        load_learner(copy_export(good_export, tmp_path / "a", weights_edit=drop))
+    with pytest.raises(InvalidExportError, match="1 keys in the file but not in the model: body.extra"):
+        load_learner(copy_export(good_export, tmp_path / "b", weights_edit=add))
+    with pytest.raises(InvalidExportError, match=rf"{first}: file \(1, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
+        load_learner(copy_export(good_export, tmp_path / "c", weights_edit=reshape))
+    broken = copy_export(good_export, tmp_path / "d")
+    (broken / WEIGHTS_FILE).write_bytes(b"\x00" * 20)
+    with pytest.raises(InvalidExportError, match="not a readable safetensors file"):
+        load_learner(broken)
+
+
+def test_not_an_export(good_export, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no export at"):
+        load_learner(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidExportError, match="not a fastfreeze export: it has no config.json and no model"):
+        load_learner(tmp_path / "empty")
+    torch.save({"model": {}}, tmp_path / "model.pth")
+    with pytest.raises(InvalidExportError, match="is a file, not a fastfreeze export.*learn.load"):
+        load_learner(tmp_path / "model.pth")
+    other = copy_export(good_export, tmp_path / "hf")
+    (other / CONFIG_FILE).write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
+    with pytest.raises(InvalidExportError, match="not a fastfreeze export config"):
+        load_learner(other)
+    (other / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(InvalidExportError, match="not valid JSON"):
+        load_learner(other)
+    assert load_learner(good_export / CONFIG_FILE).n_out == 3  # one of the two files names its folder too

@@ -3,7 +3,11 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
                        CancelTrainException, CancelValidException, ProgressCallback, Recorder)
 from .auto_lr import choose_base_lr
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
+from .checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
+from .compile import CompileCallback
 from .data import DataLoaders
+from .feature_cache import FeatureCache
+from .export import InvalidExportError, Predictor, export_learner, load_learner
 from .distributed import (DistributedCallback, barrier, broadcast_object, distributed, init_distributed,
                           is_rank_zero, on_rank_zero, sync_batchnorm)
 from .groups import body_groups, group_names, layer_groups
@@ -39,4 +43,6 @@ __all__ = [
     "ImageDataLoaders", "SupervisedContrastiveLoss", "VisionLearner", "vision_learner", "load_pretrained",
     "DistributedCallback", "barrier", "broadcast_object", "distributed", "init_distributed", "is_rank_zero",
     "on_rank_zero", "sync_batchnorm",
+    "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
+    "export_learner", "load_learner", "CompileCallback", "FeatureCache",
 ]

@@ -80,9 +80,12 @@ class Learner:
         cbs: extra callbacks, kept for every fit.
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
+        compile: `torch.compile` the model for each fit (re-compiled per phase, so freezing never happens
+            inside a compiled graph): True, a mode string, or a dict of `CompileCallback` options.
         channels_last: keep the model and 4-D inputs in channels_last memory format (faster for CNNs:
             8.5x for EfficientNet-Lite training on a 2-core CPU, neutral for ResNet; see vision_learner).
     """
+    finite_check_every: int = 20  # off the CPU, the training loss is checked for NaN/inf every this many steps
 
     def __init__(self, model: nn.Module, dls: DataLoaders, loss_func: Optional[Callable] = None,
                  splitter: Optional[Callable[[nn.Module], Sequence[Any]]] = None,
@@ -92,7 +95,7 @@ class Learner:
                  cbs: Optional[Union[Callback, Sequence[Callback]]] = None, path: Union[str, Path] = ".",
                  model_dir: str = "models", device: Optional[Union[str, torch.device]] = None,
                  precision: str = "auto", progress: bool = True, reset_opt: bool = True,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: Any = False):
         self.device = torch.device(device) if device is not None else default_device()
         self.channels_last = channels_last
         self.model = model.to(self.device, memory_format=torch.channels_last) if channels_last else \
@@ -120,6 +123,7 @@ class Learner:
         self.smooth_loss: torch.Tensor = torch.tensor(float("nan"))
         self.last_validation: list[float] = []
         self._n_fits = 0
+        self.fine_tune_state: Optional[dict[str, Any]] = None  # set by fine_tune for checkpoints (phase, base_lr)
 
         self.layer_groups = self._split(self.model)
         self._norm_ids = norm_param_ids(self.model)
@@ -134,6 +138,11 @@ class Learner:
         self.add_cbs([self.recorder] + ([ProgressCallback()] if progress else []))
         if cbs is not None:
             self.add_cbs(cbs)
+        from .compile import compile_callback
+        self.compile = compile
+        compile_cb = compile_callback(compile)
+        if compile_cb is not None:
+            self.add_cbs(compile_cb)
 
     # ---------------------------------------------------------------------------------------------
     # layer groups and freezing
@@ -285,12 +294,14 @@ class Learner:
     # ---------------------------------------------------------------------------------------------
     def fit(self, n_epoch: int, lr: Optional[LrSpec] = None, wd: Optional[float] = None,
             cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None,
-            start_epoch: int = 0) -> None:
+            start_epoch: int = 0, resume_from: Optional[Union[str, Path]] = None) -> None:
         """Train for `n_epoch` epochs, validating after each.
 
         `lr` (float, slice or one per group) and `wd` are written into every param group first;
         schedulers passed in `cbs` then change them step by step. `phase` labels this fit in the Recorder.
-        `start_epoch` skips epochs already done (resuming): schedules continue from that point.
+        `start_epoch` skips epochs already done: schedules continue from that point.
+        `resume_from` (a checkpoint written during this same fit by `save_checkpoint` / `CheckpointCallback`)
+        restores the model, optimizer, freeze state, random states and history, and goes on after its epoch.
         """
         if n_epoch < 0:
             raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
@@ -303,11 +314,16 @@ class Learner:
                 g["wd"] = wd
         self._n_fits += 1
         self.phase = phase or f"fit {self._n_fits}"
-        self.n_epoch, self.start_epoch = n_epoch, start_epoch
-        self.train_iter = start_epoch * len(self.dls.train) if start_epoch else 0
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
+        if resume_from is not None:
+            from .checkpoint import resume
+            start_epoch = resume(self, self._file(resume_from), n_epoch)
+            if start_epoch == n_epoch:
+                return  # the checkpoint was written at the end of this fit: nothing left to do
         if self.norm == "recalibrate" and self.frozen_groups and self._recalibrated_for != self.frozen_groups:
             self.recalibrate_norm()
+        self.n_epoch, self.start_epoch = n_epoch, start_epoch
+        self.train_iter = start_epoch * len(self.dls.train) if start_epoch else 0
         with self.added_cbs(cbs):
             try:
                 self._event("before_fit")
@@ -365,6 +381,7 @@ class Learner:
             with self._autocast():
                 self.pred = self.model(*self.xb)
                 self._event("after_pred")
+                self._check_targets(batch[-1])
                 self.loss = self.loss_func(self.pred, *self.yb)
             self._event("after_loss")
             if self.training:
@@ -403,12 +420,46 @@ class Learner:
                 torch._foreach_mul_(params, factor)
 
     def _check_finite_loss(self) -> None:
-        """Stop before a NaN/inf loss reaches the weights (checked every step on CPU, where it is free)."""
-        if self.device.type == "cpu" and not torch.isfinite(self.loss.detach()).all():
+        """Stop at a NaN/inf training loss. On the CPU every step is checked, before the step touches the
+        weights (free there). On a GPU a check waits for the GPU, so only every `finite_check_every`-th step
+        is checked: a NaN reaches the weights and is caught within that many steps (the loss stays NaN once
+        the weights are). `TerminateOnNaN` checks every step on every device, for one sync per step."""
+        on_cpu = self.device.type == "cpu"
+        if not on_cpu and self.train_iter % self.finite_check_every:
+            return
+        if not torch.isfinite(self.loss.detach()).all():
+            where = f"the training loss is {self.loss.item()} at epoch {self.epoch}, batch {self.iter}"
+            if on_cpu:
+                raise FloatingPointError(
+                    f"{where}: stopped before this step touched the weights. Lower the learning rate, check the "
+                    "data for NaNs, or use precision='fp32'.")
             raise FloatingPointError(
-                f"the training loss is {self.loss.item()} at epoch {self.epoch}, batch {self.iter}: stopped "
-                "before this step touched the weights. Lower the learning rate, check the data for NaNs, or use "
-                "precision='fp32'.")
+                f"{where}; on {self.device.type} the loss is checked every {self.finite_check_every} steps, so the "
+                "weights may already hold NaNs: reload a checkpoint (CheckpointCallback) or the saved model, then "
+                "lower the learning rate, check the data, or use precision='fp32' (TerminateOnNaN stops exactly).")
+
+    def _check_targets(self, y: Any) -> None:
+        """A class label outside the model's outputs gives a clear error instead of cross-entropy's
+        "Target out of bounds" (CPU) or a device-side assert (GPU). Checked on the batch's labels as the
+        data gave them when they are on the CPU (a few microseconds, no GPU sync), for a
+        CrossEntropyLoss/NLLLoss with integer targets."""
+        if not (isinstance(self.loss_func, (nn.CrossEntropyLoss, nn.NLLLoss)) and isinstance(y, torch.Tensor)
+                and y.device.type == "cpu" and not y.is_floating_point() and y.numel()
+                and isinstance(self.pred, torch.Tensor) and self.pred.ndim >= 2):
+            return
+        n_out = self.pred.shape[1]
+        low, high = (int(v) for v in torch.aminmax(y))
+        if low >= 0 and high < n_out:
+            return
+        outside = y[((y < 0) | (y >= n_out)) & (y != self.loss_func.ignore_index)]
+        if outside.numel():
+            label = int(outside.max()) if int(outside.max()) >= n_out else int(outside.min())
+            split = "training" if self.training else "validation"
+            raise ValueError(
+                f"label {label} in a {split} batch, but the model has {n_out} outputs (labels must be 0..{n_out - 1}): "
+                f"the data has more classes than the model's head. Build the learner from these DataLoaders (the "
+                f"number of outputs defaults to dls.c, the length of dls.vocab) or pass n_out={max(high + 1, n_out)}; "
+                "check the labels if they should not go that high.")
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -441,22 +492,27 @@ class Learner:
     def fit_one_cycle(self, n_epoch: int, lr_max: Optional[LrSpec] = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25, wd: Optional[float] = None,
                       moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
-                      cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None) -> None:
-        """One-cycle training (SPEC.md §5): see `schedule.fit_one_cycle`."""
+                      cbs: Optional[Union[Callback, Sequence[Callback]]] = None, phase: Optional[str] = None,
+                      resume_from: Optional[Union[str, Path]] = None) -> None:
+        """One-cycle training (SPEC.md §5): see `schedule.fit_one_cycle`. `resume_from`: see `fit`."""
         from .schedule import fit_one_cycle
         fit_one_cycle(self, n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
-                      moms=moms, cbs=cbs, phase=phase)
+                      moms=moms, cbs=cbs, phase=phase, resume_from=resume_from)
 
     def fine_tune(self, epochs: int, base_lr: Union[float, str] = "auto", freeze_epochs: int = 1, lr_mult: float = 100,
                   pct_start: float = 0.3, div: float = 5.0, strategy: Any = None,
-                  layer_decay: Optional[float] = None, **kwargs: Any) -> None:
+                  layer_decay: Optional[float] = None, resume_from: Optional[Union[str, Path]] = None,
+                  cache_features: Union[str, bool] = "auto", **kwargs: Any) -> None:
         """Transfer learning in phases (SPEC.md §6): by default fastai's recipe, head only for
-        `freeze_epochs`, then every group with discriminative lrs. `base_lr='auto'` (default) picks the
-        lr from a sweep of the head on cached body features (`auto_lr`); a number keeps fastai's numbers. `strategy` picks another freezing
-        schedule and `layer_decay` layer-wise lr decay: see `schedule.fine_tune`."""
+        `freeze_epochs`, then every group with discriminative lrs. `base_lr='auto'` (default) picks the lr
+        from a sweep of the head on cached body features (`auto_lr`); a number keeps fastai's numbers.
+        `strategy` picks another freezing schedule, `layer_decay` layer-wise lr decay, `cache_features` the
+        feature cache for frozen phases: see `schedule.fine_tune`. `resume_from` goes on from a checkpoint
+        written during the same fine_tune, skipping the phases it completed."""
         from .schedule import fine_tune
         fine_tune(self, epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult,
-                  pct_start=pct_start, div=div, strategy=strategy, layer_decay=layer_decay, **kwargs)
+                  pct_start=pct_start, div=div, strategy=strategy, layer_decay=layer_decay,
+                  resume_from=resume_from, cache_features=cache_features, **kwargs)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
                 suggest_funcs: Optional[Sequence[Callable]] = None) -> tuple:
@@ -550,7 +606,20 @@ class Learner:
         probs = self.activation(out)[0].cpu()
         index = int(probs.argmax())
         vocab = getattr(self.dls, "vocab", None)
-        return (vocab[index] if vocab else index), index, probs
+        label = vocab[index] if vocab and index < len(vocab) else index  # e.g. an embedding: no class names
+        return label, index, probs
+
+    def export(self, path: Union[str, Path], **kwargs: Any) -> Path:
+        """Weights (safetensors) + config.json, loadable with `load_learner` without pickle and without the
+        training code: see `export.export_learner`."""
+        from .export import export_learner
+        return export_learner(self, path, **kwargs)
+
+    def distributed(self, sync_bn: bool = False, **kwargs: Any) -> contextlib.AbstractContextManager:
+        """`with learn.distributed(): learn.fine_tune(...)` trains on every process torchrun started (a no-op in
+        a single process): see `distributed.distributed`."""
+        from .distributed import distributed
+        return distributed(self, sync_bn=sync_bn, **kwargs)
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
         """Hook for subclasses that accept images or paths; the base Learner takes a tensor."""
@@ -581,12 +650,28 @@ class Learner:
         return file
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "Learner":
-        """Load a state written by `save` (with `torch.load(weights_only=True)`: no code is unpickled)."""
+        """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with
+        `torch.load(weights_only=True)`: no code is unpickled). Weights that do not fit the model give a
+        ValueError listing the missing, extra and reshaped keys (with `strict`)."""
+        from .checkpoint import check_state_dict
         file = self._file(name)
         if not file.exists():
             raise FileNotFoundError(f"no saved state at {file}: check the name, or `learn.path`/`model_dir`")
         state = torch.load(file, map_location=self.device, weights_only=True)
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            state = {"model": state}  # a plain state dict, e.g. torch.save(model.state_dict(), file)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise ValueError(f"{file} holds no model state: expected a file written by learn.save or a state dict")
+        if strict:
+            check_state_dict(self.model.state_dict(), state["model"], str(file))
         self.model.load_state_dict(state["model"], strict=strict)
         if with_opt and "opt" in state:
             self.opt.load_state_dict(state["opt"])
         return self
+
+    def save_checkpoint(self, name: Union[str, Path] = "checkpoint") -> Path:
+        """Everything needed to resume the current fit exactly (model, optimizer, freeze state, epoch, schedule
+        position, random states, history) in `path/model_dir/name.pth`, written atomically; the current
+        epoch counts as done. Resume with `fit`/`fit_one_cycle`/`fine_tune(..., resume_from=name)`."""
+        from .checkpoint import save_checkpoint
+        return save_checkpoint(self, self._file(name))

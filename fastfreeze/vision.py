@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from .export import build_spec
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
 from .data import DataLoaders
 from .groups import layer_groups
@@ -150,6 +151,9 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
         channels_last = not info.pooled
     learn = VisionLearner(model, dls, info, loss_func=loss_func, splitter=splitter, metrics=metrics,
                           channels_last=channels_last, **learner_kwargs)
+    learn.build_spec = build_spec(arch, timm_kwargs, head=head, output_dim=output_dim, n_out=n_out, lin_ftrs=lin_ftrs,
+                                  ps=ps, concat_pool=concat_pool, first_bn=first_bn, bn_final=bn_final,
+                                  lin_first=lin_first)
     if pretrained is not False:
         learn.freeze()
     return learn

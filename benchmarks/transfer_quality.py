@@ -66,8 +66,8 @@ def run_probe(dls: ImageDataLoaders) -> dict:
             ys.append(yb)
         return torch.cat(xs).numpy(), torch.cat(ys).numpy()
     start = time.perf_counter()
-    train_dl = torch.utils.data.DataLoader(dls.train.dataset, batch_size=128, shuffle=False)  # no drop_last
-    xtr, ytr = features(train_dl)
+    train = dls.train.dataset  # every training image once, without augmentation
+    xtr, ytr = features(dls.test_dl(train.images[train.indices], train.labels[train.indices], bs=128))
     xva, yva = features(dls.valid)
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, max_iter=2000))
     clf.fit(xtr, ytr)

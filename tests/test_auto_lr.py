@@ -24,9 +24,9 @@ def transfer_learner(seed=0, n=240):
 
 
 def test_pick_base_lr_rule():
-    assert pick_base_lr(1e-3, 1e-1) == pytest.approx(1e-2)  # geometric mean
+    assert pick_base_lr(1e-3, 1e-2) == pytest.approx(1e-2)  # the 'minimum' suggestion
     assert pick_base_lr(1e-6, 1e-5) == MIN_AUTO_LR and pick_base_lr(1.0, 10.0) == MAX_AUTO_LR
-    assert pick_base_lr(float("nan"), 4e-3) == pytest.approx(4e-3)
+    assert pick_base_lr(5e-4, float("nan")) == pytest.approx(5e-4)  # valley when minimum found nothing
     assert pick_base_lr(float("nan"), float("nan")) == 2e-3
 
 

@@ -31,10 +31,10 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fastfreeze import DataLoaders, vision_learner
-from fastfreeze.feature_cache import FeatureCache
+from fastfreeze.feature_cache import FeatureCache, FeatureDataset
 
 N_CLASSES = 10
 LR = 1e-4
@@ -55,23 +55,10 @@ ROWS = ("hand: all trainable", "hand: body under no_grad", "ff: unfrozen", "ff: 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class DeviceImages(Dataset):
-    """Images already on the device; a batch is gathered with one indexing operation. `augment = False`
-    tells FeatureCache the items are deterministic."""
+class DeviceImages(FeatureDataset):
+    """Images already on the device, gathered a batch at a time (FeatureDataset's indexing);
+    `augment = False` tells FeatureCache the items are deterministic."""
     augment = False
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.x.device)
-        return self.x[index], self.y[index]
 
 
 def whole_batch(batch: Any) -> Any:

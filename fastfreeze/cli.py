@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
     training_args(demo, DEMO_ARCH, epochs=3, size=96)
-    demo.add_argument("--per-class", type=int, default=200, help="training images per class (default 200)")
+    demo.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
     demo.add_argument("--valid-per-class", type=int, default=200,
                       help="test-split images per class for the per-epoch validation (default 200); the final "
                            "accuracy is measured on the whole official test split")

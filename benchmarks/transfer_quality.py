@@ -117,19 +117,20 @@ def report(out: Path) -> str:
     lines = ["| regime | row | accuracy (mean over seeds) | seeds | seconds (mean) | notes |",
              "|---|---|---|---|---|---|"]
     for regime in REGIMES:
-        for row in ALL_ROWS:
+        for row in ALL_ROWS + ("auto-geomean",):
             rs = [r for r in records if r["regime"] == regime and r["row"] == row]
             if not rs:
                 continue
             acc = [r["accuracy"] for r in rs]
             spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
             notes = ""
-            if row == "auto":
+            if row.startswith("auto"):
                 notes = "base_lr " + ", ".join(f"{r['base_lr']:.1e}" for r in rs) + \
                         f"; choosing took {100 * statistics.mean(r['choice_fraction'] for r in rs):.1f}% of fine_tune"
             if row == "probe":
                 notes = "C " + ", ".join(f"{r['C']:.2g}" for r in rs)
             name = {"fastai": "fastai recipe (body = 1 group, 2e-3)", "auto": "fastfreeze default ('auto')",
+                    "auto-geomean": "first 'auto' rule (geometric mean of valley and minimum), superseded",
                     "probe": "linear probe"}.get(row, f"stage groups, base_lr {row.split('@')[-1]}")
             lines.append(f"| {REGIMES[regime]['per_class']}/class, E={REGIMES[regime]['epochs']} | {name} | "
                          f"{statistics.mean(acc):.4f}{spread} | {len(acc)} | "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset

@@ -67,7 +67,6 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                       final_dl: Any = None, final_name: str = "validation set") -> dict[str, Any]:
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
     measured on `final_dl` when given (e.g. a whole test split), else on the validation set."""
-    from .metrics import accuracy  # noqa: F401  (the learner was built with it)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()

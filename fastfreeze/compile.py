@@ -27,15 +27,12 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from .callback import Callback
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
 
 DEFAULT_BACKEND = "inductor"
 CompileSpec = Union[bool, str, dict[str, Any]]

@@ -7,9 +7,7 @@ with callback events around every stage (see `callback.EVENTS`).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -20,7 +18,7 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
                        CancelTrainException, CancelValidException, ProgressCallback, Recorder)
 from .data import DataLoaders
 from .lrs import LrSpec, expand_lrs
-from .norm import is_norm, no_decay_param_ids, norm_param_ids
+from .norm import no_decay_param_ids, norm_param_ids
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

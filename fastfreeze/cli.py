@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--epochs", type=int, default=epochs, help="unfrozen epochs")
         p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs first")
         p.add_argument("--lr", type=_lr, default="auto", help="base learning rate, or 'auto' (default)")
-        p.add_argument("--bs", type=int, default=64, help="batch size")
+        p.add_argument("--bs", type=int, default=None,
+                       help="batch size (default: 64, smaller when the training set is small)")
         p.add_argument("--size", type=int, default=size, help="input size in pixels")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, default=Path("fastfreeze_out"), help="folder for plots and the model")

@@ -446,7 +446,7 @@ class ImageDataLoaders(DataLoaders):
 
     @classmethod
     def from_folder(cls, path: Union[str, Path], train: str = "train", valid: str = "valid",
-                    valid_pct: Optional[float] = None, seed: int = 0, bs: int = 64,
+                    valid_pct: Optional[float] = None, seed: int = 0, bs: Optional[int] = None,
                     size: Union[int, tuple[int, int], None] = None, num_workers: Optional[int] = None,
                     augment: Union[bool, dict[str, Any]] = True, arch: Union[str, nn.Module, None] = None,
                     data_config: Optional[dict[str, Any]] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
@@ -458,7 +458,8 @@ class ImageDataLoaders(DataLoaders):
         Preprocessing comes from `data_config`, else from `arch`'s timm config, with `size` overriding the input
         size. `num_workers=None` uses `min(4, cpu count)` worker processes (pass 0 to load in the main process).
         `check=True` decodes every file first and reports all unreadable ones at once; otherwise a bad file
-        fails when it is loaded, with an error naming it.
+        fails when it is loaded, with an error naming it. `bs=None`: 64, or smaller for a small training set
+        (`data.default_batch_size`).
         """
         path = Path(path)
         if not path.exists():
@@ -504,7 +505,7 @@ class ImageDataLoaders(DataLoaders):
                      y_valid: Union[np.ndarray, Tensor, Sequence[int], None] = None,
                      valid_pct: Optional[float] = 0.2, vocab: Optional[Sequence[str]] = None,
                      size: Union[int, tuple[int, int], None] = None, arch: Union[str, nn.Module, None] = None,
-                     data_config: Optional[dict[str, Any]] = None, bs: int = 64, augment: bool = False,
+                     data_config: Optional[dict[str, Any]] = None, bs: Optional[int] = None, augment: bool = False,
                      seed: int = 0, num_workers: int = 0) -> "ImageDataLoaders":
         """In-memory images: uint8 `(N,H,W)` grayscale, `(N,H,W,C)`, or uint8/float `(N,C,H,W)` (C in 1, 3, 4;
         floats in [0, 1]), with integer labels `y`.
@@ -513,7 +514,8 @@ class ImageDataLoaders(DataLoaders):
         (`valid_pct=None`: no validation set). Each batch is converted at once: 3 channels, resized to the input
         size with the config's interpolation (antialiased), normalised; `augment=True` adds random horizontal
         flips to training batches. The images are not copied. `num_workers=0` by default: the batch resize
-        already uses torch's threads.
+        already uses torch's threads. `bs=None`: 64, or smaller for a small training set
+        (`data.default_batch_size`).
         """
         config = _choose_config(arch, size, data_config)
         labels = _as_labels(y, len(x))

@@ -79,3 +79,13 @@ def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
     assert math.isfinite(lr) and learn.frozen_groups == 0
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
     assert all(p.requires_grad for p in learn.model.parameters())
+
+
+def test_the_head_sweep_uses_batches_of_64_whatever_the_training_batch_size():
+    """Small training batches make the smoothed sweep loss turn up earlier (noise, not the lr scale): the
+    sweep reads at SWEEP_BS = 64 items per batch; this learner trains with batches of 16."""
+    from fastfreeze.auto_lr import SWEEP_BS
+    learn = transfer_learner()
+    assert learn.dls.train.batch_size == 16 and SWEEP_BS == 64
+    choose_base_lr(learn, verbose=False, num_it=20)
+    assert learn.auto_lr["sweep_bs"] == 64 and "batches of 64" in learn.auto_lr["how"]

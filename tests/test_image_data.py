@@ -286,3 +286,21 @@ def test_resolve_data_config_from_module():
     wrapped = torch.nn.Sequential(body, torch.nn.Linear(body.num_features, 2))
     assert resolve_data_config(wrapped, size=48)["input_size"] == (3, 48, 48)
     assert resolve_data_config(wrapped)["mean"] == (0.5, 0.5, 0.5)  # test_resnet's cfg, found inside the wrapper
+
+
+@pytest.mark.parametrize("n, bs", [(100_000, 64), (1024, 64), (1023, 32), (512, 32), (511, 16), (500, 16),
+                                   (256, 16), (255, 8), (40, 8), (3, 8)])
+def test_default_batch_size_keeps_16_batches_per_epoch(n, bs):
+    """64 (fastai's) unless an epoch would have fewer than 16 batches; halved down to 8 (worked by hand:
+    16 * 64 = 1024, 16 * 32 = 512, 16 * 16 = 256)."""
+    from fastfreeze.data import default_batch_size
+    assert default_batch_size(n) == bs
+
+
+def test_loaders_use_the_default_batch_size_unless_given():
+    x = np.zeros((500, 8, 8), dtype=np.uint8)
+    y = np.arange(500) % 10
+    dls = ImageDataLoaders.from_arrays(x, y, valid_pct=None, size=8)
+    assert dls.train.batch_size == 16 and len(dls.train) == 31  # 500 // 16, the partial batch dropped
+    dls = ImageDataLoaders.from_arrays(x, y, valid_pct=None, size=8, bs=64)
+    assert dls.train.batch_size == 64 and len(dls.train) == 7

@@ -1,9 +1,9 @@
 """`base_lr='auto'`: fine_tune picks its own learning rate from an lr sweep of the head.
 
 How: run the (frozen) body once, in eval mode and without gradients, over up to `max_items` training
-images and keep its features; then run `lr_find` on a *copy* of the head trained on those cached features,
-in batches of `SWEEP_BS` whatever the training batch size (hundreds of head-only steps cost less than one
-batch through the body). The learner itself is not
+images and keep its features; then run `lr_find` `N_SWEEPS` times (different shuffles) on *copies* of the
+head trained on those cached features, in batches of `SWEEP_BS` whatever the training batch size (hundreds
+of head-only steps cost less than one batch through the body), and take the median of their suggestions. The learner itself is not
 touched: weights, buffers, optimizer state, `requires_grad` and the global RNG state stay as they were.
 Models that are not a `TransferModel` (no body/head split) get a short sweep of the frozen learner instead,
 restored exactly by `lr_find`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -29,26 +29,35 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_AUTO_LR, MAX_AUTO_LR = 1e-4, 3e-2
 # the head sweep's batch size, whatever the training batch size: the sweep reads where the head's loss stops
 # falling, and with small batches gradient noise makes the smoothed loss turn up earlier (on Fashion-MNIST,
-# 500 images, training batches of 16: 'minimum' 5.8e-3 read at batch 16, against 2.1e-2 at 64, while 2e-2
-# trained best at batch 16 as well)
+# 500 images: 'minimum' 5.8e-3 and 8.3e-3 read at batch 16, 2.1e-2 to 3.0e-2 at 64)
 SWEEP_BS = 64
+# sweeps over different shuffles of the cached features; the rule takes the median of their suggestions (one
+# sweep's 'minimum' moved between 2.1e-2 and 3.0e-2 with the shuffle alone, on the same 496 features)
+N_SWEEPS = 5
 
 
-def pick_base_lr(valley_lr: float, minimum_lr: float) -> float:
+def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = None,
+                 sweep_bs: Optional[int] = None) -> float:
     """The rule: fastai's `minimum` suggestion of the head sweep (a tenth of the lr at the lowest smoothed
-    loss), clipped to [MIN_AUTO_LR, MAX_AUTO_LR]; `valley` only when `minimum` found nothing.
+    loss), times `sqrt(train_bs / sweep_bs)`, clipped to [MIN_AUTO_LR, MAX_AUTO_LR]; `valley` only when
+    `minimum` found nothing; fastai's 2e-3 when the sweep found neither (NaN).
 
-    Why (benchmarks/transfer_quality.py, Fashion-MNIST, EfficientNet-Lite0, 50 images per class): fine_tune
-    accuracy rose monotonically with base_lr, 0.534 / 0.591 / 0.642 / 0.717 / 0.776 at 1e-3 / 2e-3 / 5e-3 /
-    1e-2 / 2e-2, and the head sweep's `minimum` was 2.1e-2, at the best measured point, while `valley`
-    (8e-4) sat in the worst region and their geometric mean (4.2e-3) gave 0.586. `minimum` is Smith's
-    rule (an order of magnitude below where the loss stops falling); fine_tune then trains the body at
-    base_lr/2 down to base_lr/200, so the head's tolerance sets the scale for every group.
-    A sweep that found nothing (NaN) falls back to fastai's 2e-3.
+    Why `minimum` (benchmarks/transfer_quality.py, Fashion-MNIST, EfficientNet-Lite0, 500 training images,
+    batches of 64): fine_tune accuracy rose with base_lr, 0.534 / 0.591 / 0.642 / 0.717 / 0.776 at 1e-3 /
+    2e-3 / 5e-3 / 1e-2 / 2e-2; the head sweep's `minimum` was 2.1e-2, at the best point, while `valley`
+    (8e-4) sat in the worst region and their geometric mean (4.2e-3) gave 0.586. `minimum` is Smith's rule
+    (an order of magnitude below where the loss stops falling); fine_tune trains the body at base_lr/2 down
+    to base_lr/200, so the head's tolerance sets the scale for every group.
+
+    Why the square root: the sweep runs at batches of `sweep_bs`, training at `train_bs`; for Adam the lr
+    that keeps the same noise per update scales with the square root of the batch size (Malladi et al.
+    2022, "On the SDEs and scaling rules for adaptive gradient algorithms"). Measured on the same data, the
+    best lr did move that way: about 2e-2 at batch 16, 2e-2 or more at 32, 5e-2 at 64 (3-seed grid).
     """
+    scale = math.sqrt(train_bs / sweep_bs) if train_bs and sweep_bs else 1.0
     for lr in (minimum_lr, valley_lr):
         if lr is not None and math.isfinite(lr) and lr > 0:
-            return float(min(max(lr, MIN_AUTO_LR), MAX_AUTO_LR))
+            return float(min(max(lr * scale, MIN_AUTO_LR), MAX_AUTO_LR))
     return 2e-3
 
 
@@ -79,9 +88,8 @@ def cached_body_features(learn: "Learner", max_items: int = 2048) -> tuple[torch
 def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = 100, verbose: bool = True) -> float:
     """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
     from .body import TransferModel
-    from .data import DataLoaders, seeded_loader
+    from .data import seeded_loader
     from .distributed import broadcast_object
-    from .learner import Learner
     from .lr_finder import minimum, valley
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
@@ -90,34 +98,62 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = 100, v
             with seeded_loader(learn.dls.train, 0):
                 feats, targs = cached_body_features(learn, max_items)
             bs = max(2, min(SWEEP_BS, len(targs) // 2)) if len(targs) >= 4 else len(targs)
-            generator = torch.Generator().manual_seed(0)
-            feature_dl = DataLoader(TensorDataset(feats.cpu(), targs.cpu()), batch_size=bs, shuffle=True,
-                                    drop_last=True, generator=generator)
-            head_learner = Learner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
-                                   opt_func=learn.opt_func, wd=learn.wd, wd_bn_bias=learn.wd_bn_bias,
-                                   device=learn.device, precision="fp32", progress=False)
-            how = f"lr_find of the head on cached body features of {len(targs)} training items, batches of {bs}"
-            suggestions = head_learner.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
-            sweep = head_learner.recorder.lr_find_results
+            how = (f"the median of {N_SWEEPS} lr_find sweeps of the head on cached body features of "
+                   f"{len(targs)} training items, batches of {bs}")
+            runs = [_head_sweep(learn, feats, targs, bs, seed, num_it) for seed in range(N_SWEEPS)]
+            valley_lr, minimum_lr = _median([r[0].valley for r in runs]), _median([r[0].minimum for r in runs])
+            minimums = [r[0].minimum for r in runs]
+            sweep = runs[0][1]
         else:
             frozen_before = learn.frozen_groups
             bs = getattr(learn.dls.train, "batch_size", None)
             how = "lr_find of the learner with all groups but the last frozen"
             _refreeze(learn, max(learn.n_groups - 1, 0))
             try:
-                suggestions = learn.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
+                found = learn.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
             finally:
                 _refreeze(learn, frozen_before)
             sweep = learn.recorder.lr_find_results
-    base_lr = broadcast_object(pick_base_lr(suggestions.valley, suggestions.minimum))  # rank 0's under DDP
+            valley_lr, minimum_lr = found.valley, found.minimum
+            minimums = [minimum_lr]
+    train_bs = getattr(learn.dls.train, "batch_size", None)
+    base_lr = broadcast_object(pick_base_lr(valley_lr, minimum_lr, train_bs, bs))  # rank 0's
     seconds = time.perf_counter() - start
-    learn.auto_lr = {"base_lr": base_lr, "valley": suggestions.valley, "minimum": suggestions.minimum,
-                     "how": how, "sweep_bs": bs, "seconds": seconds, "sweep": sweep}
+    learn.auto_lr = {"base_lr": base_lr, "valley": valley_lr, "minimum": minimum_lr,
+                     "minimums": minimums, "how": how, "sweep_bs": bs, "train_bs": train_bs, "seconds": seconds,
+                     "sweep": sweep}
     learn.recorder.lr_find_results = dict(sweep, suggestions={**sweep["suggestions"], "auto": base_lr})
     if verbose:
-        print(f"base_lr={base_lr:.2e} chosen by {how} (its 'minimum' suggestion; valley was "
-              f"{suggestions.valley:.2e}; {seconds:.1f} s)")
+        scaled = f" x sqrt({train_bs}/{bs})" if train_bs and bs and train_bs != bs else ""
+        print(f"base_lr={base_lr:.2e} chosen by {how} (its 'minimum' suggestion {minimum_lr:.2e}{scaled}; "
+              f"valley was {valley_lr:.2e}; {seconds:.1f} s)")
     return base_lr
+
+
+def _head_sweep(learn: "Learner", feats: torch.Tensor, targs: torch.Tensor, bs: int, seed: int,
+                num_it: int) -> tuple[Any, dict]:
+    """lr_find of a copy of the learner's head over the cached features, shuffled by `seed`."""
+    from .data import DataLoaders
+    from .learner import Learner
+    from .lr_finder import minimum, valley
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    feature_dl = DataLoader(TensorDataset(feats.cpu(), targs.cpu()), batch_size=bs, shuffle=True, drop_last=True,
+                            generator=generator)
+    head_learner = Learner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
+                           opt_func=learn.opt_func, wd=learn.wd, wd_bn_bias=learn.wd_bn_bias,
+                           device=learn.device, precision="fp32", progress=False)
+    suggestions = head_learner.lr_find(num_it=num_it, suggest_funcs=(valley, minimum))
+    return suggestions, head_learner.recorder.lr_find_results
+
+
+def _median(values: list[float]) -> float:
+    """The median of the finite values (NaN when there are none)."""
+    finite = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not finite:
+        return float("nan")
+    mid = len(finite) // 2
+    return finite[mid] if len(finite) % 2 else math.sqrt(finite[mid - 1] * finite[mid])
 
 
 def _refreeze(learn: "Learner", frozen_groups: int) -> None:

@@ -28,6 +28,10 @@ def test_pick_base_lr_rule():
     assert pick_base_lr(1e-6, 1e-5) == MIN_AUTO_LR and pick_base_lr(1.0, 10.0) == MAX_AUTO_LR
     assert pick_base_lr(5e-4, float("nan")) == pytest.approx(5e-4)  # valley when minimum found nothing
     assert pick_base_lr(float("nan"), float("nan")) == 2e-3
+    # read at batches of 64, trained at 16: square-root scaling halves it (sqrt(16/64) = 0.5)
+    assert pick_base_lr(1e-3, 1e-2, train_bs=16, sweep_bs=64) == pytest.approx(5e-3)
+    assert pick_base_lr(1e-3, 1e-2, train_bs=256, sweep_bs=64) == pytest.approx(2e-2)
+    assert pick_base_lr(1e-3, 2e-2, train_bs=256, sweep_bs=64) == MAX_AUTO_LR  # clipped after scaling
 
 
 def test_auto_is_deterministic_and_touches_nothing(tmp_path, monkeypatch):
@@ -83,9 +87,13 @@ def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
 
 def test_the_head_sweep_uses_batches_of_64_whatever_the_training_batch_size():
     """Small training batches make the smoothed sweep loss turn up earlier (noise, not the lr scale): the
-    sweep reads at SWEEP_BS = 64 items per batch; this learner trains with batches of 16."""
-    from fastfreeze.auto_lr import SWEEP_BS
+    sweep reads at SWEEP_BS = 64 items per batch, takes the median 'minimum' of N_SWEEPS shuffles, and
+    scales it by sqrt(16/64) = 0.5 for this learner, which trains with batches of 16."""
+    from fastfreeze.auto_lr import N_SWEEPS, SWEEP_BS
     learn = transfer_learner()
     assert learn.dls.train.batch_size == 16 and SWEEP_BS == 64
     choose_base_lr(learn, verbose=False, num_it=20)
-    assert learn.auto_lr["sweep_bs"] == 64 and "batches of 64" in learn.auto_lr["how"]
+    info = learn.auto_lr
+    assert info["sweep_bs"] == 64 and "batches of 64" in info["how"] and info["train_bs"] == 16
+    assert len(info["minimums"]) == N_SWEEPS and info["minimum"] == sorted(info["minimums"])[N_SWEEPS // 2]
+    assert info["base_lr"] == pytest.approx(min(max(info["minimum"] * 0.5, MIN_AUTO_LR), MAX_AUTO_LR))

@@ -161,7 +161,7 @@ def report(out: Path) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def order(row: str) -> tuple:
-        named = {"probe": 0, "fastai": 1, "auto": 3, "auto-unscaled": 4, "auto-geomean": 5}
+        named = {"probe": 0, "fastai": 1, "auto": 3, "auto-5x100": 4, "auto-unscaled": 5, "auto-geomean": 6}
         return (named[row], 0.0) if row in named else (2, float(row.split("@")[1]))
 
     for regime, cfg in REGIMES.items():
@@ -184,6 +184,7 @@ def report(out: Path) -> str:
             name = {"fastai": "fastai recipe (body = 1 group, 2e-3)", "auto": "fastfreeze default ('auto')",
                     "auto-geomean": "first 'auto' rule (geometric mean of valley and minimum), superseded",
                     "auto-unscaled": "second 'auto' rule (one sweep, no batch-size scaling), superseded",
+                    "auto-5x100": "third 'auto' rule (median of 5 sweeps of 100 steps), superseded: cost",
                     "probe": "linear probe"}.get(row, f"stage groups, base_lr {row.split('@')[-1]}")
             label = ("digits " if cfg["dataset"] == "digits" else "") + f"{cfg['per_class']}/class, E={cfg['epochs']}"
             lines.append(f"| {label} | {bs} | {name} | "

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fastfreeze import ImageDataLoaders, accuracy, vision_learner
-from fastfreeze.data import loader_generators
+from fastfreeze.data import seeded_loader
 from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
 
 ARCH, WEIGHTS, SIZE = "tf_efficientnet_lite0", "efficientnet-lite0", 96
@@ -104,8 +104,6 @@ def run_probe(dls: ImageDataLoaders) -> dict:
 
 def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    for generator in loader_generators(dls.train):  # every row sees the same batches in the same order
-        generator.manual_seed(seed)
     kwargs = {}
     if row == "fastai":  # fastai gives a timm model two groups: the whole body, and the head
         kwargs["splitter"] = lambda m: [m.body, m.head]
@@ -113,7 +111,8 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
     base_lr = 2e-3 if row == "fastai" else ("auto" if row == "auto" else float(row.split("@")[1]))
     valid, learn.dls.valid = learn.dls.valid, None  # validate once, at the end
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    # every row sees the same batches in the same order
+    with contextlib.redirect_stdout(io.StringIO()), seeded_loader(dls.train, seed):
         learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
     seconds = time.perf_counter() - start
     learn.dls.valid = valid

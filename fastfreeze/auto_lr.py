@@ -96,6 +96,7 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
     from .distributed import broadcast_object
     from .lr_finder import minimum, valley
     start = time.perf_counter()
+    train_bs = getattr(learn.dls.train, "batch_size", None)
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
         torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
         if isinstance(learn.model, TransferModel):
@@ -104,13 +105,14 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
             bs = max(2, min(SWEEP_BS, len(targs) // 2)) if len(targs) >= 4 else len(targs)
             how = (f"the median of {N_SWEEPS} lr_find sweeps of the head on cached body features of "
                    f"{len(targs)} training items, batches of {bs}")
-            runs = [_head_sweep(learn, feats, targs, bs, seed, num_it) for seed in range(N_SWEEPS)]
-            valley_lr, minimum_lr = _median([r[0].valley for r in runs]), _median([r[0].minimum for r in runs])
-            minimums = [r[0].minimum for r in runs]
+            features = TensorDataset(feats.cpu(), targs.cpu())
+            runs = [_head_sweep(learn, features, bs, seed, num_it) for seed in range(N_SWEEPS)]
+            minimums = [found.minimum for found, _ in runs]
+            valley_lr, minimum_lr = _median([found.valley for found, _ in runs]), _median(minimums)
             sweep = runs[0][1]
         else:
             frozen_before = learn.frozen_groups
-            bs = getattr(learn.dls.train, "batch_size", None)
+            bs = train_bs  # the sweep runs on the training batches themselves: no scaling
             how = "lr_find of the learner with all groups but the last frozen"
             _refreeze(learn, max(learn.n_groups - 1, 0))
             try:
@@ -120,7 +122,6 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
             sweep = learn.recorder.lr_find_results
             valley_lr, minimum_lr = found.valley, found.minimum
             minimums = [minimum_lr]
-    train_bs = getattr(learn.dls.train, "batch_size", None)
     base_lr = broadcast_object(pick_base_lr(valley_lr, minimum_lr, train_bs, bs))  # rank 0's
     seconds = time.perf_counter() - start
     learn.auto_lr = {"base_lr": base_lr, "valley": valley_lr, "minimum": minimum_lr,
@@ -134,16 +135,14 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
     return base_lr
 
 
-def _head_sweep(learn: "Learner", feats: torch.Tensor, targs: torch.Tensor, bs: int, seed: int,
-                num_it: int) -> tuple[Any, dict]:
-    """lr_find of a copy of the learner's head over the cached features, shuffled by `seed`."""
+def _head_sweep(learn: "Learner", features: TensorDataset, bs: int, seed: int, num_it: int) -> tuple[Any, dict]:
+    """lr_find of a copy of the learner's head over the cached `features`, shuffled by `seed`."""
     from .data import DataLoaders
     from .learner import Learner
     from .lr_finder import minimum, valley
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    feature_dl = DataLoader(TensorDataset(feats.cpu(), targs.cpu()), batch_size=bs, shuffle=True, drop_last=True,
-                            generator=generator)
+    feature_dl = DataLoader(features, batch_size=bs, shuffle=True, drop_last=True, generator=generator)
     head_learner = Learner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
                            opt_func=learn.opt_func, wd=learn.wd, wd_bn_bias=learn.wd_bn_bias,
                            device=learn.device, precision="fp32", progress=False)

@@ -11,7 +11,7 @@ rows alternating (their order rotated from run to run), images/s of:
                                (and, in parentheses, images/s of the head-only epochs after it)
 with the peak memory of each row (torch.cuda.max_memory_allocated, reset between rows; n/a on CPU), then
 the ratios: unfrozen/hand, frozen/no_grad limit (both norm policies), cached/uncached frozen, and on a GPU
-at 224 px, batch 128, the frozen norm='train' row against fastai's measured images/s (SPEC.md section 12).
+at 224 px, batch 128, the frozen norm='train' row against fastai's measured images/s (fastai 2.8.12, measured on one H100: see docs/benchmarks.md).
 
     python benchmarks/gpu_throughput.py                 # GPU when there is one, else the CPU mode
     python benchmarks/gpu_throughput.py --device cuda   # resnet50, convnext_tiny, bf16, channels_last, bs 128, 224 px
@@ -38,7 +38,7 @@ from fastfreeze.feature_cache import FeatureCache, FeatureDataset
 
 N_CLASSES = 10
 LR = 1e-4
-# SPEC.md section 12: fastai on one H100, bf16, channels_last, batch 128, 224 px, data on the GPU, images/s
+# fastai 2.8.12 on one H100, bf16, channels_last, batch 128, 224 px, data on the GPU, images/s
 FASTAI_ANCHORS = {
     "resnet50": {"hand": 3638, "no_grad": 9173, "unfrozen": 2594, "frozen": 2944},
     "convnext_tiny": {"hand": 2557, "no_grad": 7291, "unfrozen": 1894, "frozen": 3029},

@@ -88,7 +88,7 @@ def run_probe(dls: ImageDataLoaders) -> dict:
     def features(dl):
         xs, ys = [], []
         for xb, yb in dl:
-            xb, = learn._to_device((xb, yb))[0]
+            xb, = learn.to_device((xb, yb))[0]
             xs.append(body(xb).float().mean(dim=(2, 3)).cpu())
             ys.append(yb)
         return torch.cat(xs).numpy(), torch.cat(ys).numpy()

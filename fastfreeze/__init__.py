@@ -1,40 +1,41 @@
 """fastfreeze: transfer learning for timm image models with layer groups and discriminative learning rates."""
-from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                       CancelTrainException, CancelValidException, ProgressCallback, Recorder)
 from .auto_lr import choose_base_lr
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
+from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                       CancelTrainException, CancelValidException)
 from .checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
 from .compile import CompileCallback
 from .data import DataLoaders
+from .distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
+from .export import export_learner
+from .export_format import InvalidExportError
 from .feature_cache import FeatureCache
-from .export import InvalidExportError, Predictor, export_learner, load_learner
-from .distributed import (DistributedCallback, barrier, broadcast_object, distributed, init_distributed,
-                          is_rank_zero, on_rank_zero, sync_batchnorm)
+from .finetune import fine_tune
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
-from .learner import Learner, adamw
+from .learner import Learner
+from .loop import BaseLearner
+from .losses import SupervisedContrastiveLoss
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
 from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
-from .schedule import ParamScheduler, cos_anneal, fine_tune, fit_one_cycle, one_cycle_scheduler
-from .losses import SupervisedContrastiveLoss
-from .vision import VisionLearner, vision_learner
-from .weights import load_pretrained
+from .optim import adamw
+from .predictor import Predictor, load_learner
+from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
+from .recorder import ProgressCallback, Recorder
+from .schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_scheduler
 from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
                          UnfreezeMilestones)
-
-try:  # the version lives in settings.ini only; installed metadata carries it here
-    from importlib.metadata import PackageNotFoundError, version as _version
-    __version__ = _version("fastfreeze")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
-    __version__ = "0+unknown"
+from .version import __version__
+from .vision import VisionLearner, vision_learner
+from .weights import load_pretrained
 
 __all__ = [
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
-    "CancelValidException", "DataLoaders", "Learner", "Metric", "ParamScheduler", "ProgressCallback", "Recorder",
-    "accuracy", "adamw", "cos_anneal", "error_rate", "expand_lrs", "fine_tune", "fit_one_cycle", "lrs_decay",
-    "one_cycle_scheduler", "top_k", "top_k_accuracy",
+    "CancelValidException", "DataLoaders", "Learner", "BaseLearner", "Metric", "ParamScheduler", "ProgressCallback",
+    "Recorder", "accuracy", "adamw", "cos_anneal", "error_rate", "expand_lrs", "fine_tune", "fit_one_cycle",
+    "lrs_decay", "one_cycle_scheduler", "top_k", "top_k_accuracy",
     "valley", "minimum", "steep", "slide",
     "Strategy", "Phase", "FastaiFineTune", "Freeze", "NoFreeze", "FreezeUnfreeze", "UnfreezeMilestones",
     "GradualUnfreezing",
@@ -44,5 +45,5 @@ __all__ = [
     "DistributedCallback", "barrier", "broadcast_object", "distributed", "init_distributed", "is_rank_zero",
     "on_rank_zero", "sync_batchnorm",
     "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
-    "export_learner", "load_learner", "CompileCallback", "FeatureCache",
+    "export_learner", "load_learner", "CompileCallback", "FeatureCache", "__version__",
 ]

@@ -9,34 +9,36 @@ optimizer state, `requires_grad` and the global RNG state stay as they were.
 Models that are not a `TransferModel` (no body/head split) get a short sweep of the frozen learner instead,
 restored exactly by `lr_find`.
 
-The rule turning the sweep into `base_lr` is `pick_base_lr` (see its docstring for the reasoning and
-benchmarks/transfer_quality.py for the measurements behind it).
+The rule turning the sweep into `base_lr` is `pick_base_lr`; docs/auto-lr.md gives the reasoning and the
+measurements behind each constant (benchmarks/transfer_quality.py).
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
+from .body import TransferModel
+from .data import DataLoaders, seeded_loader
+from .feature_cache import body_features
+from .loop import BaseLearner
+from .lr_finder import lr_find, minimum, valley
+from .ranks import broadcast_object
 
 # the range `pick_base_lr` clips to: below it a head barely moves in a few epochs, above it AdamW
-# updates of the body (base_lr/2 for the head, /100 for the stem) stop being small perturbations
+# updates of the body (base_lr/2 for the head, base_lr/200 for the stem) stop being small perturbations
 MIN_AUTO_LR, MAX_AUTO_LR = 1e-4, 3e-2
-# the head sweep's batch size, whatever the training batch size: the sweep reads where the head's loss stops
-# falling, and with small batches gradient noise makes the smoothed loss turn up earlier (on Fashion-MNIST,
-# 500 images: 'minimum' 5.8e-3 and 8.3e-3 read at batch 16, 2.1e-2 to 3.0e-2 at 64)
+# the head sweep's batch size, whatever the training batch size: with small batches gradient noise makes the
+# smoothed loss turn up earlier
 SWEEP_BS = 64
-# sweeps over different shuffles of the cached features; the rule takes the median of their suggestions (one
-# sweep's 'minimum' moved between 2.1e-2 and 3.0e-2 with the shuffle alone, on the same 496 features)
+# sweeps over different shuffles of the cached features; the rule takes the median of their suggestions
 N_SWEEPS = 3
 # each sweep: 60 steps from 1e-5 (a factor 1.26 per step, near fastai's 1.2 from 1e-7 in 100 steps); heads
-# train at 1e-5 and below far too slowly to matter, and the steps saved keep the choice under 10% of fine_tune
+# train at 1e-5 and below far too slowly to matter, and fewer steps keep the choice cheap
 SWEEP_START_LR, SWEEP_NUM_IT = 1e-5, 60
 
 
@@ -46,17 +48,11 @@ def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = 
     loss), times `sqrt(train_bs / sweep_bs)`, clipped to [MIN_AUTO_LR, MAX_AUTO_LR]; `valley` only when
     `minimum` found nothing; fastai's 2e-3 when the sweep found neither (NaN).
 
-    Why `minimum` (benchmarks/transfer_quality.py, Fashion-MNIST, EfficientNet-Lite0, 500 training images,
-    batches of 64): fine_tune accuracy rose with base_lr, 0.534 / 0.591 / 0.642 / 0.717 / 0.776 at 1e-3 /
-    2e-3 / 5e-3 / 1e-2 / 2e-2; the head sweep's `minimum` was 2.1e-2, at the best point, while `valley`
-    (8e-4) sat in the worst region and their geometric mean (4.2e-3) gave 0.586. `minimum` is Smith's rule
-    (an order of magnitude below where the loss stops falling); fine_tune trains the body at base_lr/2 down
-    to base_lr/200, so the head's tolerance sets the scale for every group.
-
-    Why the square root: the sweep runs at batches of `sweep_bs`, training at `train_bs`; for Adam the lr
-    that keeps the same noise per update scales with the square root of the batch size (Malladi et al.
-    2022, "On the SDEs and scaling rules for adaptive gradient algorithms"). Measured on the same data, the
-    best lr did move that way: about 2e-2 at batch 16, 2e-2 or more at 32, 5e-2 at 64 (3-seed grid).
+    `minimum` is Smith's rule (an order of magnitude below where the loss stops falling); fine_tune trains the
+    body at base_lr/2 down to base_lr/200, so the head's tolerance sets the scale for every group. The square
+    root: the sweep runs at batches of `sweep_bs`, training at `train_bs`, and for Adam the lr that keeps the
+    same noise per update scales with the square root of the batch size (Malladi et al. 2022). Why these
+    choices, measured: docs/auto-lr.md.
     """
     scale = math.sqrt(train_bs / sweep_bs) if train_bs and sweep_bs else 1.0
     for lr in (minimum_lr, valley_lr):
@@ -65,47 +61,20 @@ def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = 
     return 2e-3
 
 
-@torch.no_grad()
-def cached_body_features(learn: "Learner", max_items: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Body outputs (eval mode, autocast as the learner trains) and targets for up to `max_items`
-    training items, on the learner's device."""
-    body = learn.model.body
-    was_training = body.training
-    body.eval()
-    feats, targs, n = [], [], 0
-    try:
-        for batch in learn.dls.train:  # (seeded by the caller: see choose_base_lr)
-            xb, yb = learn._to_device(batch)
-            with learn._autocast():
-                feats.append(body(*xb).float())
-            targs.append(yb[0])
-            n += len(yb[0])
-            if n >= max_items:
-                break
-    finally:
-        body.train(was_training)
-    if not feats:
-        raise ValueError("base_lr='auto' needs training data, and dls.train yielded no batch")
-    return torch.cat(feats)[:max_items], torch.cat(targs)[:max_items]
-
-
-def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_NUM_IT, verbose: bool = True) -> float:
+def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEEP_NUM_IT,
+                   verbose: bool = True) -> float:
     """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
-    from .body import TransferModel
-    from .data import seeded_loader
-    from .distributed import broadcast_object
-    from .lr_finder import minimum, valley
     start = time.perf_counter()
     train_bs = getattr(learn.dls.train, "batch_size", None)
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
         torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
         if isinstance(learn.model, TransferModel):
-            with seeded_loader(learn.dls.train, 0):
-                feats, targs = cached_body_features(learn, max_items)
+            with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
+                feats, targs = body_features(learn, learn.dls.train, max_items, storage="cpu")
             bs = max(2, min(SWEEP_BS, len(targs) // 2)) if len(targs) >= 4 else len(targs)
             how = (f"the median of {N_SWEEPS} lr_find sweeps of the head on cached body features of "
                    f"{len(targs)} training items, batches of {bs}")
-            features = TensorDataset(feats.cpu(), targs.cpu())
+            features = TensorDataset(feats.float(), targs)
             runs = [_head_sweep(learn, features, bs, seed, num_it) for seed in range(N_SWEEPS)]
             minimums = [found.minimum for found, _ in runs]
             valley_lr, minimum_lr = _median([found.valley for found, _ in runs]), _median(minimums)
@@ -116,7 +85,7 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
             how = "lr_find of the learner with all groups but the last frozen"
             _refreeze(learn, max(learn.n_groups - 1, 0))
             try:
-                found = learn.lr_find(start_lr=SWEEP_START_LR, num_it=num_it, suggest_funcs=(valley, minimum))
+                found = lr_find(learn, start_lr=SWEEP_START_LR, num_it=num_it, suggest_funcs=(valley, minimum))
             finally:
                 _refreeze(learn, frozen_before)
             sweep = learn.recorder.lr_find_results
@@ -135,18 +104,15 @@ def choose_base_lr(learn: "Learner", max_items: int = 2048, num_it: int = SWEEP_
     return base_lr
 
 
-def _head_sweep(learn: "Learner", features: TensorDataset, bs: int, seed: int, num_it: int) -> tuple[Any, dict]:
+def _head_sweep(learn: BaseLearner, features: TensorDataset, bs: int, seed: int, num_it: int) -> tuple[Any, dict]:
     """lr_find of a copy of the learner's head over the cached `features`, shuffled by `seed`."""
-    from .data import DataLoaders
-    from .learner import Learner
-    from .lr_finder import minimum, valley
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     feature_dl = DataLoader(features, batch_size=bs, shuffle=True, drop_last=True, generator=generator)
-    head_learner = Learner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
+    head_learner = BaseLearner(copy.deepcopy(learn.model.head), DataLoaders(feature_dl), loss_func=learn.loss_func,
                            opt_func=learn.opt_func, wd=learn.wd, wd_bn_bias=learn.wd_bn_bias,
                            device=learn.device, precision="fp32", progress=False)
-    suggestions = head_learner.lr_find(start_lr=SWEEP_START_LR, num_it=num_it, suggest_funcs=(valley, minimum))
+    suggestions = lr_find(head_learner, start_lr=SWEEP_START_LR, num_it=num_it, suggest_funcs=(valley, minimum))
     return suggestions, head_learner.recorder.lr_find_results
 
 
@@ -159,7 +125,7 @@ def _median(values: list[float]) -> float:
     return finite[mid] if len(finite) % 2 else math.sqrt(finite[mid - 1] * finite[mid])
 
 
-def _refreeze(learn: "Learner", frozen_groups: int) -> None:
+def _refreeze(learn: BaseLearner, frozen_groups: int) -> None:
     """`freeze_to` without resetting the optimizer state (which must come out of the choice unchanged)."""
     reset, learn.reset_opt = learn.reset_opt, False
     try:

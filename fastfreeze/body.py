@@ -22,12 +22,12 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from .preprocess import with_input_size
+
 InputSize = Union[int, tuple[int, int, int]]
 
 # Attributes torchvision (and many user models) give their final classifier, in the order they are tried.
 CLASSIFIER_ATTRS = ("fc", "classifier", "head", "heads")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TransferModel(nn.Module):
@@ -103,7 +103,7 @@ def _check_output(out: Any) -> torch.Tensor:
     return out
 
 
-def _remove_unused(body: nn.Module, unused: list[str]) -> tuple[list[str], list[str]]:
+def remove_unused(body: nn.Module, unused: list[str]) -> tuple[list[str], list[str]]:
     """Replace by `nn.Identity()` every outermost submodule all of whose parameters are unused.
     Returns (removed parameter names, unused parameter names left in place)."""
     unused_set = set(unused)
@@ -136,7 +136,7 @@ def _describe(body: nn.Module, input_size: tuple[int, int, int], data_config: di
 
 def _finish(body: nn.Module, out: torch.Tensor, unused: list[str], data_config: dict[str, Any],
             arch: str) -> BodyInfo:
-    removed, left = _remove_unused(body, unused)
+    removed, left = remove_unused(body, unused)
     if left:
         warnings.warn(f"{arch}: the forward pass never uses these parameters, which stay in the model but "
                       f"will never change: {', '.join(left[:8])}{' ...' if len(left) > 8 else ''}")
@@ -219,8 +219,7 @@ def inspect_body(body: nn.Module, input_size: InputSize = (3, 224, 224), arch: O
     `data_config` defaults to ImageNet preprocessing at `input_size`."""
     size = _as_input_size(input_size)
     if data_config is None:
-        data_config = {"input_size": size, "interpolation": "bilinear", "mean": IMAGENET_MEAN,
-                       "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
+        data_config = with_input_size({"input_size": size}, None)  # the rest from timm's ImageNet defaults
     return _describe(body, size, data_config, arch or type(body).__name__, check_unused)
 
 

@@ -8,190 +8,41 @@
   `fit_one_cycle` and `fine_tune` take `resume_from=` and go on where it stopped, with the same
   weights as a run that was never interrupted.
 
-A checkpoint holds the model, the optimizer (moments and hyper-parameters), the freeze state, where the
-fit is (phase label, epochs done of how many, training step, the `fine_tune` phase and its base_lr), the
-torch/CUDA/NumPy/Python random states, the state of the training DataLoader's shuffling generator and
-the Recorder's history. Exact resume also needs the same data in the same order: a DataLoader with
+A checkpoint is `learn.state_dict()` (written by `learn.save_checkpoint`): the model, the optimizer
+(moments and hyper-parameters), the GradScaler, the loop state (phase label, epochs done of how many,
+training step, the freeze state, the `fine_tune` phase and its base_lr), the Recorder's history and smoothing
+state, the torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling
+generator. Exact resume also needs the same data in the same order: a DataLoader with
 `persistent_workers=True` keeps its workers' random state out of reach, so random augmentation in
 workers is reproduced only with `num_workers=0` or non-persistent workers.
 
-Files are written to a temporary name and renamed (`os.replace`), so an interrupt never leaves a
-half-written file, and read with `torch.load(weights_only=True)`: no code is unpickled.
+Files are written through `state.write_file` (a temporary name, then renamed; rank 0 only), so an interrupt
+never leaves a half-written file, and read with `torch.load(weights_only=True)`: no code is unpickled.
 """
 from __future__ import annotations
 
 import math
-import os
-import random
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from .distributed import batches_per_epoch
 from .callback import Callback, CancelFitException
-from .data import loader_generators
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
-
-CHECKPOINT_FORMAT = "fastfreeze-checkpoint"
-CHECKPOINT_VERSION = 1
-_HISTORY = ("losses", "smooth_losses", "lrs", "moms", "phases", "values")  # the Recorder's history lists
-_SHOWN = 8
+from .loop import BaseLearner
 
 
 # -------------------------------------------------------------------------------------------------
-# state dicts
+# resumable checkpoints
 # -------------------------------------------------------------------------------------------------
-def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], source: str) -> None:
-    """Raise a ValueError naming what does not fit when `given` (from `source`) cannot be loaded
-    strictly into a model whose state dict is `expected`: missing keys, extra keys, other shapes."""
-    missing = [k for k in expected if k not in given]
-    extra = [k for k in given if k not in expected]
-    shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in expected
-              if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != expected[k].shape]
-    not_tensors = [k for k in given if k in expected and not isinstance(given[k], torch.Tensor)]
-    if not (missing or extra or shapes or not_tensors):
-        return
-    parts = [f"the weights in {source} do not fit this model:"]
-    for title, items in (("missing from the file", missing), ("in the file but not in the model", extra),
-                         ("with another shape", shapes), ("that are not tensors", not_tensors)):
-        if items:
-            more = f", ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-            parts.append(f"  {len(items)} keys {title}: {', '.join(items[:_SHOWN])}{more}")
-    parts.append("Were they saved from another architecture, head or number of classes? Build the learner exactly "
-                 "as the one that saved them.")
-    raise ValueError("\n".join(parts))
-
-
-def _atomic_save(obj: Any, file: Path) -> Path:
-    """`torch.save` to a temporary file next to `file`, then rename it over `file`."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, file)
-    return file
-
-
-# -------------------------------------------------------------------------------------------------
-# random states
-# -------------------------------------------------------------------------------------------------
-def rng_states(learn: "Learner") -> dict[str, Any]:
-    """torch (CPU and CUDA), NumPy and Python random states and the training DataLoader's generators,
-    as tensors and plain types (loadable with `weights_only=True`)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "state": list(py_state), "gauss_next": gauss_next},
-            "loaders": [g.get_state() for g in loader_generators(learn.dls.train)]}
-
-
-def set_rng_states(learn: "Learner", states: dict[str, Any]) -> None:
-    """Put back what `rng_states` recorded."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    np_state = states["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    py = states["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    generators = loader_generators(learn.dls.train)
-    if len(generators) != len(states["loaders"]):
-        raise ValueError(f"the training DataLoader draws its order from {len(generators)} generator(s), but the "
-                         f"checkpoint recorded {len(states['loaders'])}: resume with the same kind of DataLoaders")
-    for g, state in zip(generators, states["loaders"]):
-        g.set_state(state)
-
-
-# -------------------------------------------------------------------------------------------------
-# checkpoints
-# -------------------------------------------------------------------------------------------------
-def save_checkpoint(learn: "Learner", file: Union[str, Path]) -> Path:
-    """Write everything needed to resume the current fit exactly (see the module docstring).
-
-    The current epoch counts as done: call it in `after_epoch` (as `CheckpointCallback` does) or
-    between fits, not after an interrupt in the middle of an epoch.
-    """
-    epochs_done = min(learn.epoch + 1, learn.n_epoch)
-    n_batches = batches_per_epoch(learn.dls.train)  # this process's share under DDP
-    scaler = getattr(learn, "scaler", None)
-    state = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "model": learn.model.state_dict(),
-        "opt": learn.opt.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "fit": {"phase": learn.phase, "n_epoch": learn.n_epoch, "epochs_done": epochs_done,
-                "n_batches": n_batches, "train_iter": epochs_done * n_batches, "n_fits": learn._n_fits,
-                "n_groups": learn.n_groups, "frozen_groups": learn.frozen_groups,
-                "recalibrated_for": learn._recalibrated_for},
-        "fine_tune": dict(learn.fine_tune_state) if learn.fine_tune_state else None,
-        "rng": rng_states(learn),
-        "recorder": {name: list(getattr(learn.recorder, name)) for name in _HISTORY},
-    }
-    return _atomic_save(state, Path(file))
-
-
-def read_checkpoint(file: Union[str, Path]) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (on the CPU, `weights_only=True`) and check its format."""
-    file = Path(file)
-    if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {file}: check the name, or `learn.path`/`model_dir` "
-                                "(CheckpointCallback writes models/checkpoint.pth by default)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{file} is not a fastfreeze checkpoint (written by learn.save_checkpoint or "
-                         "CheckpointCallback); a file written by learn.save loads with learn.load")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{file} is a checkpoint of format version {state.get('version')!r}; this fastfreeze "
-                         f"reads version {CHECKPOINT_VERSION}")
-    return state
-
-
-def resume(learn: "Learner", file: Union[str, Path], n_epoch: int) -> int:
-    """Restore the state a checkpoint recorded into `learn` for a fit of `n_epoch` epochs (the same
-    fit that wrote it); return the number of epochs already done (the fit's `start_epoch`)."""
-    state = read_checkpoint(file)
-    fit = state["fit"]
-    if fit["n_epoch"] != n_epoch:
-        raise ValueError(f"{file} was written during a fit of {fit['n_epoch']} epochs ({fit['phase']!r}), not "
-                         f"{n_epoch}: resume with the same call and arguments, or use learn.load({str(file)!r}) "
-                         "to load its weights and optimizer only")
-    if fit["n_groups"] != learn.n_groups:
-        raise ValueError(f"{file} was written by a learner with {fit['n_groups']} layer groups; this one has "
-                         f"{learn.n_groups}: build the learner as before")
-    if fit["n_batches"] != batches_per_epoch(learn.dls.train):
-        raise ValueError(f"{file} was written with {fit['n_batches']} training batches per epoch; the data now "
-                         f"gives {batches_per_epoch(learn.dls.train)}: resume on the same data and batch size")
-    if learn.fine_tune_state is not None and learn.frozen_groups != fit["frozen_groups"]:
-        raise ValueError(f"{file} was written with {fit['frozen_groups']} frozen layer groups, but this fine_tune "
-                         f"phase freezes {learn.frozen_groups}: resume with the same strategy and arguments")
-    check_state_dict(learn.model.state_dict(), state["model"], str(file))
-    learn.model.load_state_dict(state["model"])
-    learn.freeze_to(fit["frozen_groups"])
-    learn.opt.load_state_dict(state["opt"])  # after freeze_to, which may reset the optimizer state
-    learn._recalibrated_for = fit["recalibrated_for"]
-    if state["scaler"] is not None and getattr(learn, "scaler", None) is not None:
-        learn.scaler.load_state_dict(state["scaler"])
-    learn.phase, learn._n_fits = fit["phase"], fit["n_fits"]
-    for name in _HISTORY:
-        setattr(learn.recorder, name, list(state["recorder"][name]))
-    set_rng_states(learn, state["rng"])
-    return fit["epochs_done"]
-
-
 class CheckpointCallback(Callback):
     """Write a resumable checkpoint (`learn.save_checkpoint(fname)`, by default `models/checkpoint.pth`)
     after every `every` epochs and after the last epoch of each fit. The file is overwritten each time.
     Resume with `learn.fit_one_cycle(..., resume_from=fname)` (or `fit`/`fine_tune`, with the same arguments)."""
     order = 61  # after the Recorder (50) has the epoch's row and the progress table (60) printed it
+    learn: BaseLearner
 
     def __init__(self, fname: Union[str, Path] = "checkpoint", every: int = 1):
         if not isinstance(every, int) or every < 1:

@@ -103,7 +103,7 @@ def _save_model(learn: Any, out: Path) -> Path:
 
 def _quiet_bars(learn: Any, no_bar: bool) -> None:
     """`--no-bar`: no per-batch bars; the per-epoch table still prints."""
-    from .callback import ProgressCallback
+    from .recorder import ProgressCallback
     if no_bar:
         for cb in learn.cbs:
             if isinstance(cb, ProgressCallback):

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .callback import Callback
+from .loop import BaseLearner
 
 DEFAULT_BACKEND = "inductor"
 CompileSpec = Union[bool, str, dict[str, Any]]
@@ -113,6 +114,7 @@ class CompileCallback(Callback):
     """Compile `learn.model` for each fit (see the module docstring); arguments go to `torch.compile`.
     `reset=True` clears torch's compile caches before each compiled fit."""
     order = -10  # after FeatureCache, which may swap the model for its head
+    learn: BaseLearner
 
     def __init__(self, backend: Union[str, Callable] = DEFAULT_BACKEND, mode: Optional[str] = None,
                  fullgraph: bool = False, dynamic: Optional[bool] = None, options: Optional[dict[str, Any]] = None,

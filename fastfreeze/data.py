@@ -72,6 +72,11 @@ class DataLoaders:
         return cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
 
 
+def decode_label(vocab: Optional[Sequence[str]], index: int) -> Any:
+    """The class name of output `index` when the vocab names it, else the index itself (e.g. an embedding)."""
+    return vocab[index] if vocab and index < len(vocab) else index
+
+
 MAX_DEFAULT_BS, MIN_DEFAULT_BS, MIN_BATCHES_PER_EPOCH = 64, 8, 16
 
 
@@ -79,10 +84,8 @@ def default_batch_size(n_items: int) -> int:
     """The training batch size used when none is given: 64 (fastai's), halved (down to 8) until an epoch of
     `n_items` has at least 16 batches. 500 images get batches of 16; 1,024 or more get 64.
 
-    Why: with a few hundred images and batches of 64, `fine_tune(5)` is about 40 optimizer steps, too few for
-    the body to adapt; on Fashion-MNIST with 500 training images (benchmarks/transfer_quality.py, 3 seeds)
-    the best lr tried at batch 64 reached 0.769, below the linear probe's 0.784, against 0.803 at batch 32
-    and 0.8075 at batch 16.
+    Why: with a few hundred images and batches of 64, `fine_tune(5)` is too few optimizer steps for the body
+    to adapt (the measurements are in docs/auto-lr.md).
     """
     bs = MAX_DEFAULT_BS
     while bs > MIN_DEFAULT_BS and n_items < MIN_BATCHES_PER_EPOCH * bs:

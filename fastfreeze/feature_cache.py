@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -37,9 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from .body import TransferModel
 from .callback import Callback
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
+from .loop import BaseLearner
 
 # Transforms (torchvision's and timm's) that map an item to the same output every time. Any other
 # transform in a dataset's `transform` counts as possibly random.
@@ -54,7 +52,7 @@ CACHE_FEATURES = ("auto", True, False)
 # ------------------------------------------------------------------------------------------------
 # can this fit be cached?
 # ------------------------------------------------------------------------------------------------
-def body_is_frozen(learn: "Learner") -> bool:
+def body_is_frozen(learn: BaseLearner) -> bool:
     """True when `learn.model` is a `TransferModel` whose body parameters all lie in frozen layer groups."""
     if not isinstance(learn.model, TransferModel):
         return False
@@ -109,7 +107,7 @@ def _loader_problem(dl: Any, which: str) -> Optional[str]:
     return None
 
 
-def cache_blocker(learn: "Learner", allow_augment: bool = False) -> Optional[str]:
+def cache_blocker(learn: BaseLearner, allow_augment: bool = False) -> Optional[str]:
     """Why this learner's next fit cannot train its head on cached body features; None when it can."""
     if not isinstance(learn.model, TransferModel):
         return f"the model is a {type(learn.model).__name__}, not a TransferModel (body + head)"
@@ -151,44 +149,61 @@ def choose_storage(nbytes: int, device: torch.device, storage: str = "auto", max
 
 
 @torch.no_grad()
-def extract_features(learn: "Learner", dl: DataLoader, storage: str = "auto",
-                     max_gpu_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(features, targets)` for every item of `dl.dataset`, in dataset order: the body's output in eval
-    mode, without gradients, under the learner's autocast (features keep the dtype it gives).
-
-    The items are read in order by a loader like `dl` (same batch size, collate function and workers)
-    with a generator of its own, so the global RNG is not touched."""
+def body_features(learn: BaseLearner, dl: Iterable, max_items: Optional[int] = None, storage: str = "auto",
+                  max_gpu_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(features, targets)` of the items `dl` yields, in the order it yields them, up to `max_items` (default:
+    all of `dl.dataset`): the frozen body's output in eval mode, without gradients, under the learner's
+    autocast (features keep the dtype it gives), stored where `choose_storage` says. The one place the
+    body's features are computed, for the feature cache and for `base_lr='auto'`."""
     body = learn.model.body
-    n = len(dl.dataset)
-    reader = DataLoader(dl.dataset, batch_size=dl.batch_size or 64, shuffle=False, num_workers=dl.num_workers,
-                        collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, worker_init_fn=dl.worker_init_fn,
-                        generator=torch.Generator())
+    sizes = [n for n in (max_items, len(dl.dataset) if hasattr(dl, "dataset") else None) if n is not None]
+    if not sizes:
+        raise TypeError("body_features needs max_items for a loader without a dataset")
+    n = min(sizes)
     features: Optional[torch.Tensor] = None
     targets: Optional[torch.Tensor] = None
     filled = 0
     was_training = body.training
     body.eval()
     try:
-        for batch in reader:
-            xb, yb = learn._to_device(batch)
+        for batch in dl:
+            xb, yb = learn.to_device(batch)
             if len(xb) != 1:
-                raise ValueError(f"feature caching needs (x, y) batches; these have {len(xb)} inputs")
+                raise ValueError(f"body features need (x, y) batches; these have {len(xb)} inputs")
             if not isinstance(yb[0], torch.Tensor):
-                raise TypeError(f"feature caching needs tensor targets, got {type(yb[0]).__name__}")
-            with learn._autocast():
+                raise TypeError(f"body features need tensor targets, got {type(yb[0]).__name__}")
+            with learn.autocast():
                 out = body(xb[0])
             if features is None:
                 item_bytes = out[0].numel() * out.element_size() + yb[0][0].numel() * yb[0].element_size()
                 where = choose_storage(n * item_bytes, learn.device, storage, max_gpu_fraction)
                 features = torch.empty((n, *out.shape[1:]), dtype=out.dtype, device=where)
                 targets = torch.empty((n, *yb[0].shape[1:]), dtype=yb[0].dtype, device=where)
-            features[filled:filled + len(out)] = out
-            targets[filled:filled + len(out)] = yb[0]
-            filled += len(out)
+            take = min(len(out), n - filled)
+            features[filled:filled + take] = out[:take]
+            targets[filled:filled + take] = yb[0][:take]
+            filled += take
+            if filled >= n:
+                break
     finally:
         body.train(was_training)
-    if features is None or filled != n:
-        raise RuntimeError(f"reading {type(dl.dataset).__name__} in order gave {filled} items, but it has {n}")
+    if features is None or targets is None:
+        raise ValueError("computing body features needs data, and the loader yielded no batch")
+    return features[:filled], targets[:filled]
+
+
+def extract_features(learn: BaseLearner, dl: DataLoader, storage: str = "auto",
+                     max_gpu_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """`body_features` of every item of `dl.dataset`, in dataset order (what the cache holds). The items are
+    read by a loader like `dl` (same batch size, collate function and workers) with a generator of its own,
+    so neither `dl`'s shuffling stream nor the global RNG is touched."""
+    reader = DataLoader(dl.dataset, batch_size=dl.batch_size or 64, shuffle=False, num_workers=dl.num_workers,
+                        collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, worker_init_fn=dl.worker_init_fn,
+                        generator=torch.Generator())
+    features, targets = body_features(learn, reader, storage=storage, max_gpu_fraction=max_gpu_fraction)
+    if len(features) != len(dl.dataset):
+        raise RuntimeError(f"reading {type(dl.dataset).__name__} in order gave {len(features)} items, but it has "
+                           f"{len(dl.dataset)}")
     return features, targets
 
 
@@ -311,7 +326,7 @@ class FeatureCache(Callback):
         self._saved = None
 
 
-def feature_cache_for(learn: "Learner", cache_features: Union[str, bool], n_epoch: int,
+def feature_cache_for(learn: BaseLearner, cache_features: Union[str, bool], n_epoch: int,
                       verbose: bool = True) -> list[Callback]:
     """The callbacks `fine_tune` adds to one phase for `cache_features`:
     False: none. True: `FeatureCache(allow_augment=True)` (the user accepts one fixed draw of augmentation).

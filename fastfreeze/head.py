@@ -1,5 +1,5 @@
 """Heads that go on a body: the default classifier head, a head from the user's own layers, and a
-projection head for embeddings (SPEC.md §9).
+projection head for embeddings (docs/head.md).
 
 Every head takes the body's output: a spatial map `(B, nf, H, W)` when `pool=True`, or already pooled
 features `(B, nf)` when `pool=False` (a body that pools itself, e.g. a ViT).
@@ -131,7 +131,7 @@ def _first_input_width(layers: Sequence[nn.Module]) -> Optional[int]:
             width = _input_width(module)
             if width is not None:
                 return width
-            if any(p is not None for p in module._parameters.values()):
+            if any(True for _ in module.parameters(recurse=False)):
                 return None
     return None
 

@@ -1,4 +1,5 @@
-"""Losses beyond torch's own: a supervised contrastive loss for training projection heads (embeddings)."""
+"""Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md), and the
+activation a loss implies for predictions."""
 from __future__ import annotations
 
 import torch
@@ -32,3 +33,30 @@ class SupervisedContrastiveLoss(nn.Module):
             return embeddings.sum() * 0.0
         pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)
         return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+
+
+# -------------------------------------------------------------------------------------------------
+# what a loss implies for predictions
+# -------------------------------------------------------------------------------------------------
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+def activation_for(loss_func: object) -> str:
+    """The activation that turns raw outputs into predictions for `loss_func`: 'softmax' for cross-entropy,
+    'sigmoid' for BCE with logits, 'none' for anything else (regression, embeddings)."""
+    if isinstance(loss_func, nn.CrossEntropyLoss):
+        return "softmax"
+    if isinstance(loss_func, nn.BCEWithLogitsLoss):
+        return "sigmoid"
+    return "none"
+
+
+def activate(activation: str, out: torch.Tensor) -> torch.Tensor:
+    """Apply an activation named by `activation_for` to raw outputs (in float32)."""
+    if activation == "softmax":
+        return torch.softmax(out.float(), dim=-1)
+    if activation == "sigmoid":
+        return torch.sigmoid(out.float())
+    if activation == "none":
+        return out.float()
+    raise ValueError(f"unknown activation {activation!r}: one of {ACTIVATIONS}")

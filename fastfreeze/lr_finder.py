@@ -1,4 +1,4 @@
-"""The learning-rate finder (SPEC.md §8): a short sweep with an exponentially growing lr, then everything
+"""The learning-rate finder (docs/lr-find.md): a short sweep with an exponentially growing lr, then everything
 put back as it was, in memory, and suggestions read off the loss curve.
 
 Unlike fastai, which sweeps one lr shared by every group, the sweep moves the head group (the last one)
@@ -13,21 +13,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import random
 import warnings
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from .data import loader_generators
-from .distributed import broadcast_object
 from .callback import Callback, CancelFitException
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
+from .loop import BaseLearner
+from .ranks import broadcast_object
+from .recorder import DebiasedEMA
+from .state import to_cpu_copy
 
 SuggestFunc = Callable[[Sequence[float], Sequence[float], int], float]
 
@@ -159,7 +157,7 @@ class LRFinder(Callback):
     `stop_div`, when the smoothed loss is non-finite or above 4x its best.
 
     Runs between the schedulers (10) and the Recorder (50). The smoothed loss is the debiased EMA of the
-    training loss (beta 0.98), as the Recorder's.
+    training loss (beta 0.98, `recorder.DebiasedEMA`), as the Recorder's.
     """
     order = 20
 
@@ -170,7 +168,7 @@ class LRFinder(Callback):
 
     def before_fit(self) -> None:
         self.lrs, self.losses = [], []
-        self._avg, self._count, self.best = 0.0, 0, math.inf
+        self.smoother, self.best = DebiasedEMA(self.beta), math.inf
 
     def before_batch(self) -> None:
         if not self.learn.training:
@@ -182,10 +180,7 @@ class LRFinder(Callback):
     def after_batch(self) -> None:
         if not self.learn.training:
             return
-        loss = float(self.learn.loss.detach().float())
-        self._count += 1
-        self._avg = self.beta * self._avg + (1 - self.beta) * loss
-        smooth = self._avg / (1 - self.beta ** self._count)
+        smooth = self.smoother.update(float(self.learn.loss.detach().float()))
         self.lrs.append(self.learn.opt.param_groups[-1]["lr"])
         self.losses.append(smooth)
         if math.isfinite(smooth):
@@ -196,7 +191,7 @@ class LRFinder(Callback):
             raise CancelFitException()
 
 
-def lr_find(learn: "Learner", start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
+def lr_find(learn: BaseLearner, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
             suggest_funcs: Optional[Sequence[SuggestFunc]] = (valley,)) -> tuple:
     """Sweep the lr exponentially, `start_lr * (end_lr/start_lr) ** (i/num_it)` for step i = 0..num_it-1,
     on the head group (other groups keep their current ratio to it, see the module docstring), one step
@@ -257,59 +252,27 @@ def lr_find(learn: "Learner", start_lr: float = 1e-7, end_lr: float = 10, num_it
 # -------------------------------------------------------------------------------------------------
 # exact, in-memory restore
 # -------------------------------------------------------------------------------------------------
-# loop attributes `fit` changes; put back so that the learner looks untouched (labels of later fits included)
-_LOOP_ATTRS = ("phase", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "training", "smooth_loss", "_n_fits",
-               "_recalibrated_for", "frozen_groups", "dls")
-
-
-def _to_cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor copied to the CPU (so a GPU model is not held twice on the GPU)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu_copy(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
 @contextlib.contextmanager
-def _everything_restored(learn: "Learner") -> Iterator[None]:
-    """Snapshot the learner's training state; put it back exactly on exit (also after an error)."""
+def _everything_restored(learn: BaseLearner) -> Iterator[None]:
+    """Snapshot the learner's training state (`learn.state_dict()`, copied to the CPU) and what a fit changes
+    beyond it (`requires_grad`, gradients, train/eval modes, the loaders, the last smoothed loss); put it all
+    back exactly on exit (also after an error)."""
     model = learn.model
     params = list(model.parameters())
-    model_state = _to_cpu_copy(model.state_dict())
-    opt_state = _to_cpu_copy(learn.opt.state_dict())
+    saved = to_cpu_copy(learn.state_dict())
     requires_grad = [p.requires_grad for p in params]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     modes = [m.training for m in model.modules()]
-    loop = {a: getattr(learn, a) for a in _LOOP_ATTRS if hasattr(learn, a)}
-    recorder = learn.recorder
-    recorder_state = {k: copy.deepcopy(v) for k, v in vars(recorder).items() if k != "learn"}
-    generators = [(g, g.get_state()) for g in loader_generators(learn.dls.train)]
-    py_state, np_state = random.getstate(), np.random.get_state()
+    dls, smooth_loss = learn.dls, learn.smooth_loss
     cuda_devices = [learn.device] if learn.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=cuda_devices):
             yield
     finally:
-        model.load_state_dict(model_state)
-        learn.opt.load_state_dict(opt_state)
+        learn.dls, learn.smooth_loss = dls, smooth_loss
+        learn.load_state_dict(saved)
         for p, flag, grad in zip(params, requires_grad, grads):
             p.requires_grad_(flag)
             p.grad = grad
         for m, mode in zip(model.modules(), modes):
             m.training = mode
-        for a, v in loop.items():
-            setattr(learn, a, v)
-        rec_learn = getattr(recorder, "learn", None)
-        vars(recorder).clear()
-        vars(recorder).update(recorder_state)
-        if rec_learn is not None:
-            recorder.learn = rec_learn
-        for g, state in generators:
-            g.set_state(state)
-        random.setstate(py_state)
-        np.random.set_state(np_state)

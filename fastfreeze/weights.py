@@ -19,6 +19,8 @@ from typing import Any, Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from .state import check_state_dict
+
 __all__ = ["LoadReport", "load_pretrained", "efficientnet_lite_state_dict", "efficientnet_lite_key_map",
            "EFFICIENTNET_LITE_NAMES"]
 
@@ -240,30 +242,12 @@ def _drop_classifier(state: dict[str, Tensor], model_keys: set[str], model: nn.M
     return dropped
 
 
-def _listing(title: str, items: list[str]) -> str:
-    shown = "\n    ".join(items[:_KEYS_SHOWN])
-    more = f"\n    ... and {len(items) - _KEYS_SHOWN} more" if len(items) > _KEYS_SHOWN else ""
-    return f"  {len(items)} {title}:\n    {shown}{more}"
-
-
 def _check_fits(state: dict[str, Tensor], model_state: dict[str, Tensor], source: str, model: nn.Module) -> None:
-    missing = [key for key in model_state if key not in state]
-    unexpected = [key for key in state if key not in model_state]
-    mismatched = [f"{key}: file {tuple(state[key].shape)} vs model {tuple(model_state[key].shape)}"
-                  for key in state if key in model_state and state[key].shape != model_state[key].shape]
-    if not (missing or unexpected or mismatched):
-        return
     architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-    parts = [f"The weights in {source} do not fit the model ({architecture}):"]
-    if missing:
-        parts.append(_listing("keys of the model missing from the file", missing))
-    if unexpected:
-        parts.append(_listing("keys in the file that the model does not have", unexpected))
-    if mismatched:
-        parts.append(_listing("keys with a different shape", mismatched))
-    parts.append("Was the file saved from another architecture or size variant (e.g. resnet34 vs resnet18)? Create "
-                 "the model with the same timm name as the file and num_classes=0, or pass the right file.")
-    raise ValueError("\n".join(parts))
+    check_state_dict(model_state, state, source, hint=(
+        f"The model is {architecture}. Was the file saved from another architecture or size variant (e.g. resnet34 "
+        "vs resnet18)? Create the model with the same timm name as the file and num_classes=0, or pass the right "
+        "file."))
 
 
 def _load_named_weights(name: str, model: nn.Module) -> dict[str, Tensor]:

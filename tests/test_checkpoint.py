@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.callback import ProgressCallback
-from fastfreeze.checkpoint import (CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN,
-                                   read_checkpoint)
+from fastfreeze.recorder import ProgressCallback
+from fastfreeze.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
+from fastfreeze.state import read_checkpoint
 from conftest import blobs
 
 
@@ -105,12 +105,12 @@ def test_fine_tune_resumed_across_the_phase_boundary(tmp_path, monkeypatch, full
         killed.fine_tune(2, base_lr="auto", freeze_epochs=1, cbs=[CheckpointCallback(), KillAfterEpoch(kill_epoch, kill_phase)])
     assert killed.fine_tune_state is None  # cleared by the interrupt
     state = read_checkpoint(tmp_path / "run" / "models" / "checkpoint.pth")
-    assert state["fine_tune"]["base_lr"] == auto_lr and state["fit"]["phase"] == kill_phase
+    assert state["loop"]["fine_tune_state"]["base_lr"] == auto_lr and state["loop"]["phase"] == kill_phase
 
-    import fastfreeze.auto_lr
+    import fastfreeze.finetune
     def no_second_choice(learn, *args, **kwargs):
         raise AssertionError("the resumed fine_tune chose base_lr again")
-    monkeypatch.setattr(fastfreeze.auto_lr, "choose_base_lr", no_second_choice)
+    monkeypatch.setattr(fastfreeze.finetune, "choose_base_lr", no_second_choice)
     resumed = make_learner(tmp_path / "run", seed=7)
     resumed.fine_tune(2, base_lr="auto", freeze_epochs=1, resume_from="checkpoint")
     assert_same_weights(params(resumed), expected)
@@ -146,8 +146,8 @@ def test_checkpoint_loads_without_pickle_and_with_learn_load(tmp_path):
     learn.fit(1, lr=1e-2, cbs=CheckpointCallback("ck"))
     file = tmp_path / "models" / "ck.pth"
     state = torch.load(file, weights_only=True)  # tensors and plain types only
-    assert state["fit"]["epochs_done"] == 1 and state["fit"]["frozen_groups"] == 1
-    assert state["fit"]["train_iter"] == 5 and state["fit"]["n_batches"] == 5
+    assert state["loop"]["start_epoch"] == 1 and state["loop"]["frozen_groups"] == 1
+    assert state["loop"]["train_iter"] == 5 and state["n_batches"] == 5
     assert not list((tmp_path / "models").glob("*.tmp"))
     other = make_learner(tmp_path, seed=3)
     other.load("ck")

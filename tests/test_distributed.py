@@ -16,8 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastfreeze import Callback, DataLoaders, Learner, ProgressCallback, TransferModel, accuracy
-from fastfreeze.distributed import (DistributedCallback, ShardSampler, broadcast_object, distributed, init_distributed,
-                                    is_rank_zero, on_rank_zero, shard_train_loader, shard_valid_loader, sync_batchnorm)
+from fastfreeze.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
+from fastfreeze.ranks import (ShardSampler, broadcast_object, is_rank_zero, on_rank_zero, shard_train_loader,
+                              shard_valid_loader)
 from conftest import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item

@@ -6,7 +6,8 @@ import torch.nn as nn
 from PIL import Image
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.export import InvalidExportError, load_learner
+from fastfreeze.export_format import InvalidExportError
+from fastfreeze.predictor import load_learner
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 from conftest import blobs, mlp2, mlp3
@@ -158,12 +159,12 @@ def test_mismatched_weights_file(tmp_path, dls_5_batches):
     other.save("small")
     learn = Learner(mlp2(hidden=16), dls_5_batches, path=tmp_path, progress=False)
     before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with another shape: 0\.0\.weight: file \(8, 4\) "
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with a different shape: 0\.0\.weight: file \(8, 4\) "
                                          r"vs model \(16, 4\)"):
         learn.load("small")
     assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))  # nothing half-loaded
     torch.save(mlp3().state_dict(), tmp_path / "models" / "three.pth")  # a plain state dict of another model
-    with pytest.raises(ValueError, match=r"keys missing from the file: 1\.weight, 1\.bias"):
+    with pytest.raises(ValueError, match=r"keys of the model missing from the file: 1\.weight, 1\.bias"):
         learn.load("three")
     torch.save(learn.model.state_dict(), tmp_path / "models" / "plain.pth")  # a plain state dict that fits: loads
     learn.load("plain")

@@ -10,8 +10,9 @@ import torch.nn as nn
 from PIL import Image
 
 from fastfreeze import DataLoaders, Learner
-from fastfreeze.export import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec,
-                               export_learner, load_learner)
+from fastfreeze.export import export_learner
+from fastfreeze.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec
+from fastfreeze.predictor import load_learner
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 
@@ -185,7 +186,7 @@ def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
 
 def test_rebuilding_takes_out_the_modules_the_body_had_removed():
     import timm
-    from fastfreeze.export import build_model
+    from fastfreeze.export_format import build_model
     body = timm.create_model("test_resnet", num_classes=0, global_pool="")
     removed = [f"layer4.{n}" for n, _ in body.layer4.named_parameters()]
     config = {"model": {"kind": "transfer",
@@ -258,9 +259,9 @@ def test_weights_that_do_not_fit_are_a_clear_error(good_export, tmp_path):
 
     def reshape(w):
         w[first] = w[first][:1].clone()
-    with pytest.raises(InvalidExportError, match=f"1 keys missing from the file: {first}"):
+    with pytest.raises(InvalidExportError, match=f"1 keys of the model missing from the file: {first}"):
         load_learner(copy_export(good_export, tmp_path / "a", weights_edit=drop))
-    with pytest.raises(InvalidExportError, match="1 keys in the file but not in the model: body.extra"):
+    with pytest.raises(InvalidExportError, match="1 keys in the file that the model does not have: body.extra"):
         load_learner(copy_export(good_export, tmp_path / "b", weights_edit=add))
     with pytest.raises(InvalidExportError, match=rf"{first}: file \(1, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
         load_learner(copy_export(good_export, tmp_path / "c", weights_edit=reshape))

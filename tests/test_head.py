@@ -1,4 +1,4 @@
-"""Heads: layer layout written out by hand from SPEC.md §9, initialization statistics, pooling by hand."""
+"""Heads: layer layout written out by hand from docs/head.md, initialization statistics, pooling by hand."""
 import math
 
 import pytest

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from fastfreeze.image_data import (ImageDataLoaders, ImageFolderDataset, resolve_data_config,
-                                   split_indices)
+from fastfreeze.image_data import ImageDataLoaders, ImageFolderDataset, split_indices
+from fastfreeze.preprocess import resolve_data_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,7 @@ def snapshot(params):
 
 
 def is_norm_param(learn, p):
-    return id(p) in learn._norm_ids
+    return id(p) in learn.norm_param_ids
 
 
 # -- layer groups -----------------------------------------------------------------------------------
@@ -53,13 +53,13 @@ def test_default_optimizer_is_fastai_adamw_with_no_decay_on_norm_and_bias(dls_5_
     assert isinstance(learn.opt, torch.optim.AdamW)
     for pg in learn.opt.param_groups:
         assert pg["betas"] == (0.9, 0.99) and pg["eps"] == 1e-5 and pg["wd"] == 0.01 and pg["lr"] == 1e-3
-    decayed = {id(p) for g in learn._decay_params for p in g}
+    decayed = {id(p) for g in learn.weight_decay.params for p in g}
     model = learn.model
     assert id(model[0][0].weight) in decayed and id(model[2].weight) in decayed
     for p in (model[0][0].bias, model[0][1].weight, model[0][1].bias, model[2].bias):
         assert id(p) not in decayed
     learn2 = Learner(mlp3(), dls_5_batches, wd_bn_bias=True, progress=False)
-    assert sum(len(g) for g in learn2._decay_params) == sum(1 for _ in learn2.model.parameters())
+    assert sum(len(g) for g in learn2.weight_decay.params) == sum(1 for _ in learn2.model.parameters())
 
 
 def test_weight_decay_matches_torch_adamw_exactly():

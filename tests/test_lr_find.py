@@ -39,7 +39,7 @@ def make_dls(seed=0):
 
 
 def independent_valley(lrs, losses, num_it):
-    """SPEC.md §8 written out here: window [num_it//10:-5], longest strictly decreasing subsequence by
+    """docs/lr-find.md written out here: window [num_it//10:-5], longest strictly decreasing subsequence by
     memoised recursion, first end with the longest one, start = end - length, idx = start + L//3 + L//6."""
     lrs, losses = list(lrs)[num_it // 10:-5], list(losses)[num_it // 10:-5]
 

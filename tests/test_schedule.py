@@ -1,4 +1,4 @@
-"""Learning rate and momentum of every group at every step, against SPEC.md §5-6 worked out here."""
+"""Learning rate and momentum of every group at every step, against docs/schedules.md, worked out here."""
 import math
 
 import numpy as np
@@ -21,7 +21,7 @@ class RecordParams(Callback):
 
 
 def spec_one_cycle(n_steps, lr, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
-    """SPEC.md §5, written out independently of fastfreeze."""
+    """docs/schedules.md (one-cycle), written out independently of fastfreeze."""
     lrs, ms = [], []
     for t in range(n_steps):
         pos = t / n_steps
@@ -46,7 +46,7 @@ def test_fit_one_cycle_single_lr_matches_spec_check_values(dls_5_batches):
     learn.fit_one_cycle(2, 1e-3, cbs=rec)
     lrs = np.array(rec.lrs)
     assert lrs.shape == (10, 2)
-    # the check values printed in SPEC.md §5 (4 significant digits)
+    # the check table of docs/schedules.md (4 significant digits)
     spec = [4e-5, 3.717e-4, 9.083e-4, 9.891e-4, 9.045e-4, 7.5e-4, 5.523e-4, 3.455e-4, 1.654e-4, 4.324e-5]
     np.testing.assert_allclose(lrs[:, 1], spec, rtol=1e-3)
     exp_lr, exp_mom = spec_one_cycle(10, 1e-3)
@@ -62,7 +62,7 @@ def test_fit_one_cycle_slice_three_groups(dls_5_batches):
     learn.fit_one_cycle(3, slice(1e-5, 1e-3), cbs=rec)
     lrs = np.array(rec.lrs)
     assert lrs.shape == (15, 3)
-    for g, peak in enumerate([1e-5, 1e-4, 1e-3]):  # geometric spread, SPEC.md §4
+    for g, peak in enumerate([1e-5, 1e-4, 1e-3]):  # geometric spread, docs/learning-rates.md
         exp_lr, exp_mom = spec_one_cycle(15, peak)
         np.testing.assert_allclose(lrs[:, g], exp_lr, rtol=1e-5)
         np.testing.assert_allclose(np.array(rec.moms)[:, g], exp_mom, rtol=1e-5)

@@ -11,7 +11,8 @@ from fastfreeze import Callback, DataLoaders, ImageDataLoaders, Learner, Transfe
 from fastfreeze.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
 from fastfreeze.feature_cache import (FeatureCache, HeadOnFeatures, cache_blocker, choose_storage,
                                       dataset_augmentation, feature_cache_for)
-from fastfreeze.image_data import ImageFolderDataset, image_transform
+from fastfreeze.image_data import ImageFolderDataset
+from fastfreeze.preprocess import image_transform
 
 from conftest import blobs, mlp2
 

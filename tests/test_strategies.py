@@ -12,7 +12,7 @@ from conftest import mlp3
 
 BATCHES = 5  # per epoch, dls_5_batches
 BASE = 1e-2
-DISC = [1e-4, 1e-3, 1e-2]  # slice(BASE/100, BASE) over 3 groups: geometric, SPEC.md §4
+DISC = [1e-4, 1e-3, 1e-2]  # slice(BASE/100, BASE) over 3 groups: geometric, docs/learning-rates.md
 
 
 class RecordPhases(Callback):
@@ -45,7 +45,7 @@ class RecordPhases(Callback):
 
 
 def one_cycle(n_steps, peak, div=5.0, pct_start=0.2, div_final=1e5):
-    """SPEC.md §5, written out here."""
+    """docs/schedules.md (one-cycle), written out here."""
     out = []
     for t in range(n_steps):
         pos = t / n_steps

@@ -76,7 +76,7 @@ def test_timm_families_split_into_groups(arch, kwargs):
     assert firsts == sorted(firsts), f"{arch}: groups not in forward order"
     assert running_max[-1] == learn.n_groups - 1
     # freeze_to(k) freezes exactly groups[:k] (norm params aside, train_bn)
-    norm_ids = learn._norm_ids
+    norm_ids = learn.norm_param_ids
     for k in range(learn.n_groups):
         learn.freeze_to(k)
         for i, g in enumerate(groups):
@@ -144,10 +144,10 @@ def test_projection_head_trains_alone_with_freeze_strategy():
     out = learn.model(next(iter(learn.dls.valid))[0])
     assert out.shape == (8, 16)
     learn.freeze()
-    body_before = [p.detach().clone() for p in learn.model.body.parameters() if id(p) not in learn._norm_ids]
+    body_before = [p.detach().clone() for p in learn.model.body.parameters() if id(p) not in learn.norm_param_ids]
     head_before = [p.detach().clone() for p in learn.model.head.parameters()]
     learn.fit_one_cycle(1, 1e-2)
-    body_after = [p for p in learn.model.body.parameters() if id(p) not in learn._norm_ids]
+    body_after = [p for p in learn.model.body.parameters() if id(p) not in learn.norm_param_ids]
     assert all(torch.equal(a, b) for a, b in zip(body_after, body_before))
     assert any(not torch.equal(a, b) for a, b in zip(learn.model.head.parameters(), head_before))
     assert math.isfinite(learn.recorder.losses[-1])

@@ -1,10 +1,14 @@
 """Shared fixtures: tiny models and synthetic data, so the tests run offline in seconds."""
+import json
+import math
 import os
+from pathlib import Path
 
 # idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made CPU runs 4-5x slower
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +16,10 @@ import torch.nn as nn
 matplotlib.use("Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from fastfreeze import DataLoaders  # noqa: E402
+from fastfreeze import (Callback, DataLoaders, ImageDataLoaders, Learner, TransferModel,  # noqa: E402
+                        vision_learner)
+from fastfreeze.export import export_learner  # noqa: E402
+from fastfreeze.export_format import CONFIG_FILE, WEIGHTS_FILE, build_spec  # noqa: E402
 
 
 def blobs(n: int, n_classes: int = 3, dim: int = 4, seed: int = 0, spread: float = 0.5):
@@ -47,3 +54,83 @@ def dls_5_batches():
     x, y = blobs(40)
     xv, yv = blobs(24, seed=1)
     return DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0)
+
+
+class RecordParams(Callback):
+    """A user callback reading the optimizer's param groups after each training step."""
+
+    def __init__(self):
+        self.lrs, self.moms = [], []
+
+    def after_batch(self):
+        if self.learn.training:
+            self.lrs.append([g["lr"] for g in self.learn.opt.param_groups])
+            self.moms.append([g["betas"][0] for g in self.learn.opt.param_groups])
+
+
+def one_cycle_oracle(n_steps, lr, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
+    """docs/schedules.md (one-cycle), written out independently of fastfreeze."""
+    lrs, ms = [], []
+    for t in range(n_steps):
+        pos = t / n_steps
+        if pos < pct_start:
+            q = pos / pct_start
+            s_lr, e_lr, s_m, e_m = lr / div, lr, moms[0], moms[1]
+        else:
+            q = (pos - pct_start) / (1 - pct_start)
+            s_lr, e_lr, s_m, e_m = lr, lr / div_final, moms[1], moms[2]
+        lrs.append(s_lr + (1 + math.cos(math.pi * (1 - q))) * (e_lr - s_lr) / 2)
+        ms.append(s_m + (1 + math.cos(math.pi * (1 - q))) * (e_m - s_m) / 2)
+    return np.array(lrs), np.array(ms)
+
+
+def transfer_learner(cbs=None, norm="frozen", n_train=40, bs=8, **kwargs) -> Learner:
+    """A TransferModel whose body has BatchNorm and Dropout (so eval mode matters) and whose head has
+    BatchNorm and Dropout (so the global RNG stream matters); the body frozen."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8))
+    head = nn.Sequential(nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    x, y = blobs(n_train)
+    xv, yv = blobs(24, seed=1)
+    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=bs, seed=0)
+    learn = Learner(TransferModel(body, head), dls, splitter=lambda m: [m.body, m.head], norm=norm,
+                    progress=False, cbs=cbs, **kwargs)
+    learn.freeze()
+    return learn
+
+
+def count_calls(module: nn.Module) -> list:
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    return calls
+
+
+VOCAB = ["ant", "bee", "cat"]
+
+
+def array_dls(size=32, n=24):
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    y = np.arange(n) % 3
+    return ImageDataLoaders.from_arrays(x, y, x[:6], y[:6], size=size, bs=8, vocab=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def good_export(tmp_path_factory):
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False)
+    learn.build_spec = build_spec("test_resnet", n_out=3)
+    return export_learner(learn, tmp_path_factory.mktemp("good") / "export")
+
+
+def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Path:
+    from safetensors.torch import load_file, save_file
+    dst.mkdir()
+    config = json.loads((src / CONFIG_FILE).read_text())
+    if config_edit:
+        config_edit(config)
+    (dst / CONFIG_FILE).write_text(json.dumps(config))
+    weights = load_file(str(src / WEIGHTS_FILE))
+    if weights_edit:
+        weights_edit(weights)
+    save_file(weights, str(dst / WEIGHTS_FILE))
+    return dst

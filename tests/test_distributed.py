@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from fastfreeze import Callback, DataLoaders, Learner, ProgressCallback, TransferModel, accuracy
 from fastfreeze.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
-from fastfreeze.ranks import (ShardSampler, broadcast_object, is_rank_zero, on_rank_zero, shard_train_loader,
-                              shard_valid_loader)
+from fastfreeze.ranks import broadcast_object, is_rank_zero, on_rank_zero
 from conftest import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item
@@ -135,9 +134,12 @@ def test_only_rank_zero_shows_the_bar_and_writes_files(two_ranks):
     assert r0["bar_after"] and r1["bar_after"]  # the bar is back after the block
     assert not r0["callback_after"] and not r1["callback_after"]
     written = sorted(p.relative_to(out / "rank0").as_posix() for p in (out / "rank0").rglob("*") if p.is_file())
-    assert written == ["models/final.pth", "models/frozen_0.pth", "models/unfrozen_0.pth", "note.txt"]
+    assert written == ["models/final.pth", "models/frozen_0.pth", "models/outside.pth",
+                       "models/outside_checkpoint.pth", "models/unfrozen_0.pth", "note.txt"]
     assert not (out / "rank1").exists() or not any(p.is_file() for p in (out / "rank1").rglob("*"))
     assert r1["save_returned"] == str(out / "rank1" / "models" / "final.pth")  # the path, nothing written
+    assert r1["outside_returned"] == [str(out / "rank1" / "models" / f"{n}.pth") for n in ("outside",
+                                                                                          "outside_checkpoint")]
     # the checkpoint written in the middle of a fit (model wrapped in DDP) has the plain model's keys
     frozen = torch.load(out / "rank0" / "models" / "frozen_0.pth", weights_only=True)["model"]
     model = tiny_transfer_model(0)
@@ -159,35 +161,6 @@ def test_ranks_with_different_lrs_stop_before_the_first_step(two_ranks):
 def test_sync_bn_on_cpu_processes_is_refused(two_ranks):
     (r0, r1), _ = two_ranks
     assert "needs CUDA" in r0["sync_bn_cpu_error"] and "needs CUDA" in r1["sync_bn_cpu_error"]
-
-
-# -------------------------------------------------------------------------------------------------
-# one process
-# -------------------------------------------------------------------------------------------------
-def test_shard_sampler_splits_without_padding():
-    assert list(ShardSampler(7, 0, 2)) == [0, 2, 4, 6] and len(ShardSampler(7, 0, 2)) == 4
-    assert list(ShardSampler(7, 1, 2)) == [1, 3, 5] and len(ShardSampler(7, 1, 2)) == 3
-    assert [list(ShardSampler(2, r, 3)) for r in range(3)] == [[0], [1], []]
-    assert list(ShardSampler([10, 11, 12, 13, 14], 1, 2)) == [11, 13]
-    with pytest.raises(ValueError, match="rank must be in"):
-        ShardSampler(7, 2, 2)
-
-
-def test_sharded_loaders_cover_the_data_once():
-    dls, _, _ = tiny_data()
-    shards = [shard_train_loader(dls.train, r, 2, seed=3) for r in (0, 1)]
-    items = [torch.cat([xb for xb, _ in dl]) for dl in shards]
-    assert all(dl.batch_size == BS for dl in shards) and [len(i) for i in items] == [32, 32]
-    every = torch.cat(items)
-    assert len(torch.unique(every, dim=0)) == N_TRAIN  # disjoint halves of the 64 training items
-    first = torch.cat([xb for xb, _ in shards[0]])
-    shards[0].sampler.set_epoch(1)
-    assert not torch.equal(first, torch.cat([xb for xb, _ in shards[0]]))  # a new shuffle per epoch
-    valid = [torch.cat([yb for _, yb in shard_valid_loader(dls.valid, r, 2)]) for r in (0, 1)]
-    _, yv = blobs(N_VALID, seed=1, spread=1.5)
-    assert torch.equal(valid[0], yv[0::2]) and torch.equal(valid[1], yv[1::2])
-    with pytest.raises(TypeError, match="not a torch DataLoader"):
-        shard_train_loader([(torch.zeros(2, 4), torch.zeros(2))], 0, 2)
 
 
 def test_single_process_runs_unchanged(monkeypatch):
@@ -341,6 +314,8 @@ def _worker(out: Path) -> None:
     res["valid_items"] = probe.valid_items[:3]
     res["bar_after"] = any(isinstance(c, ProgressCallback) for c in learn.cbs)
     res["callback_after"] = any(isinstance(c, DistributedCallback) for c in learn.cbs)
+    # outside the distributed() block, with the process group still up: files are still rank 0's alone
+    res["outside_returned"] = [str(learn.save("outside")), str(learn.save_checkpoint("outside_checkpoint"))]
     try:
         with distributed(learn, sync_bn=True):
             pass

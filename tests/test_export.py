@@ -1,7 +1,6 @@
 """Export without pickle: safetensors + JSON, rebuilt and loaded by `load_learner`, predictions bit-exact on CPU."""
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,7 @@ from fastfreeze.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, 
 from fastfreeze.predictor import load_learner
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
-
-VOCAB = ["ant", "bee", "cat"]
-
-
-def array_dls(size=32, n=24):
-    g = np.random.default_rng(0)
-    x = g.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-    y = np.arange(n) % 3
-    return ImageDataLoaders.from_arrays(x, y, x[:6], y[:6], size=size, bs=8, vocab=VOCAB)
-
+from conftest import VOCAB, array_dls
 
 def trained(learn):
     """One short fit, so that weights and BatchNorm statistics are not the initial ones."""
@@ -184,107 +174,4 @@ def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
         export_learner(learn, tmp_path / "e")
 
 
-def test_rebuilding_takes_out_the_modules_the_body_had_removed():
-    import timm
-    from fastfreeze.export_format import build_model
-    body = timm.create_model("test_resnet", num_classes=0, global_pool="")
-    removed = [f"layer4.{n}" for n, _ in body.layer4.named_parameters()]
-    config = {"model": {"kind": "transfer",
-                        "body": {"kind": "timm", "arch": "test_resnet", "timm_kwargs": {"global_pool": ""},
-                                 "removed": removed},
-                        "head": {"kind": "projection", "output_dim": 4}},
-              "body_info": {"num_features": 96, "pooled": False}}
-    model = build_model(config)
-    assert isinstance(model.body.layer4, nn.Identity)
-    assert not any(n.startswith("body.layer4") for n, _ in model.named_parameters())
-
-
 # -- bad exports ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def good_export(tmp_path_factory):
-    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False)
-    learn.build_spec = build_spec("test_resnet", n_out=3)
-    return export_learner(learn, tmp_path_factory.mktemp("good") / "export")
-
-
-def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Path:
-    from safetensors.torch import load_file, save_file
-    dst.mkdir()
-    config = json.loads((src / CONFIG_FILE).read_text())
-    if config_edit:
-        config_edit(config)
-    (dst / CONFIG_FILE).write_text(json.dumps(config))
-    weights = load_file(str(src / WEIGHTS_FILE))
-    if weights_edit:
-        weights_edit(weights)
-    save_file(weights, str(dst / WEIGHTS_FILE))
-    return dst
-
-
-def test_newer_format_version_says_upgrade(good_export, tmp_path):
-    folder = copy_export(good_export, tmp_path / "e", lambda c: c.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(InvalidExportError, match=f"format version {FORMAT_VERSION + 1}.*upgrade fastfreeze"):
-        load_learner(folder)
-
-
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c.update(extra=1), r"unknown keys \['extra'\]"),
-    (lambda c: c.pop("vocab"), r"lacks keys \['vocab'\]"),
-    (lambda c: c.update(n_out="3"), r"n_out must be a positive int, found '3'"),
-    (lambda c: c.update(activation="relu"), r"activation must be one of"),
-    (lambda c: c["model"]["head"].update(ps="x"), r"model.head.ps must be"),
-    (lambda c: c["model"]["body"].update(kind="pickle"), r"model.body.kind must be 'timm' or 'cut'"),
-    (lambda c: c["model"]["body"]["timm_kwargs"].update(checkpoint_path="/etc/x"), r"may not hold \['checkpoint_path'\]"),
-    (lambda c: c["preprocessing"]["data_config"].update(input_size=[3, 32]), r"input_size must be a list of 3"),
-    (lambda c: c.update(vocab=["a", "b"]), r"vocab has 2 classes but n_out is 3"),
-    (lambda c: c["model"].update(head={"kind": "layers", "module": {"type": "os.system", "command": "x"}}),
-     r"unknown layer type 'os.system'"),
-    (lambda c: c["model"].update(head={"kind": "layers", "module": {"type": "Linear", "in_features": 4}}),
-     r"lacks keys \['bias', 'out_features'\]"),
-])
-def test_tampered_config_is_a_clear_error(good_export, tmp_path, edit, message):
-    with pytest.raises(InvalidExportError, match=message):
-        load_learner(copy_export(good_export, tmp_path / "e", edit))
-
-
-def test_weights_that_do_not_fit_are_a_clear_error(good_export, tmp_path):
-    first = "body.conv1.0.weight"
-
-    def drop(w):
-        del w[first]
-
-    def add(w):
-        w["body.extra"] = torch.zeros(2)
-
-    def reshape(w):
-        w[first] = w[first][:1].clone()
-    with pytest.raises(InvalidExportError, match=f"1 keys of the model missing from the file: {first}"):
-        load_learner(copy_export(good_export, tmp_path / "a", weights_edit=drop))
-    with pytest.raises(InvalidExportError, match="1 keys in the file that the model does not have: body.extra"):
-        load_learner(copy_export(good_export, tmp_path / "b", weights_edit=add))
-    with pytest.raises(InvalidExportError, match=rf"{first}: file \(1, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
-        load_learner(copy_export(good_export, tmp_path / "c", weights_edit=reshape))
-    broken = copy_export(good_export, tmp_path / "d")
-    (broken / WEIGHTS_FILE).write_bytes(b"\x00" * 20)
-    with pytest.raises(InvalidExportError, match="not a readable safetensors file"):
-        load_learner(broken)
-
-
-def test_not_an_export(good_export, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no export at"):
-        load_learner(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidExportError, match="not a fastfreeze export: it has no config.json and no model"):
-        load_learner(tmp_path / "empty")
-    torch.save({"model": {}}, tmp_path / "model.pth")
-    with pytest.raises(InvalidExportError, match="is a file, not a fastfreeze export.*learn.load"):
-        load_learner(tmp_path / "model.pth")
-    other = copy_export(good_export, tmp_path / "hf")
-    (other / CONFIG_FILE).write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
-    with pytest.raises(InvalidExportError, match="not a fastfreeze export config"):
-        load_learner(other)
-    (other / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(InvalidExportError, match="not valid JSON"):
-        load_learner(other)
-    assert load_learner(good_export / CONFIG_FILE).n_out == 3  # one of the two files names its folder too

@@ -1,5 +1,4 @@
 """Tests for fastfreeze/image_data.py: folders of tiny generated images, in-memory arrays, timm data configs."""
-import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,6 @@ from PIL import Image
 from torchvision import transforms as T
 
 from fastfreeze.image_data import ImageDataLoaders, ImageFolderDataset, split_indices
-from fastfreeze.preprocess import resolve_data_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -266,35 +264,6 @@ def test_array_input_errors():
 
 
 # ---------------------------------------------------------------------------------------------- configs
-
-def test_resolve_data_config_from_timm():
-    lite = resolve_data_config("tf_efficientnet_lite0")
-    assert lite["input_size"] == (3, 224, 224) and lite["interpolation"] == "bicubic"
-    assert lite["crop_pct"] == 0.875 and lite["mean"] == (0.5, 0.5, 0.5) and lite["std"] == (0.5, 0.5, 0.5)
-    resnet = resolve_data_config("resnet18", size=64)
-    assert resnet["input_size"] == (3, 64, 64) and resnet["crop_pct"] == 0.95  # crop kept from timm's cfg
-    default = resolve_data_config(None)
-    assert default["input_size"] == (3, 224, 224) and default["mean"] == IMAGENET_MEAN
-    assert math.isclose(default["crop_pct"], 0.875)
-    with pytest.raises(ValueError, match="unknown timm model"):
-        resolve_data_config("not_a_model_name")
-
-
-def test_resolve_data_config_from_module():
-    import timm
-    body = timm.create_model("test_resnet", pretrained=False, num_classes=0)
-    wrapped = torch.nn.Sequential(body, torch.nn.Linear(body.num_features, 2))
-    assert resolve_data_config(wrapped, size=48)["input_size"] == (3, 48, 48)
-    assert resolve_data_config(wrapped)["mean"] == (0.5, 0.5, 0.5)  # test_resnet's cfg, found inside the wrapper
-
-
-@pytest.mark.parametrize("n, bs", [(100_000, 64), (1024, 64), (1023, 32), (512, 32), (511, 16), (500, 16),
-                                   (256, 16), (255, 8), (40, 8), (3, 8)])
-def test_default_batch_size_keeps_16_batches_per_epoch(n, bs):
-    """64 (fastai's) unless an epoch would have fewer than 16 batches; halved down to 8 (worked by hand:
-    16 * 64 = 1024, 16 * 32 = 512, 16 * 16 = 256)."""
-    from fastfreeze.data import default_batch_size
-    assert default_batch_size(n) == bs
 
 
 def test_loaders_use_the_default_batch_size_unless_given():

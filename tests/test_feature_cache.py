@@ -1,43 +1,19 @@
-"""Speed features on CPU: feature caching for frozen epochs, torch.compile per fit, autocast precisions,
-and a frozen body under norm='frozen' costing a forward pass only."""
-import shutil
-
+"""Feature caching for frozen epochs: a cached fit equals the uncached one, runs the body once, refuses what it
+cannot replay exactly and says why, and puts everything back afterwards."""
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from fastfreeze import Callback, DataLoaders, ImageDataLoaders, Learner, TransferModel, vision_learner
-from fastfreeze.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
+from fastfreeze import Callback, DataLoaders, ImageDataLoaders, Learner, vision_learner
 from fastfreeze.feature_cache import (FeatureCache, HeadOnFeatures, cache_blocker, choose_storage,
                                       dataset_augmentation, feature_cache_for)
 from fastfreeze.image_data import ImageFolderDataset
 from fastfreeze.preprocess import image_transform
 
-from conftest import blobs, mlp2
+from conftest import blobs, count_calls, mlp2, transfer_learner
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-def transfer_learner(cbs=None, norm="frozen", n_train=40, bs=8, **kwargs) -> Learner:
-    """A TransferModel whose body has BatchNorm and Dropout (so eval mode matters) and whose head has
-    BatchNorm and Dropout (so the global RNG stream matters); the body frozen."""
-    torch.manual_seed(0)
-    body = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 8))
-    head = nn.Sequential(nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
-    x, y = blobs(n_train)
-    xv, yv = blobs(24, seed=1)
-    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=bs, seed=0)
-    learn = Learner(TransferModel(body, head), dls, splitter=lambda m: [m.body, m.head], norm=norm,
-                    progress=False, cbs=cbs, **kwargs)
-    learn.freeze()
-    return learn
-
-
-def count_calls(module: nn.Module) -> list:
-    calls = []
-    module.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
-    return calls
 
 
 def images(n: int = 48, size: int = 32):
@@ -209,181 +185,8 @@ def test_feature_cache_for_fine_tune():
 
 # ------------------------------------------------------------------------------------------- precision
 
-class RecordDtypes(Callback):
-    def before_fit(self):
-        self.dtypes = set()
-
-    def after_pred(self):
-        if self.learn.training:
-            self.dtypes.add(self.learn.pred.dtype)
-
-
-def first_loss(precision: str) -> tuple[Learner, RecordDtypes]:
-    x, y = blobs(40)
-    torch.manual_seed(0)
-    rec = RecordDtypes()
-    learn = Learner(mlp2(), DataLoaders.from_tensors(x, y, bs=8, seed=0), precision=precision, progress=False,
-                    cbs=rec)
-    learn.fit(2, 1e-2)
-    return learn, rec
-
-
-def test_bf16_autocast_on_cpu():
-    ref, _ = first_loss("fp32")
-    learn, rec = first_loss("bf16")
-    assert rec.dtypes == {torch.bfloat16}  # autocast ran the forward in bf16
-    losses = torch.tensor(learn.recorder.losses)
-    assert torch.isfinite(losses).all() and len(losses) == 2 * 5
-    # same weights and batch at step 0: only bf16 rounding (8 bits of mantissa, ~0.4% per op) differs
-    assert learn.recorder.losses[0] == pytest.approx(ref.recorder.losses[0], rel=2e-2)
-
-
-def test_fp16_on_cpu_trains_with_a_grad_scaler():
-    try:
-        with torch.autocast("cpu", dtype=torch.float16):
-            torch.ones(2, 2) @ torch.ones(2, 2)
-        torch.amp.GradScaler("cpu")
-    except (RuntimeError, ValueError, TypeError) as e:  # older torch: no fp16 autocast or scaler on CPU
-        pytest.skip(f"this torch has no fp16 autocast on CPU: {e}")
-    ref, _ = first_loss("fp32")
-    learn, rec = first_loss("fp16")
-    assert rec.dtypes == {torch.float16}
-    assert isinstance(learn.scaler, torch.amp.GradScaler)
-    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
-    assert learn.recorder.losses[0] == pytest.approx(ref.recorder.losses[0], rel=5e-3)  # 11-bit mantissa
-
 
 # ---------------------------------------------------------------------------------------- norm='frozen'
 
-class CountBodyActivations(Callback):
-    """During training batches: whether the body's output needs grad, and how many tensors autograd saves
-    for backward while the body runs."""
-
-    def before_fit(self):
-        self.saved, self.out_requires_grad, self.in_body = 0, set(), False
-        body = self.learn.model.body
-        self.handles = [body.register_forward_pre_hook(self.enter), body.register_forward_hook(self.leave)]
-        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-        self.hooks.__enter__()
-
-    def enter(self, module, inputs):
-        self.in_body = self.learn.training
-
-    def leave(self, module, inputs, out):
-        if self.learn.training:
-            self.out_requires_grad.add(out.requires_grad)
-        self.in_body = False
-
-    def pack(self, t):
-        self.saved += self.in_body
-        return t
-
-    def after_fit(self):
-        self.hooks.__exit__(None, None, None)
-        for h in self.handles:
-            h.remove()
-
-
-def test_norm_frozen_body_costs_a_forward_pass_only():
-    frozen = transfer_learner(norm="frozen")
-    probe = CountBodyActivations()
-    frozen.fit(1, 1e-2, cbs=probe)
-    assert probe.out_requires_grad == {False} and probe.saved == 0
-    assert all(p.grad is None and not p.requires_grad for p in frozen.model.body.parameters())
-    assert all(p.grad is None for p in frozen.model.head.parameters())  # zero_grad(set_to_none) after each step
-
-    # the contrast: norm='train' trains the body's BatchNorm, so autograd keeps the body's activations
-    trained_norm = transfer_learner(norm="train")
-    probe = CountBodyActivations()
-    trained_norm.fit(1, 1e-2, cbs=probe)
-    assert probe.out_requires_grad == {True} and probe.saved > 0
-
 
 # ----------------------------------------------------------------------------------------------- compile
-
-def counting_backend(calls: list):
-    def backend(graph_module, example_inputs):
-        calls.append(len(example_inputs))
-        return graph_module.forward
-    return backend
-
-
-class CheckCompiled(Callback):
-    def before_fit(self):
-        self.seen = []
-
-    def before_train(self):
-        self.seen.append(is_compiled(self.learn.model))
-
-
-def test_compile_per_fit_matches_eager_and_recompiles_after_freezing():
-    torch.manual_seed(5)
-    eager = transfer_learner()
-    eager.fit(2, 1e-2)
-    eager.unfreeze()
-    eager.fit(1, 1e-3)
-
-    calls = []
-    check = CheckCompiled()
-    torch.manual_seed(5)
-    learn = transfer_learner(cbs=[CompileCallback(backend=counting_backend(calls)), check])
-    keys = list(learn.model.state_dict())
-    learn.fit(2, 1e-2)
-    n_frozen_phase = len(calls)
-    assert n_frozen_phase >= 1 and check.seen == [True, True] and not is_compiled(learn.model)
-    learn.unfreeze()
-    learn.fit(1, 1e-3)
-    assert len(calls) > n_frozen_phase  # traced again for the new requires_grad flags
-    assert list(learn.model.state_dict()) == keys and not is_compiled(learn.model)
-    for p, q in zip(eager.model.parameters(), learn.model.parameters()):
-        assert torch.allclose(p, q, atol=1e-5)
-
-
-def test_compile_with_eager_backend_and_a_failing_backend(capsys):
-    learn = transfer_learner(cbs=CompileCallback(backend="eager"))
-    learn.fit(1, 1e-2)
-    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
-
-    def broken(graph_module, example_inputs):
-        raise RuntimeError("no code generator here")
-
-    torch.manual_seed(7)
-    reference = transfer_learner()
-    reference.fit(1, 1e-2)
-    torch.manual_seed(7)
-    learn = transfer_learner(cbs=CompileCallback(backend=broken))
-    learn.fit(1, 1e-2)
-    out = capsys.readouterr().out
-    assert out.count("torch.compile failed") == 1 and "running uncompiled" in out
-    for p, q in zip(reference.model.parameters(), learn.model.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
-
-
-def test_compile_skipped_where_unavailable(monkeypatch, capsys):
-    monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert "C++ compiler" in compile_unavailable("inductor", "cpu")
-    assert compile_unavailable("eager", "cpu") is None
-    check = CheckCompiled()
-    learn = transfer_learner(cbs=[CompileCallback(), check])  # inductor, the default
-    learn.fit(1, 1e-2)
-    assert "torch.compile skipped" in capsys.readouterr().out and check.seen == [False]
-
-    def unsupported(*args, **kwargs):
-        raise RuntimeError("unsupported")
-    monkeypatch.setattr(torch, "compile", unsupported)
-    learn = transfer_learner(cbs=[CompileCallback(backend="eager"), check])
-    learn.fit(1, 1e-2)
-    assert "skipped: RuntimeError: unsupported" in capsys.readouterr().out and check.seen == [False]
-
-
-def test_compile_callback_from_spec():
-    assert compile_callback(False) is None and compile_callback(None) is None
-    assert compile_callback(True).backend == "inductor"
-    assert compile_callback("max-autotune").mode == "max-autotune"
-    spec = compile_callback({"backend": "eager", "reset": False})
-    assert spec.backend == "eager" and spec.reset is False
-    with pytest.raises(TypeError, match="the keys are"):
-        compile_callback({"backnd": "eager"})
-    with pytest.raises(TypeError, match="compile must be"):
-        compile_callback(3)

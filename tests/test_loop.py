@@ -1,0 +1,270 @@
+"""Learner: layer groups, optimizer, freezing, the loop and its events, evaluation, saving."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastfreeze import (Callback, CancelBatchException, CancelEpochException, CancelFitException, DataLoaders,
+                        Learner, accuracy)
+from conftest import blobs, mlp2, mlp3
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def is_norm_param(learn, p):
+    return id(p) in learn.norm_param_ids
+
+
+# -- layer groups -----------------------------------------------------------------------------------
+
+def test_default_groups_are_top_level_children_in_order(dls_5_batches):
+    model = mlp3()
+    learn = Learner(model, dls_5_batches, progress=False)
+    assert learn.n_groups == 3
+    for group, child in zip(learn.layer_groups, model):
+        assert [id(p) for p in group] == [id(p) for p in child.parameters()]
+    assert len(learn.opt.param_groups) == 3
+    for pg, group in zip(learn.opt.param_groups, learn.layer_groups):
+        assert [id(p) for p in pg["params"]] == [id(p) for p in group]
+
+
+def test_splitter_missing_or_repeated_parameter_is_an_error(dls_5_batches):
+    model = mlp3()
+    with pytest.raises(ValueError, match="in no layer group"):
+        Learner(model, dls_5_batches, splitter=lambda m: [m[0], m[1]], progress=False)
+    with pytest.raises(ValueError, match="exactly one group"):
+        Learner(model, dls_5_batches, splitter=lambda m: [m[0], m[0], m[1], m[2]], progress=False)
+    with pytest.raises(ValueError, match="not part of the model"):
+        Learner(model, dls_5_batches, splitter=lambda m: [m, nn.Linear(2, 2)], progress=False)
+
+
+def test_splitter_with_parameter_lists(dls_5_batches):
+    model = mlp3()
+    learn = Learner(model, dls_5_batches, progress=False,
+                    splitter=lambda m: [list(m[0].parameters()) + list(m[1].parameters()), m[2].parameters()])
+    assert learn.n_groups == 2
+
+
+# -- freezing ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("train_bn", [True, False])
+def test_freeze_keeps_frozen_weights_bit_identical(dls_5_batches, train_bn):
+    learn = Learner(mlp3(), dls_5_batches, train_bn=train_bn, progress=False)
+    learn.freeze()
+    assert learn.frozen_groups == 2
+    body = [p for g in learn.layer_groups[:2] for p in g]
+    non_norm = [p for p in body if not is_norm_param(learn, p)]
+    norm = [p for p in body if is_norm_param(learn, p)]
+    before_non_norm, before_norm = snapshot(non_norm), snapshot(norm)
+    head_before = snapshot(learn.layer_groups[2])
+    learn.fit(2, lr=1e-2)
+    for p, b in zip(non_norm, before_non_norm):
+        assert torch.equal(p, b)
+    changed_norm = any(not torch.equal(p, b) for p, b in zip(norm, before_norm))
+    assert changed_norm == train_bn  # train_bn: norm params of frozen groups keep training
+    assert all(not torch.equal(p, b) for p, b in zip(learn.layer_groups[2], head_before))
+    assert all(p.requires_grad == (train_bn and is_norm_param(learn, p)) for p in body)
+
+
+def test_unfreeze_trains_everything(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    learn.freeze()
+    learn.unfreeze()
+    before = snapshot(learn.model.parameters())
+    learn.fit(1, lr=1e-2)
+    assert all(not torch.equal(p, b) for p, b in zip(learn.model.parameters(), before))
+
+
+def test_refreeze_after_unfrozen_training_does_not_decay_frozen_weights(dls_5_batches):
+    """fastai's bug: after unfrozen training, freeze() leaves zero grads and weight decay still shrinks
+    the frozen weights. Here they must not change at all."""
+    learn = Learner(mlp3(), dls_5_batches, wd=0.5, train_bn=False, progress=False)
+    learn.fit(1, lr=1e-2)
+    learn.freeze()
+    body = [p for g in learn.layer_groups[:2] for p in g]
+    assert all(p.grad is None for p in body)
+    before = snapshot(body)
+    learn.fit(1, lr=1e-2)
+    assert all(torch.equal(p, b) for p, b in zip(body, before))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, -1, -2, -3])
+def test_freeze_to_every_valid_index(dls_5_batches, n):
+    learn = Learner(mlp3(), dls_5_batches, train_bn=False, progress=False)
+    learn.freeze_to(n)
+    k = n if n >= 0 else 3 + n
+    for i, group in enumerate(learn.layer_groups):
+        assert all(p.requires_grad == (i >= k) for p in group)
+    before = [snapshot(g) for g in learn.layer_groups]
+    learn.fit(1, lr=1e-2)
+    for i, (group, b) in enumerate(zip(learn.layer_groups, before)):
+        unchanged = all(torch.equal(p, q) for p, q in zip(group, b))
+        assert unchanged == (i < k)
+
+
+@pytest.mark.parametrize("n", [3, 7, -4])
+def test_freeze_to_out_of_range_says_the_valid_range(dls_5_batches, n):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"\[-3, 2\]"):
+        learn.freeze_to(n)
+
+
+def test_freeze_to_resets_optimizer_state_by_default(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    learn.fit(1)
+    assert len(learn.opt.state) > 0
+    learn.freeze_to(1)
+    assert len(learn.opt.state) == 0
+    keep = Learner(mlp3(), dls_5_batches, reset_opt=False, progress=False)
+    keep.fit(1)
+    keep.freeze_to(1)
+    assert len(keep.opt.state) > 0
+
+
+def test_norm_frozen_keeps_every_parameter_and_buffer_of_frozen_groups(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, norm="frozen", progress=False)
+    learn.freeze()
+    frozen_state = {k: v.clone() for k, v in learn.model[:2].state_dict().items()}
+    learn.fit(2, lr=1e-2)
+    for k, v in learn.model[:2].state_dict().items():
+        assert torch.equal(v, frozen_state[k]), k
+    # with norm='train' the BatchNorm running statistics move
+    learn2 = Learner(mlp3(), dls_5_batches, norm="train", progress=False)
+    learn2.freeze()
+    mean_before = learn2.model[0][1].running_mean.clone()
+    learn2.fit(1, lr=1e-2)
+    assert not torch.equal(learn2.model[0][1].running_mean, mean_before)
+
+
+def test_groups_table(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    learn.freeze()
+    rows = learn.groups_table()
+    assert [r["group"] for r in rows] == [0, 1, 2]
+    assert rows[0]["params"] == 4 * 16 + 16 + 16 + 16
+    assert rows[0]["trainable"] == 32 and rows[0]["state"] == "frozen (norm trains)"
+    assert rows[2]["state"] == "trainable" and rows[2]["params"] == 16 * 3 + 3
+    assert [r["modules"] for r in rows] == ["0", "1", "2"]  # each group is one whole top-level child
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+def test_learns_a_separable_task(dls_5_batches):
+    x, y = blobs(600, seed=2)
+    xv, yv = blobs(300, seed=3)
+    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=32, seed=0)
+    learn = Learner(mlp3(), dls, metrics=accuracy, progress=False)
+    learn.fit_one_cycle(3, 1e-2)
+    loss, acc = learn.validate()
+    assert acc > 0.95
+    assert learn.recorder.values[-1]["accuracy"] == pytest.approx(acc)
+
+
+def test_cancel_batch_epoch_and_fit(dls_5_batches):
+    class SkipOdd(Callback):
+        def before_batch(self):
+            if self.learn.training and self.learn.iter % 2:
+                raise CancelBatchException()
+    learn = Learner(mlp2(), dls_5_batches, cbs=SkipOdd(), progress=False)
+    learn.fit(1)
+    assert len(learn.recorder.losses) == 3  # batches 0, 2, 4
+
+    class StopAfterTwo(Callback):
+        order = 100  # after the Recorder has recorded the batch
+
+        def after_batch(self):
+            if self.learn.training and self.learn.train_iter == 1:
+                raise CancelFitException()
+    learn = Learner(mlp2(), dls_5_batches, cbs=StopAfterTwo(), progress=False)
+    learn.fit(3)
+    assert len(learn.recorder.losses) == 2 and learn.recorder.values == []
+
+    class SkipEpoch(Callback):
+        def after_train(self):
+            if self.learn.epoch == 0:
+                raise CancelEpochException()
+    learn = Learner(mlp2(), dls_5_batches, cbs=SkipEpoch(), progress=False)
+    learn.fit(2)
+    assert [r["epoch"] for r in learn.recorder.values] == [1]
+
+
+def test_interrupt_leaves_learner_usable(dls_5_batches):
+    class Boom(Callback):
+        order = 100  # after the Recorder has recorded the batch
+
+        def after_batch(self):
+            if self.learn.training and self.learn.iter == 2:
+                raise KeyboardInterrupt
+    boom = Boom()
+    learn = Learner(mlp2(), dls_5_batches, metrics=accuracy)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, cbs=boom)
+    assert boom not in learn.cbs and not learn.model.training
+    assert len(learn.recorder.losses) == 3  # what was done is kept
+    learn.fit(1)
+    assert len(learn.recorder.values) == 1
+
+
+def test_nan_loss_stops_before_touching_weights(dls_5_batches):
+    class Poison(Callback):
+        def after_pred(self):
+            if self.learn.training and self.learn.iter == 3:
+                self.learn.pred = self.learn.pred * float("nan")
+    learn = Learner(mlp2(), dls_5_batches, cbs=Poison(), progress=False)
+    seen = []
+
+    class Snap(Callback):
+        order = 100
+
+        def after_step(self):
+            seen.append(snapshot(self.learn.model.parameters()))
+    learn.add_cbs(Snap())
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        learn.fit(1)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), seen[-1]))
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+
+def test_validate_is_size_weighted():
+    """A metric averaged per batch would differ: batch sizes 16 and 4, accuracies 1.0 and 0.0."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    xv = torch.tensor([[1.0, 0.0]] * 16 + [[1.0, 0.0]] * 4)
+    yv = torch.tensor([0] * 16 + [1] * 4)
+    dls = DataLoaders.from_tensors(xv, yv, xv, yv, bs=8)  # valid batch size 16 -> batches of 16 and 4
+    learn = Learner(model, dls, metrics=accuracy, progress=False)
+    loss, acc = learn.validate()
+    assert acc == pytest.approx(16 / 20)
+    logits = model(xv)
+    assert loss == pytest.approx(nn.functional.cross_entropy(logits, yv).item(), rel=1e-6)
+
+
+def test_get_preds_and_predict(dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, progress=False)
+    probs, targs = learn.get_preds()
+    assert probs.shape == (24, 3) and targs.shape == (24,)
+    torch.testing.assert_close(probs.sum(1), torch.ones(24))
+    x = dls_5_batches.valid.dataset[5][0]
+    label, idx, p = learn.predict(x)
+    torch.testing.assert_close(p, probs[5])
+    assert idx == int(probs[5].argmax()) and label == idx
+
+
+def test_save_and_load_roundtrip(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    learn.fit(1)
+    file = learn.save("stage1")
+    assert file == tmp_path / "models" / "stage1.pth" and file.exists()
+    assert not list(tmp_path.glob("models/*.tmp"))
+    saved = snapshot(learn.model.parameters())
+    learn.fit(1, lr=1e-2)
+    learn.load("stage1")
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), saved))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        learn.load("nope")

@@ -1,0 +1,47 @@
+"""Losses: the supervised contrastive loss against its formula worked by hand, and the activation each loss
+implies for predictions."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fastfreeze.losses import SupervisedContrastiveLoss, activate, activation_for
+
+
+def test_supervised_contrastive_loss_on_four_items_by_hand():
+    """Unit embeddings e0=(1,0), e1=(0.6,0.8), e2=(0,1), e3=(-1,0), labels 0,0,1,1, temperature 0.5.
+    Cosine similarities: s01=0.6, s02=0, s03=-1, s12=0.8, s13=-0.6, s23=0. For anchor i with its one positive p:
+    -(s_ip/t - log sum_{a != i} exp(s_ia/t)); the loss is the mean over the four anchors."""
+    e = math.exp
+    per_anchor = [
+        -(1.2 - math.log(e(1.2) + e(0.0) + e(-2.0))),   # anchor 0: positive 1; others s02=0, s03=-1
+        -(1.2 - math.log(e(1.2) + e(1.6) + e(-1.2))),   # anchor 1: positive 0; s12=0.8, s13=-0.6
+        -(0.0 - math.log(e(0.0) + e(1.6) + e(0.0))),    # anchor 2: positive 3 (s23=0); s20=0, s21=0.8
+        -(0.0 - math.log(e(-2.0) + e(-1.2) + e(0.0))),  # anchor 3: positive 2 (s32=0); s30=-1, s31=-0.6
+    ]
+    expected = sum(per_anchor) / 4
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    loss_func = SupervisedContrastiveLoss(temperature=0.5)
+    assert loss_func(z, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert loss_func(3 * z, labels).item() == pytest.approx(expected, rel=1e-6)  # on L2-normalised embeddings
+    assert expected > 0
+
+
+def test_supervised_contrastive_loss_without_a_positive_pair_is_zero_and_keeps_the_graph():
+    z = torch.randn(3, 4, requires_grad=True)
+    loss = SupervisedContrastiveLoss()(z, torch.tensor([0, 1, 2]))
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_activation_for_each_loss():
+    assert activation_for(nn.CrossEntropyLoss()) == "softmax"
+    assert activation_for(nn.BCEWithLogitsLoss()) == "sigmoid"
+    assert activation_for(nn.MSELoss()) == "none" and activation_for(SupervisedContrastiveLoss()) == "none"
+    out = torch.tensor([[0.0, math.log(3.0)]])
+    assert torch.allclose(activate("softmax", out), torch.tensor([[0.25, 0.75]]))
+    assert torch.allclose(activate("sigmoid", out), torch.tensor([[0.5, 0.75]]))
+    assert torch.equal(activate("none", out), out)
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        activate("relu", out)

@@ -1,0 +1,27 @@
+"""Learning-rate specs: one lr per layer group from a float, a slice, a list or layer-wise decay
+(docs/learning-rates.md), worked out by hand."""
+import numpy as np
+import pytest
+
+from fastfreeze.lrs import expand_lrs, lrs_decay
+
+
+def test_float_and_slice_of_the_head_lr():
+    assert expand_lrs(1e-3, 3) == [1e-3] * 3
+    assert expand_lrs(slice(1e-3), 3) == pytest.approx([1e-4, 1e-4, 1e-3])
+
+
+def test_slice_lo_hi_is_geometric_over_the_groups():
+    assert expand_lrs(slice(1e-5, 1e-3), 3) == pytest.approx([1e-5, 1e-4, 1e-3], rel=1e-12)
+    assert expand_lrs(slice(1e-5, 1e-3), 5) == pytest.approx([1e-5, 3.16228e-5, 1e-4, 3.16228e-4, 1e-3], rel=1e-5)
+    assert expand_lrs(slice(1e-5, 1e-3), 1) == [1e-3]
+
+
+def test_lists_arrays_and_layer_decay():
+    assert expand_lrs([1e-4, 2e-4, 3e-4], 3) == [1e-4, 2e-4, 3e-4]
+    assert expand_lrs(np.array([5e-3]), 4) == [5e-3] * 4
+    assert expand_lrs(lrs_decay(1.0, 0.5), 4) == [0.125, 0.25, 0.5, 1.0]  # head_lr * d**(G-1-i)
+    with pytest.raises(ValueError, match="got 2 learning rates for 3 layer groups"):
+        expand_lrs([1e-3, 1e-2], 3)
+    with pytest.raises(ValueError, match="layer decay must be in"):
+        lrs_decay(1.0, 1.5)

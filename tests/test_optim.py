@@ -104,3 +104,50 @@ def test_an_optimizer_that_decays_by_itself_decays_once_when_the_learner_does_no
         opt.zero_grad()
     for p, q in zip(learn.model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+class SetLrsEveryStep(Callback):
+    """Writes lr_i(t) into each group before training step t: discriminative and changing from step to step."""
+
+    def __init__(self, lrs):
+        self.lrs = lrs
+
+    def before_batch(self):
+        if self.learn.training:
+            for group, lr in zip(self.learn.opt.param_groups, self.lrs[self.learn.train_iter]):
+                group["lr"] = lr
+
+
+def test_default_weight_decay_matches_torch_adamw_with_a_decay_and_a_no_decay_group_per_layer_group():
+    """The default (norms and biases exempt, each layer group decayed at its own lr) is torch's AdamW over two
+    param groups per layer group, {weights, weight_decay=wd} and {norm params and biases, weight_decay=0}, both
+    at the layer group's lr; over 10 steps with three lrs a decade apart that change at every step."""
+    x, y = blobs(40)
+    dls = DataLoaders.from_tensors(x, y, bs=8, shuffle=False)
+    model = mlp3()
+    ref = copy.deepcopy(model)
+    wd, n_steps = 0.1, 10
+    lrs = [[1e-3 * (1 + t / 4), 1e-2 * (1 + t / 4), 1e-1 * (1 + t / 4)] for t in range(n_steps)]
+    learn = Learner(model, dls, wd=wd, progress=False, cbs=SetLrsEveryStep(lrs))
+    learn.fit(2)
+
+    exempt = [[m.bias, m.weight] if isinstance(m, nn.BatchNorm1d) else [m.bias] for m in ref.modules()
+              if isinstance(m, (nn.Linear, nn.BatchNorm1d))]
+    exempt_ids = {id(p) for ps in exempt for p in ps}
+    torch_groups = []
+    for child in ref:  # the layer groups: mlp3's three top-level children
+        torch_groups.append({"params": [p for p in child.parameters() if id(p) not in exempt_ids], "weight_decay": wd})
+        torch_groups.append({"params": [p for p in child.parameters() if id(p) in exempt_ids], "weight_decay": 0.0})
+    assert [len(g["params"]) for g in torch_groups] == [1, 3, 1, 3, 1, 1]
+    opt = torch.optim.AdamW(torch_groups, lr=0.0, betas=(0.9, 0.99), eps=1e-5)
+    ref.train()
+    batches = list(dls.train) * 2
+    assert len(batches) == n_steps
+    for t, (xb, yb) in enumerate(batches):
+        for i, group in enumerate(opt.param_groups):
+            group["lr"] = lrs[t][i // 2]
+        nn.functional.cross_entropy(ref(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+    for (name, p), q in zip(learn.model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)

@@ -193,3 +193,76 @@ def test_predict_takes_images_and_paths(tmp_path):
     xv, _ = next(iter(dls.valid))
     preds, _ = learn.get_preds()
     torch.testing.assert_close(learn.predict(xv[0])[2], preds[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ predict against the model on a hand-made input
+def hand_input(photo: np.ndarray, config: dict, method: str) -> torch.Tensor:
+    """The model input for a uint8 RGB photo worked out with PIL and NumPy: 'squish' resizes the whole image,
+    'crop' resizes its shorter side to floor(size / crop_pct) and takes the centre; then scale and normalise."""
+    size = config["input_size"][-1]
+    image = Image.fromarray(np.ascontiguousarray(photo))
+    if method == "squish":
+        pixels = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float64)
+    else:
+        short = math.floor(size / config["crop_pct"])
+        w, h = image.size
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        resized = np.asarray(image.resize(new, Image.BICUBIC), dtype=np.float64)
+        top, left = int(round((resized.shape[0] - size) / 2)), int(round((resized.shape[1] - size) / 2))
+        pixels = resized[top:top + size, left:left + size]
+    x = (pixels / 255 - np.array(config["mean"])) / np.array(config["std"])
+    return torch.from_numpy(x).permute(2, 0, 1).float()
+
+
+def centred_log(probs: torch.Tensor) -> torch.Tensor:
+    """log-probabilities minus their mean: the logits minus theirs (softmax forgets only a constant)."""
+    logs = probs.double().log()
+    return logs - logs.mean()
+
+
+def model_logits(learn, x: torch.Tensor) -> torch.Tensor:
+    learn.model.eval()
+    with torch.no_grad():
+        out = learn.model(x[None].to(memory_format=torch.channels_last))[0].double()
+    return out - out.mean()
+
+
+@pytest.mark.parametrize("method", ["squish", "crop"])
+def test_predict_is_the_softmax_of_the_model_on_the_photo_preprocessed_by_hand(tmp_path, method):
+    """predict(PIL image) and predict(path) are softmax(model(x)) for x made by hand with PIL: the resize of the
+    data (the whole image for arrays, timm's resize and centre crop for folders), bicubic, RGB order, no flip.
+    Compared as logits (centred log-probabilities), which a saturated softmax does not flatten. The same oracle
+    on a flipped, channel-swapped, otherwise resized or nearest-resized photo lands more than 3 tolerances
+    away, so the test sees each of those mistakes."""
+    import skimage.data
+    photo = skimage.data.astronaut()[40:440, 20:500]  # 400 x 480, not square, so 'crop' differs from 'squish'
+    Image.fromarray(np.ascontiguousarray(photo)).save(tmp_path / "photo.png")
+    if method == "squish":
+        dls = tiny_dls(size=32)
+    else:
+        for split in ("train", "valid"):
+            for name in ("a", "b", "c"):
+                (tmp_path / split / name).mkdir(parents=True)
+                Image.fromarray(np.ascontiguousarray(photo[::8, ::8])).save(tmp_path / split / name / "x.png")
+        dls = ImageDataLoaders.from_folder(tmp_path, size=32, bs=2, num_workers=0)
+    assert dls.resize_method == method
+    config = dls.data_config
+    assert config["interpolation"] == "bicubic" and config["crop_pct"] == 0.875  # timm's defaults (no arch given)
+    assert config["mean"] == (0.485, 0.456, 0.406) and config["std"] == (0.229, 0.224, 0.225)
+    torch.manual_seed(0)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    expected = model_logits(learn, hand_input(photo, config, method))
+    label, index, probs = learn.predict(Image.fromarray(np.ascontiguousarray(photo)))
+    # 1.5% of the logits' scale: PIL rounds to 8 bits where fastfreeze resizes arrays in float (0.7% here)
+    tol = 0.015 * float(expected.abs().max())
+    torch.testing.assert_close(centred_log(probs), expected, atol=tol, rtol=0)
+    assert index == int(expected.argmax()) and label == dls.vocab[index]
+    torch.testing.assert_close(centred_log(learn.predict(tmp_path / "photo.png")[2]), expected, atol=tol, rtol=0)
+    other_method = "crop" if method == "squish" else "squish"
+    nearest = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).resize((32, 32), Image.NEAREST))
+    mistakes = {"flipped": hand_input(photo[:, ::-1], config, method),
+                "BGR": hand_input(photo[..., ::-1], config, method),
+                other_method: hand_input(photo, config, other_method),
+                "nearest": hand_input(nearest, config, "squish")}
+    for name, x in mistakes.items():
+        assert float((model_logits(learn, x) - expected).abs().max()) > 3 * tol, name

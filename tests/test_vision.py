@@ -266,3 +266,25 @@ def test_predict_is_the_softmax_of_the_model_on_the_photo_preprocessed_by_hand(t
                 "nearest": hand_input(nearest, config, "squish")}
     for name, x in mistakes.items():
         assert float((model_logits(learn, x) - expected).abs().max()) > 3 * tol, name
+
+
+def test_group_level_fine_gives_one_group_per_block():
+    """resnet18 through vision_learner: 'coarse' is the stem, the 4 stages and the head; 'fine' the stem, the 8
+    blocks (2 per stage) and the head, each group holding exactly that module's parameters; slice lrs spread
+    geometrically over the 10 groups."""
+    torch.manual_seed(0)
+    dls = tiny_dls(size=32)
+    coarse = vision_learner(dls, "resnet18", pretrained=False, progress=False)
+    fine = vision_learner(dls, "resnet18", pretrained=False, group_level="fine", progress=False)
+    body = fine.model.body
+    blocks = [getattr(body, f"layer{i}")[j] for i in range(1, 5) for j in range(2)]
+    expected = [[*body.conv1.parameters(), *body.bn1.parameters()], *[list(b.parameters()) for b in blocks],
+                list(fine.model.head.parameters())]
+    assert [[id(p) for p in g] for g in fine.layer_groups] == [[id(p) for p in g] for g in expected]
+    assert coarse.n_groups == 6 and fine.n_groups == 10
+    fine.set_lrs(slice(1e-6, 1e-3))
+    lrs = [g["lr"] for g in fine.opt.param_groups]
+    np.testing.assert_allclose(lrs, [1e-6 * 1000 ** (i / 9) for i in range(10)], rtol=1e-12)
+    fine.freeze_to(-3)  # the last two blocks and the head train
+    trains = [all(p.requires_grad for p in g if id(p) not in fine.norm_param_ids) for g in fine.layer_groups]
+    assert trains == [False] * 7 + [True] * 3

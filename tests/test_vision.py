@@ -108,14 +108,31 @@ def test_pretrained_learner_starts_frozen_and_random_one_does_not(tmp_path):
     assert learn2.frozen_groups == 0
 
 
-def test_pretrained_true_offline_is_a_clear_error(monkeypatch):
-    import fastfreeze.vision as vision
+OFFLINE_SCRIPT = """
+import numpy as np
+from fastfreeze import ImageDataLoaders, vision_learner
+dls = ImageDataLoaders.from_arrays(np.zeros((8, 32, 32, 3), np.uint8), np.arange(8) % 2, valid_pct=None, size=32)
+try:
+    vision_learner(dls, "resnet18", pretrained=True, progress=False)
+except RuntimeError as error:
+    print(f"{type(error.__cause__).__name__}|{error}")
+"""
 
-    def no_network(*args, **kwargs):
-        raise OSError("We couldn't connect to the hub")
-    monkeypatch.setattr(vision, "create_timm_body", no_network)
-    with pytest.raises(RuntimeError, match="pretrained=False"):
-        vision_learner(tiny_dls(), "resnet18", pretrained=True, progress=False)
+
+@pytest.mark.slow
+def test_pretrained_true_offline_is_a_clear_error(tmp_path):
+    """A user without internet, as huggingface_hub sees one (HF_HUB_OFFLINE=1, an empty cache), in a process of
+    its own: timm's real download error, wrapped in a message that says what to pass instead."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cause, _, message = run.stdout.strip().splitlines()[-1].partition("|")
+    assert cause == "LocalEntryNotFoundError"  # huggingface_hub's own: nothing cached, and offline
+    assert message.startswith("could not fetch timm's pretrained weights for 'resnet18' (LocalEntryNotFoundError: ")
+    assert "Without internet, pass pretrained=False, or pretrained='path/to/weights.pth|.safetensors'" in message
 
 
 def test_default_head_layout():

@@ -12,7 +12,9 @@ from conftest import transfer_learner
 def test_every_normalization_layer_counts_and_nothing_else():
     norms = [nn.BatchNorm1d(4), nn.BatchNorm2d(4), nn.SyncBatchNorm(4), nn.InstanceNorm2d(4, affine=True),
              nn.LayerNorm(4), nn.GroupNorm(2, 4), timm.layers.BatchNormAct2d(4), timm.layers.LayerNorm2d(4),
-             timm.layers.GroupNormAct(4, num_groups=2), timm.layers.RmsNorm(4)]
+             timm.layers.GroupNormAct(4, num_groups=2), timm.layers.RmsNorm(4), timm.layers.RmsNorm2d(4),
+             timm.layers.SimpleNorm(4), timm.layers.SimpleNorm2d(4), timm.layers.FrozenBatchNormAct2d(4),
+             nn.LocalResponseNorm(2)]
     others = [nn.Linear(4, 4), nn.Conv2d(4, 4, 3), nn.Embedding(4, 4), nn.ReLU(), nn.Dropout()]
     assert all(is_norm(m) for m in norms)
     assert not any(is_norm(m) for m in others)
@@ -24,6 +26,11 @@ def test_norm_parameters_and_biases_are_exempt_from_decay():
     conv, bn, _, fc = model
     assert norm_param_ids(model) == {id(bn.weight), id(bn.bias)}
     assert no_decay_param_ids(model) == {id(bn.weight), id(bn.bias), id(conv.bias), id(fc.bias)}
+    # a norm layer's own parameters only: not those of a module inside it (timm's BatchNormAct2d with a PReLU)
+    bn_act = timm.layers.BatchNormAct2d(4, act_layer=nn.PReLU)
+    prelu_weight = next(bn_act.act.parameters())
+    assert norm_param_ids(bn_act) == {id(bn_act.weight), id(bn_act.bias)}
+    assert no_decay_param_ids(bn_act) == {id(bn_act.weight), id(bn_act.bias)}  # the PReLU weight is decayed
 
 
 class CountBodyActivations(Callback):

@@ -33,7 +33,7 @@ SCOPES=(
   "optim|fastfreeze.optim.*|tests/test_optim.py tests/test_schedule.py"
   "norm|fastfreeze.norm.*|tests/test_norm.py tests/test_optim.py"
   "loop|fastfreeze.loop.x_default_splitter* fastfreeze.loop.xǁBaseLearnerǁ_split__* fastfreeze.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.loop.xǁBaseLearnerǁfreeze__* fastfreeze.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
-  "schedule|fastfreeze.schedule.*|tests/test_schedule.py tests/test_finetune.py"
+  "schedule|fastfreeze.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
   "strategies|fastfreeze.strategies.*|tests/test_strategies.py tests/test_finetune.py"
   "lrs|fastfreeze.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
   "groups|fastfreeze.groups.*|tests/test_groups.py"

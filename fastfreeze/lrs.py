@@ -37,7 +37,7 @@ def expand_lrs(lr: LrSpec, n_groups: int) -> list[float]:
         return [float(lo * (hi / lo) ** (i / (n_groups - 1))) for i in range(n_groups)]
     if isinstance(lr, (int, float, np.floating, np.integer)):
         return [float(lr)] * n_groups
-    lrs = [float(x) for x in np.asarray(lr, dtype=float).reshape(-1)]
+    lrs = [float(x) for x in np.asarray(lr).reshape(-1)]
     if len(lrs) == 1:
         return lrs * n_groups
     if len(lrs) != n_groups:

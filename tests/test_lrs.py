@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastfreeze.lrs import expand_lrs, lrs_decay
+from fastfreeze.lrs import LayerDecay, expand_lrs, lrs_decay
 
 
 def test_float_and_slice_of_the_head_lr():
@@ -25,3 +25,25 @@ def test_lists_arrays_and_layer_decay():
         expand_lrs([1e-3, 1e-2], 3)
     with pytest.raises(ValueError, match="layer decay must be in"):
         lrs_decay(1.0, 1.5)
+
+
+def test_arrays_of_any_shape_are_read_in_order():
+    assert expand_lrs(np.array([[1e-4], [2e-4], [3e-4]]), 3) == [1e-4, 2e-4, 3e-4]
+    assert expand_lrs((1e-4, 2e-4), 2) == [1e-4, 2e-4]
+
+
+@pytest.mark.parametrize("bad", [slice(0, 1e-3), slice(1e-3, 0), slice(-1e-3, 1e-3), slice(1e-3, -1e-3)])
+def test_a_geometric_slice_needs_two_positive_lrs(bad):
+    with pytest.raises(ValueError) as error:
+        expand_lrs(bad, 3)
+    assert str(error.value) == f"slice(lo, hi) needs positive lrs for a geometric spread, got {bad}"
+
+
+def test_layer_decay_default_and_range():
+    assert LayerDecay(1.0).expand(3) == [0.5625, 0.75, 1.0] and lrs_decay(1.0).expand(2) == [0.75, 1.0]
+    assert lrs_decay(2.0, 1.0).expand(3) == [2.0, 2.0, 2.0]  # a decay of 1: every group at the head's lr
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError) as error:
+            lrs_decay(1.0, bad)
+        assert str(error.value) == f"layer decay must be in (0, 1], got {bad}"
+    assert repr(lrs_decay(1e-3, 0.5)) == "lrs_decay(0.001, decay=0.5)"

@@ -40,7 +40,7 @@ SCOPES=(
   "preprocess|fastfreeze.preprocess.*|tests/test_preprocess.py tests/test_image_data.py"
   "losses|fastfreeze.losses.*|tests/test_losses.py tests/test_loop.py"
   "lr_finder|fastfreeze.lr_finder.x_sweep_window* fastfreeze.lr_finder.x__too_short* fastfreeze.lr_finder.x_valley* fastfreeze.lr_finder.x_minimum* fastfreeze.lr_finder.x_steep* fastfreeze.lr_finder.x_slide*|tests/test_lr_finder.py"
-  "auto_lr|fastfreeze.auto_lr.x_pick_base_lr* fastfreeze.auto_lr.x__median*|tests/test_auto_lr.py"
+  "auto_lr|fastfreeze.auto_lr.x_pick_base_lr* fastfreeze.auto_lr.x_finite_median*|tests/test_auto_lr.py"
 )
 
 wanted=("$@")

@@ -45,3 +45,37 @@ def test_activation_for_each_loss():
     assert torch.equal(activate("none", out), out)
     with pytest.raises(ValueError, match="unknown activation 'relu'"):
         activate("relu", out)
+
+
+def supcon_by_hand(z, labels, t):
+    """The formula of losses.SupervisedContrastiveLoss written out with Python floats."""
+    unit = [[v / math.hypot(*row) for v in row] for row in z]
+    sim = [[sum(a * b for a, b in zip(u, w)) for w in unit] for u in unit]
+    per_anchor = []
+    for i in range(len(z)):
+        others = [a for a in range(len(z)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if positives:
+            log_denominator = math.log(sum(math.exp(sim[i][a] / t) for a in others))
+            per_anchor.append(-sum(sim[i][p] / t - log_denominator for p in positives) / len(positives))
+    return sum(per_anchor) / len(per_anchor)
+
+
+def test_supervised_contrastive_loss_default_temperature_several_positives_and_lone_anchors():
+    """Anchor 0 has two positives, anchor 3 none (it is left out of the mean); the default temperature 0.1."""
+    z = [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.5]]
+    labels = [0, 0, 0, 1]
+    expected = supcon_by_hand(z, labels, 0.1)
+    loss = SupervisedContrastiveLoss()(torch.tensor(z), torch.tensor(labels))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert SupervisedContrastiveLoss(0.1).temperature == SupervisedContrastiveLoss().temperature == 0.1
+
+
+def test_supervised_contrastive_loss_computes_in_float32_for_half_precision_embeddings():
+    """Embeddings exactly representable in bfloat16; the loss in float32 matches the formula to 1e-6, where
+    bfloat16 arithmetic would be off by about 1e-2."""
+    z = [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.5], [0.5, -2.0]]
+    labels = [0, 0, 1, 1, 0]
+    loss = SupervisedContrastiveLoss(0.5)(torch.tensor(z, dtype=torch.bfloat16), torch.tensor(labels))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(supcon_by_hand(z, labels, 0.5), rel=1e-6)

@@ -75,9 +75,9 @@ for entry in "${SCOPES[@]}"; do
   (cd "$work" && env -u PYTHONPATH OMP_WAIT_POLICY=PASSIVE timeout "$limit" nice -n 10 "$mutmut" run \
      --max-children 1 $globs >"$work/run.log" 2>&1) || echo "   mutmut stopped (exit $?): see $work/run.log"
   (cd "$work" && env -u PYTHONPATH "$mutmut" results --all true >"$work/results.txt" 2>&1) || true
-  line="$("$py" - "$work/results.txt" "$scope" $globs <<'EOF'
+  line="$("$py" - "$work/results.txt" "$scope" "$work/survivors.txt" $globs <<'EOF'
 import fnmatch, sys
-results, scope, globs = sys.argv[1], sys.argv[2], sys.argv[3:]
+results, scope, survivors_file, globs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 status = {}
 for row in open(results):
     name, _, state = row.strip().rpartition(": ")
@@ -87,18 +87,19 @@ done = {n: s for n, s in status.items() if s not in ("not checked", "skipped")}
 DETECTED = ("killed", "timeout", "segfault")  # a test failed, hung or crashed: the mutant was caught
 killed = sum(s in DETECTED for s in done.values())
 survived = sorted(n for n, s in done.items() if s not in DETECTED)  # 'survived', and 'no tests' reach it
+open(survivors_file, "w").write("".join(n + "\n" for n in survived))
 rate = 100 * killed / len(done) if done else float("nan")
-print(f"{scope}: {killed}/{len(done)} killed ({rate:.1f}%), {len(status) - len(done)} not run; "
-      f"survivors: {' '.join(survived) or 'none'}")
+print(f"{scope}: {killed}/{len(done)} killed ({rate:.1f}%), {len(status) - len(done)} not run, "
+      f"{len(survived)} survivors")
 EOF
 )"
   echo "   $line"
   summary+=("$line")
   : >"$work/survivors.diff"
-  for name in $(echo "${line#*survivors: }" | tr ' ' '\n' | grep -v '^none$' || true); do
-    (cd "$work" && env -u PYTHONPATH "$mutmut" show "$name" >>"$work/survivors.diff" 2>&1) || true
-  done
+  while read -r name; do
+    (cd "$work" && env -u PYTHONPATH "$mutmut" show "$name" </dev/null >>"$work/survivors.diff" 2>&1) || true
+  done <"$work/survivors.txt"
 done
 echo
 echo "== kill rate per scope (survivors' diffs in $out/<scope>/survivors.diff)"
-printf '%s\n' "${summary[@]}" | sed 's/; survivors:.*//'
+printf '%s\n' "${summary[@]}"

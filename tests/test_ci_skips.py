@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from ci_skips import in_ci
 
 SAMPLES = {
     "test_samples.py": '''
@@ -48,9 +48,17 @@ def run_samples(tmp_path: Path, ci: str, name: str) -> subprocess.CompletedProce
 REFUSED = "skipped under CI=true, where every test must run: "
 
 
-@pytest.mark.parametrize("ci", ["true", "1"])
-def test_under_ci_every_skip_fails_naming_what_is_missing(tmp_path, ci):
-    run = run_samples(tmp_path, ci, "test_samples.py")
+def test_what_counts_as_ci(monkeypatch):
+    for value, ci in [("true", True), ("1", True), ("TRUE", True), ("yes", True), ("", False), ("false", False),
+                      ("0", False)]:
+        monkeypatch.setenv("CI", value)
+        assert in_ci() is ci, value
+    monkeypatch.delenv("CI")
+    assert not in_ci()
+
+
+def test_under_ci_every_skip_fails_naming_what_is_missing(tmp_path):
+    run = run_samples(tmp_path, "true", "test_samples.py")
     out = run.stdout
     assert run.returncode == 1, out
     # a skipif marker skips in the setup phase: refused there, it counts as an error
@@ -59,7 +67,7 @@ def test_under_ci_every_skip_fails_naming_what_is_missing(tmp_path, ci):
                     "could not import 'a_package_that_is_not_installed'", "needs the tool frobnicate"):
         assert REFUSED + missing in out, missing
     # a skip at the top of a test file: a collection error, which stops the run
-    run = run_samples(tmp_path, ci, "test_module_level.py")
+    run = run_samples(tmp_path, "true", "test_module_level.py")
     assert run.returncode == 2 and REFUSED + "could not import 'another_missing_package'" in run.stdout, run.stdout
 
 

@@ -8,8 +8,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-from fastfreeze.preprocess import (IMAGENET_DATA_CONFIG, batch_to_model_input, check_resize_method, image_layout,
-                                   preprocess_image, resolve_data_config, with_input_size)
+from fastfreeze.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input, check_resize_method,
+                                   choose_config, image_layout, image_transform, interpolate_mode, open_image,
+                                   preprocess_image, resolve_data_config, to_rgb, with_input_size)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -152,3 +153,144 @@ def test_one_array_item_squished_and_cropped_like_pil():
     cropped = np.asarray(resized, dtype=np.float64)[top:top + 40, left:left + 40] / 255
     ref = torch.from_numpy((cropped - np.array(mean)) / np.array(std)).permute(2, 0, 1).float()
     torch.testing.assert_close(preprocess_image(photo, config, "crop"), ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ one image: transforms, modes, layouts, ranges
+def test_training_transform_is_timms_random_resized_crop_and_flip_only():
+    """The documented training augmentation (docs: image_data): a random resized crop with scale 0.08-1 and
+    ratio 3/4-4/3 at the config's interpolation, a horizontal flip, then scale and normalise; no colour
+    jitter, auto-augment or random erasing. A dict changes timm's options; augment=False is the evaluation
+    transform."""
+    import torchvision.transforms as T
+    config = with_input_size({"interpolation": "bilinear", "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}, 24)
+    steps = image_transform(config, training=True).transforms
+    assert [type(s).__name__ for s in steps] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip",
+                                                "MaybeToTensor", "Normalize"]
+    crop, flip, _, normalise = steps
+    assert crop.size == (24, 24) and crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((0.75, 4 / 3), rel=1e-3)
+    assert crop.interpolation == T.InterpolationMode.BILINEAR and flip.p == 0.5
+    assert normalise.mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and normalise.std.tolist() == pytest.approx(
+        [0.4, 0.5, 0.6])
+    custom = image_transform(config, training=True, augment={"scale": (0.5, 1.0)}).transforms
+    assert custom[0].scale == (0.5, 1.0) and len(custom) == 4
+    evaluation = [type(s).__name__ for s in image_transform(config, training=True, augment=False).transforms]
+    assert evaluation == [type(s).__name__ for s in image_transform(config).transforms] == [
+        "Resize", "CenterCrop", "MaybeToTensor", "Normalize"]
+
+
+def test_sixteen_bit_and_other_modes_become_8_bit_rgb():
+    grey16 = Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16))  # mode I;16
+    assert grey16.mode.startswith("I;16")
+    assert np.asarray(to_rgb(grey16)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    grey32 = Image.fromarray(np.array([[257 * 7, 257 * 200]], dtype=np.int32))  # mode I
+    assert np.asarray(to_rgb(grey32)).tolist() == [[[7] * 3, [200] * 3]]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0
+    assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    rgba = Image.fromarray(np.array([[[1, 2, 3, 0]]], dtype=np.uint8))
+    assert to_rgb(rgba).mode == "RGB" and np.asarray(to_rgb(rgba)).tolist() == [[[1, 2, 3]]]
+    rgb = Image.new("RGB", (1, 1))
+    assert to_rgb(rgb) is rgb
+
+
+def test_open_image_names_a_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_image(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image file .*bad\.png: .*remove or replace it"):
+        open_image(tmp_path / "bad.png")
+    Image.new("L", (3, 2), 9).save(tmp_path / "grey.png")
+    image = open_image(tmp_path / "grey.png")
+    assert image.mode == "RGB" and image.size == (3, 2) and np.asarray(image).max() == 9
+
+
+def test_image_layouts_of_every_shape():
+    assert image_layout((1, 8, 8)) == image_layout((4, 8, 8)) == "chw"
+    assert image_layout((8, 8, 1)) == image_layout((8, 8, 4)) == "hwc"
+    assert image_layout((1, 8, 1)) == "chw" and image_layout((1, 8, 1), channels_first_if_ambiguous=False) == "hwc"
+    for bad in ((2, 8, 8), (8,), (1, 3, 8, 8)):
+        with pytest.raises(ValueError, match="cannot read an image of shape"):
+            image_layout(bad)
+
+
+def test_pixel_types_and_ranges():
+    shared = np.zeros((2, 4, 4), dtype=np.uint8)
+    assert np.shares_memory(as_image_tensor(shared).numpy(), shared)  # not copied
+    read_only = np.zeros((2, 4, 4), dtype=np.uint8)
+    read_only.flags.writeable = False
+    assert as_image_tensor(read_only).dtype == torch.uint8  # copied, no warning about a read-only array
+    assert as_image_tensor(np.array([[0, 255]], dtype=np.int16)).dtype == torch.uint8
+    assert as_image_tensor(np.array([[0.0, 1.0]])).dtype == torch.float32  # float64 to float32
+    assert as_image_tensor(torch.tensor([[0.5]], dtype=torch.float16)).dtype == torch.float16
+    for bad, error, message in [
+            (np.array([[-1, 3]], dtype=np.int16), ValueError, r"integer images must hold values 0-255, found -1\.\.3"),
+            (np.array([[0, 256]]), ValueError, r"found 0\.\.256"),
+            (np.array([[0.0, 1.5]]), ValueError, r"float images must hold values in \[0, 1\], found 0\.\.1\.5"),
+            (np.array([[-0.5, 0.5]]), ValueError, r"found -0\.5\.\.0\.5"),
+            (np.array([[float("nan")]]), ValueError, r"found nan\.\.nan"),
+            (np.zeros((0, 4, 4)), ValueError, "got no images"),
+            (np.zeros((2, 2), dtype=bool), TypeError, "images must be uint8 .* or float .*, not torch.bool"),
+            (np.zeros((2, 2), dtype=np.complex64), TypeError, "not torch.complex64")]:
+        with pytest.raises(error, match=message):
+            as_image_tensor(bad)
+
+
+def test_interpolation_names_become_torch_modes():
+    assert [interpolate_mode(n) for n in ("bicubic", "lanczos", "nearest", "bilinear", "box", "hamming")] == [
+        "bicubic", "bicubic", "nearest-exact", "bilinear", "bilinear", "bilinear"]
+
+
+def test_batches_in_every_layout_without_resizing_are_the_normalised_pixels():
+    """At the input size there is nothing to resize: (x / 255 - mean) / std exactly, worked out here, in every
+    layout, with alpha dropped and grey repeated."""
+    mean, std = (0.5, 0.25, 0.125), (0.5, 0.25, 2.0)
+    config = with_input_size({"mean": mean, "std": std}, (2, 3))
+    rgba = np.arange(2 * 2 * 3 * 4, dtype=np.uint8).reshape(2, 2, 3, 4) * 5  # (N, H, W, C)
+    expected = (torch.from_numpy(rgba[..., :3]).permute(0, 3, 1, 2).double() / 255
+                - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(std,
+                                                                              dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(batch_to_model_input(torch.from_numpy(rgba), "hwc", config).double(), expected,
+                               atol=1e-6, rtol=0)
+    chw = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()
+    torch.testing.assert_close(batch_to_model_input(chw, "chw", config).double(), expected, atol=1e-6, rtol=0)
+    grey = torch.from_numpy(rgba[..., 0])
+    out = batch_to_model_input(grey, "hw", config)
+    for c in range(3):
+        torch.testing.assert_close(out[:, c].double(), (grey.double() / 255 - mean[c]) / std[c], atol=1e-6, rtol=0)
+
+
+def test_sizes_and_configs():
+    assert with_input_size({}, (20, 30))["input_size"] == (3, 20, 30)
+    for bad in (0, (0, 5), (5, -1)):
+        with pytest.raises(ValueError, match="size must be positive"):
+            with_input_size({}, bad)
+    given = choose_config("test_resnet", 40, {"mean": (0.1, 0.2, 0.3), "interpolation": "bilinear"})
+    assert given["mean"] == (0.1, 0.2, 0.3) and given["input_size"] == (3, 40, 40) and given["std"] == IMAGENET_STD
+    assert choose_config("test_resnet", 40, None) == resolve_data_config("test_resnet", 40)
+    with pytest.raises(TypeError, match="arch must be a timm model name, an nn.Module or None, not int"):
+        resolve_data_config(3)
+    plain = resolve_data_config(torch.nn.Linear(2, 2), 24)  # no pretrained_cfg anywhere: timm's defaults
+    assert plain == with_input_size(IMAGENET_DATA_CONFIG, 24)
+
+
+def test_one_item_of_every_kind_in_crop_mode_is_the_pil_evaluation_transform(tmp_path):
+    """A grey array, an RGBA array and a float tensor give what PIL's image of the same pixels gives."""
+    import torchvision.transforms as T
+    config = with_input_size({"interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                              "crop_pct": 0.8}, 16)
+    by_hand = T.Compose([T.Resize(20, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(16), T.ToTensor(),
+                         T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    photo = np.ascontiguousarray(skimage.data.chelsea()[:60, :90])
+    grey = np.ascontiguousarray(photo[..., 0])
+    torch.testing.assert_close(preprocess_image(grey, config), by_hand(Image.fromarray(grey).convert("RGB")))
+    torch.testing.assert_close(preprocess_image(grey[..., None], config), by_hand(Image.fromarray(grey).convert("RGB")))
+    rgba = np.concatenate([photo, np.full((60, 90, 1), 7, np.uint8)], axis=2)
+    torch.testing.assert_close(preprocess_image(rgba, config), by_hand(Image.fromarray(photo)))
+    chw = torch.from_numpy(photo).permute(2, 0, 1).contiguous()
+    torch.testing.assert_close(preprocess_image(chw, config), by_hand(Image.fromarray(photo)))
+    floats = chw.float() / 255  # a float tensor: resized as a tensor (antialiased), not through PIL's 8 bits
+    assert float((preprocess_image(floats, config) - by_hand(Image.fromarray(photo))).abs().max()) < 0.05
+    with pytest.raises(TypeError, match="cannot preprocess a list: pass a file path, a PIL image, or an array"):
+        preprocess_image([[0, 1]], config)

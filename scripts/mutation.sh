@@ -34,13 +34,13 @@ SCOPES=(
   "norm|fastfreeze.norm.*|tests/test_norm.py tests/test_optim.py"
   "loop|fastfreeze.loop.x_default_splitter* fastfreeze.loop.xǁBaseLearnerǁ_split__* fastfreeze.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.loop.xǁBaseLearnerǁfreeze__* fastfreeze.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
   "schedule|fastfreeze.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
-  "strategies|fastfreeze.strategies.*|tests/test_strategies.py tests/test_finetune.py"
   "lrs|fastfreeze.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
-  "groups|fastfreeze.groups.*|tests/test_groups.py"
-  "preprocess|fastfreeze.preprocess.*|tests/test_preprocess.py tests/test_image_data.py"
   "losses|fastfreeze.losses.*|tests/test_losses.py tests/test_loop.py"
   "lr_finder|fastfreeze.lr_finder.x_sweep_window* fastfreeze.lr_finder.x__too_short* fastfreeze.lr_finder.x_valley* fastfreeze.lr_finder.x_minimum* fastfreeze.lr_finder.x_steep* fastfreeze.lr_finder.x_slide*|tests/test_lr_finder.py"
   "auto_lr|fastfreeze.auto_lr.x_pick_base_lr* fastfreeze.auto_lr.x_finite_median*|tests/test_auto_lr.py"
+  "strategies|fastfreeze.strategies.*|tests/test_strategies.py tests/test_finetune.py"
+  "groups|fastfreeze.groups.*|tests/test_groups.py"
+  "preprocess|fastfreeze.preprocess.*|tests/test_preprocess.py"
 )
 
 wanted=("$@")

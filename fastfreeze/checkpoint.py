@@ -154,9 +154,10 @@ class TerminateOnNaN(Callback):
     NaN or infinite, before that batch's step touches the parameters, on every device (BatchNorm running
     statistics have seen the batch's forward pass already).
 
-    The Learner itself raises FloatingPointError on a non-finite loss: before the step on the CPU, and
-    within `Learner.finite_check_every` steps on a GPU (each check waits for the GPU). This callback checks
-    every step everywhere instead, which on a GPU costs one host-device synchronisation per step."""
+    Without it, every learner's `DivergenceGuard` raises FloatingPointError on a non-finite loss: before the
+    step on the CPU, and within `learn.divergence_guard.check_every` steps on a GPU (each check waits for the
+    GPU), leaving finite weights (divergence.py). This callback checks every step everywhere instead and ends
+    the fit without an error, which on a GPU costs one host-device synchronisation per step."""
 
     def after_loss(self) -> None:
         if self.learn.training and not bool(torch.isfinite(self.learn.loss.detach()).all()):

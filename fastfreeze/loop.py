@@ -9,6 +9,7 @@ a learner, in their own modules, that `learner.Learner` binds as methods.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -20,6 +21,7 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
                        CancelTrainException, CancelValidException, callback_list)
 from .data import DataLoaders, decode_label
 from .device import autocast, autocast_dtype, default_device, move_batch
+from .divergence import DivergenceGuard
 from .groups import group_names
 from .losses import activate, activation_for
 from .lrs import LrSpec, expand_lrs
@@ -38,6 +40,16 @@ def default_splitter(model: nn.Module) -> list[nn.Module]:
     """One group per top-level child that has parameters (the whole model if it has no children)."""
     children = [c for c in model.children() if any(True for _ in c.parameters())]
     return children if children else [model]
+
+
+def check_epochs(n_epoch: Any, name: str = "n_epoch") -> int:
+    """`n_epoch` as an int when it is a whole number of epochs >= 0, else a clear TypeError/ValueError."""
+    if isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number of epochs (an int), got {n_epoch!r}: fastfreeze trains whole "
+                        "epochs; for fewer steps, use less data per epoch")
+    if n_epoch < 0:
+        raise ValueError(f"{name} must be >= 0, got {n_epoch}")
+    return int(n_epoch)
 
 
 class BaseLearner:
@@ -66,7 +78,6 @@ class BaseLearner:
         channels_last: keep the model and 4-D inputs in channels_last memory format (faster for CNNs; the
             default of `vision_learner` for spatial bodies).
     """
-    finite_check_every: int = 20  # off the CPU, the training loss is checked for NaN/inf every this many steps
     # the loop's own state: what `state_dict` saves and `load_state_dict` puts back (checkpoints, lr_find)
     LOOP_STATE = ("phase", "n_fits", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "training",
                   "frozen_groups", "recalibrated_for", "fine_tune_state")
@@ -122,8 +133,9 @@ class BaseLearner:
             self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
 
         self.recorder = Recorder()
+        self.divergence_guard = DivergenceGuard()  # a NaN/inf loss or weight stops the fit, weights kept finite
         self.cbs: list[Callback] = []
-        self.add_cbs([self.recorder] + ([ProgressCallback()] if progress else []))
+        self.add_cbs([self.recorder, self.divergence_guard] + ([ProgressCallback()] if progress else []))
         if cbs is not None:
             self.add_cbs(cbs)
 
@@ -237,9 +249,19 @@ class BaseLearner:
     def add_cbs(self, cbs: Union[Callback, Iterable[Callback]]) -> None:
         """Add callbacks for every later fit (kept sorted by `order`)."""
         for cb in [cbs] if isinstance(cbs, Callback) else cbs:
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks are objects: pass {cb.__name__}(), not the class {cb.__name__}")
             cb.learn = self
             self.cbs.append(cb)
         self.cbs.sort(key=lambda c: c.order)
+
+    def add_cb(self, cb: Callback) -> None:
+        """Add one callback for every later fit (fastai's name; `add_cbs` takes several)."""
+        self.add_cbs([cb])
+
+    def remove_cb(self, cb: Callback) -> None:
+        """Remove one callback (fastai's name; `remove_cbs` takes several)."""
+        self.remove_cbs([cb])
 
     def remove_cbs(self, cbs: Iterable[Callback]) -> None:
         for cb in cbs:
@@ -285,8 +307,7 @@ class BaseLearner:
         `resume_from` (a checkpoint written during this same fit by `save_checkpoint` / `CheckpointCallback`)
         restores the model, optimizer, freeze state, random states and history, and goes on after its epoch.
         """
-        if n_epoch < 0:
-            raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
+        n_epoch = check_epochs(n_epoch)
         if not 0 <= start_epoch <= n_epoch:
             raise ValueError(f"start_epoch must be in [0, {n_epoch}], got {start_epoch}")
         if lr is not None:
@@ -367,7 +388,6 @@ class BaseLearner:
                 self.loss = self.loss_func(self.pred, *self.yb)
             self._event("after_loss")
             if self.training:
-                self._check_finite_loss()
                 self._backward_and_step()
             self._event("after_batch")
         except CancelBatchException:
@@ -389,25 +409,6 @@ class BaseLearner:
             self.opt.step()
         self._event("after_step")
         self.opt.zero_grad(set_to_none=True)
-
-    def _check_finite_loss(self) -> None:
-        """Stop at a NaN/inf training loss. On the CPU every step is checked, before the step touches the
-        weights (free there). On a GPU a check waits for the GPU, so only every `finite_check_every`-th step
-        is checked: a NaN reaches the weights and is caught within that many steps (the loss stays NaN once
-        the weights are). `TerminateOnNaN` checks every step on every device, for one sync per step."""
-        on_cpu = self.device.type == "cpu"
-        if not on_cpu and self.train_iter % self.finite_check_every:
-            return
-        if not torch.isfinite(self.loss.detach()).all():
-            where = f"the training loss is {self.loss.item()} at epoch {self.epoch}, batch {self.iter}"
-            if on_cpu:
-                raise FloatingPointError(
-                    f"{where}: stopped before this step touched the weights. Lower the learning rate, check the "
-                    "data for NaNs, or use precision='fp32'.")
-            raise FloatingPointError(
-                f"{where}; on {self.device.type} the loss is checked every {self.finite_check_every} steps, so the "
-                "weights may already hold NaNs: reload a checkpoint (CheckpointCallback) or the saved model, then "
-                "lower the learning rate, check the data, or use precision='fp32' (TerminateOnNaN stops exactly).")
 
     def _check_targets(self, y: Any) -> None:
         """A class label outside the model's outputs gives a clear error instead of cross-entropy's

@@ -54,8 +54,9 @@ class DebiasedEMA:
 class Recorder(Callback):
     """Keeps the history of every fit on this learner, phase by phase (fastai forgets all but the last fit).
 
-    Per training step: `losses`, `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and
-    `moms` (one value per layer group), `phases` (the label of the fit it belongs to).
+    Per training step (recorded in `after_step`, as soon as the step has changed the weights): `losses`,
+    `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and `moms` (one value per layer
+    group), `phases` (the label of the fit it belongs to).
     Per epoch: `values`, a list of dicts with phase, epoch, train_loss (the smoothed loss at the end of
     the epoch), valid_loss (size-weighted mean), each metric, time in seconds and the step it ended at.
     Loss values are kept on the device and read back once per epoch, so recording adds no
@@ -136,8 +137,10 @@ class Recorder(Callback):
         self._epoch_start = time.perf_counter()
         self.last_validation = []
 
-    def after_batch(self) -> None:
-        if not self.learn.training or self.learn.loss is None:
+    def after_step(self) -> None:
+        """Record the training step just taken, right after the optimizer step: a batch interrupted before its
+        step is not in the history, one interrupted later (in `after_batch`) is, as its step is in the weights."""
+        if self.learn.loss is None:
             return
         loss = self.learn.loss.detach().float()
         smooth = self.smoother.update(loss)

@@ -29,6 +29,7 @@ from .norm import no_decay_param_ids, norm_param_ids
 from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
 from .ranks import batches_per_epoch
 from .recorder import ProgressCallback, Recorder
+from .seeds import resume_warning, warn_once
 from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_state_dict, read_checkpoint, rng_states, save_torch,
                     set_rng_states)
 
@@ -639,4 +640,7 @@ class BaseLearner:
             raise ValueError(f"{file} was written with {loop['frozen_groups']} frozen layer groups, but this fine_tune "
                              f"phase freezes {self.frozen_groups}: resume with the same strategy and arguments")
         self.load_state_dict(state, resume=True, source=str(file))
+        inexact = resume_warning(self.dls.train)
+        if inexact is not None:
+            warn_once(f"resuming from {file}: {inexact}")
         return loop["start_epoch"]

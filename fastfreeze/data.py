@@ -60,8 +60,8 @@ class DataLoaders:
         if seed is not None:
             order = torch.Generator().manual_seed(seed)
             if shuffle:
-                sampler = EpochSeededSampler(train_ds, order) if item_seeds else RandomSampler(train_ds, generator=order)
-                train_order = {"sampler": sampler}
+                train_order = {"sampler": EpochSeededSampler(train_ds, order) if item_seeds
+                               else RandomSampler(train_ds, generator=order)}
             train_workers = torch.Generator().manual_seed(seed_for(seed, 1))
             valid_workers = torch.Generator().manual_seed(seed_for(seed, 2))
         train = DataLoader(train_ds, batch_size=bs, drop_last=drop_last, num_workers=num_workers,
@@ -99,8 +99,8 @@ def class_count(y_train: Any, y_valid: Any = None, fix: str = "pass the number o
         raise ValueError("there are no training labels: pass at least one item per class")
     seen = torch.unique(train)
     if len(seen) < 2:
-        raise ValueError(f"the training labels hold a single class ({int(seen[0])}, {train.numel()} items): a classifier "
-                         f"needs at least 2. Add items of the other classes, or, if the model should have more "
+        raise ValueError(f"the training labels hold a single class ({int(seen[0])}, {train.numel()} items): a "
+                         f"classifier needs at least 2. Add items of the other classes, or, if the model should have more "
                          f"outputs than these labels show, {fix}")
     if y_valid is not None:
         valid = torch.unique(torch.as_tensor(y_valid).reshape(-1))

@@ -31,6 +31,7 @@ from .data import DataLoaders, class_count
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, image_layout, image_transform, open_image, preprocess_image, with_input_size)
 from .seeds import batch_keys, item_key, seeded
+from .state import save_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "
@@ -381,5 +382,5 @@ class ImageDataLoaders(DataLoaders):
                 ax.set_title(self.vocab[label] if self.vocab else str(label), fontsize=9)
         figure.tight_layout()
         if path is not None:
-            figure.savefig(path, bbox_inches="tight")
+            save_figure(figure, path, bbox_inches="tight")
         return figure

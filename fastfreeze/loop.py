@@ -30,8 +30,8 @@ from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
 from .ranks import batches_per_epoch
 from .recorder import ProgressCallback, Recorder
 from .seeds import resume_warning, warn_once
-from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_state_dict, read_checkpoint, rng_states, save_torch,
-                    set_rng_states)
+from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch, read_checkpoint,
+                    rng_states, save_torch, set_rng_states)
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
@@ -592,18 +592,20 @@ class BaseLearner:
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "BaseLearner":
         """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with
-        `torch.load(weights_only=True)`: no code is unpickled). Weights that do not fit the model give a
-        ValueError listing the missing, extra and reshaped keys (with `strict`)."""
+        `state.load_torch`: no code is unpickled; a damaged file is a ValueError naming it). Weights that do not
+        fit the model give a ValueError listing the missing and extra keys (with `strict`) and the reshaped
+        ones (always)."""
         file = self.file_path(name)
         if not file.exists():
             raise FileNotFoundError(f"no saved state at {file}: check the name, or `learn.path`/`model_dir`")
-        state = torch.load(file, map_location=self.device, weights_only=True)
+        state = load_torch(file, map_location=self.device)
         if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
             state = {"model": state}  # a plain state dict, e.g. torch.save(model.state_dict(), file)
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise ValueError(f"{file} holds no model state: expected a file written by learn.save or a state dict")
-        if strict:
-            check_state_dict(self.model.state_dict(), state["model"], str(file))
+        check_state_dict(self.model.state_dict(), state["model"], str(file), strict=strict,
+                         hint=FIT_HINT if strict else FIT_HINT + " (strict=False skips missing and extra keys, not "
+                                                                 "tensors of another shape)")
         self.model.load_state_dict(state["model"], strict=strict)
         if with_opt and "opt" in state:
             self.opt.load_state_dict(state["opt"])

@@ -13,6 +13,7 @@ import torch
 from .callback import Callback
 from .metrics import Metric, as_metric
 from .optim import momentum_of
+from .state import save_figure
 
 Number = Union[float, torch.Tensor]
 # sums a list of floats over the processes of a distributed run (same list length on every process)
@@ -232,7 +233,7 @@ class Recorder(Callback):
         ax.legend()
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def plot_sched(self, path: Optional[str] = None):
@@ -254,7 +255,7 @@ class Recorder(Callback):
             self._mark_phases(ax)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def _mark_phases(self, ax) -> None:
@@ -279,7 +280,7 @@ class Recorder(Callback):
         ax.set_ylabel("smoothed loss")
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
 

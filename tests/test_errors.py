@@ -247,6 +247,29 @@ def test_mismatched_weights_file(tmp_path, dls_5_batches):
     learn.load("plain")
 
 
+def test_truncated_weights_file(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    file = learn.save("model")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"cannot read .*models/model\.pth: it is damaged or incomplete .*Was it cut "
+                                         r"short by an interrupted copy or save\? Write it again"):
+        learn.load("model")
+
+
+def test_load_not_strict_with_tensors_of_another_shape(tmp_path, dls_5_batches):
+    Learner(mlp2(hidden=8), dls_5_batches, path=tmp_path, progress=False).save("small")
+    learn = Learner(mlp2(hidden=16), dls_5_batches, path=tmp_path, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with a different shape: 0\.0\.weight: file "
+                                         r"\(8, 4\) vs model \(16, 4\).*strict=False skips missing and extra keys, "
+                                         r"not tensors of another shape"):
+        learn.load("small", strict=False)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+    torch.save({"0.0.weight": before[0] * 2}, tmp_path / "models" / "part.pth")  # a part that fits: loads
+    learn.load("part", strict=False)
+    assert torch.equal(learn.model[0][0].weight, before[0] * 2)
+
+
 def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches):
     learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
     file = learn.save("model")

@@ -641,7 +641,8 @@ class BaseLearner:
         if self.fine_tune_state is not None and self.frozen_groups != loop["frozen_groups"]:
             raise ValueError(f"{file} was written with {loop['frozen_groups']} frozen layer groups, but this fine_tune "
                              f"phase freezes {self.frozen_groups}: resume with the same strategy and arguments")
-        self.load_state_dict(state, resume=True, source=str(file))
+        # the smoothed loss goes on only if this fit does: one already complete leaves the next fit to restart it
+        self.load_state_dict(state, resume=loop["start_epoch"] < n_epoch, source=str(file))
         inexact = resume_warning(self.dls.train)
         if inexact is not None:
             warn_once(f"resuming from {file}: {inexact}")

@@ -2,6 +2,8 @@
 and the `ProgressCallback` (fastprogress bars and the per-epoch table, see docs/progress.md)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 import time
@@ -308,8 +310,11 @@ class ProgressCallback(Callback):
         self.pbar = None
 
     def before_fit(self) -> None:
-        from fastprogress.fastprogress import master_bar
-        self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
+        from fastprogress.fastprogress import IN_NOTEBOOK, master_bar
+        # fastprogress's console bar prints a test glyph ('█' and a carriage return) when it is created, which a log
+        # file keeps in front of the table's header: the master bar never draws itself, so its glyph is dropped
+        with contextlib.nullcontext() if IN_NOTEBOOK else contextlib.redirect_stdout(io.StringIO()):
+            self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
         self._epochs = iter(self.mbar)
         names = ["epoch"] + self.learn.recorder.metric_names + ["time"]
         self.mbar.write(names, table=True)

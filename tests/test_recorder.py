@@ -24,6 +24,7 @@ def test_progress_table_printed(dls_5_batches, capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "train_loss" in line)
     assert header.split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert header.startswith("epoch") and "\u2588" not in out and "\r" not in out  # no bar glyph in a log
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1"]
     assert float(rows[1][1]) == pytest.approx(learn.recorder.values[1]["train_loss"], abs=1e-6)

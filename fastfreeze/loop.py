@@ -134,7 +134,7 @@ class BaseLearner:
             self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
 
         self.recorder = Recorder()
-        self.divergence_guard = DivergenceGuard()  # a NaN/inf loss or weight stops the fit, weights kept finite
+        self.divergence_guard = DivergenceGuard()  # stops a fit at a NaN/inf loss or weight (docs/divergence.md)
         self.cbs: list[Callback] = []
         self.add_cbs([self.recorder, self.divergence_guard] + ([ProgressCallback()] if progress else []))
         if cbs is not None:

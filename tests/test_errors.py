@@ -170,6 +170,13 @@ def test_base_lr_that_is_not_one_number(dls_5_batches):
         learn.fine_tune(1, base_lr="fast")
 
 
+def test_lr_mult_below_one(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"lr_mult must be >= 1 \(the head lr over the first group's; 1 gives every "
+                                         r"group the head's lr\), got 0\.5"):
+        learn.fine_tune(1, base_lr=1e-3, lr_mult=0.5)
+
+
 def test_epochs_that_are_not_whole_numbers(dls_5_batches):
     learn = Learner(mlp3(), dls_5_batches, progress=False)
     for call in (lambda: learn.fit(1.5), lambda: learn.fit_one_cycle(2.5, 1e-3), lambda: learn.fine_tune(1.5, 1e-3)):

@@ -1,6 +1,7 @@
-"""A command line that survives `kill -9`: `fastfreeze fine-tune --resume` is SIGKILLed at a dozen seeded moments
+"""A command line that survives `kill -9`: `fastfreeze fine-tune --resume` is SIGKILLed at 11 seeded moments
 (mid-batch, mid-validation, mid-checkpoint write, between a write and its rename, mid-export), resumed after each,
-and ends bit-identical to an uninterrupted run; no half-written file is ever visible under its final name.
+and ends bit-identical to an uninterrupted run (which loaded its images with 2 workers, the killed runs with
+none); no half-written file is ever visible under its final name.
 benchmarks/fault_injection.py runs the long version (more seeds, worker processes, kills at random times)."""
 import random
 
@@ -22,9 +23,11 @@ def server():
 
 
 def test_sigkill_at_seeded_moments_then_resume_ends_bit_identical(tmp_path, server):
+    """The uninterrupted run loads its images in 2 worker processes, the interrupted ones in the main process:
+    the same seed gives the same run in any process with any number of workers."""
     data = image_folder(tmp_path / "data")
     reference = tmp_path / "reference"
-    assert server.run(cli_argv(data, reference), None, tmp_path / "reference.log") == {"exit": 0}, \
+    assert server.run(cli_argv(data, reference, workers=2), None, tmp_path / "reference.log") == {"exit": 0}, \
         (tmp_path / "reference.log").read_text()[-3000:]
     expected = final_state(reference)
 

@@ -1,11 +1,12 @@
 """fastfreeze: transfer learning for timm image models with layer groups and discriminative learning rates."""
+import importlib
 import warnings
 
 with warnings.catch_warnings():
     # timm imports huggingface_hub, which imports tqdm.auto: in Jupyter without ipywidgets that prints "IProgress
     # not found" at the first import. fastfreeze's bars are fastprogress's, so the warning says nothing of use.
     warnings.filterwarnings("ignore", message="IProgress not found")
-    import timm  # noqa: F401
+    importlib.import_module("timm")
 
 from .auto_lr import choose_base_lr
 from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier

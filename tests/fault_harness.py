@@ -147,13 +147,12 @@ def run_job(job: dict[str, Any]) -> None:
 
 def serve() -> None:
     """The server: import fastfreeze once, then fork one child per job line on stdin; answer one line each."""
+    import importlib
+
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401  (the expensive imports, done once: every child inherits them)
-    import safetensors.torch  # noqa: F401
-
-    import fastfreeze  # noqa: F401
-    import fastfreeze.cli  # noqa: F401
+    for module in ("matplotlib.pyplot", "safetensors.torch", "fastfreeze", "fastfreeze.cli"):
+        importlib.import_module(module)  # the expensive imports, done once: every child inherits them
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but answers on the answer pipe
     for line in sys.stdin:

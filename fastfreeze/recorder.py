@@ -3,6 +3,7 @@ and the `ProgressCallback` (fastprogress bars and the per-epoch table, see docs/
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import sys
@@ -98,11 +99,13 @@ class Recorder(Callback):
         self._restored = False
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and the smoothing state, as plain lists and tensors (for checkpoints and `lr_find`)."""
+        """The history, the smoothing state and the last lr sweep, as plain lists and tensors (for checkpoints and
+        `lr_find`)."""
         self.flush()
         state: dict[str, Any] = {name: [list(v) if isinstance(v, list) else (dict(v) if isinstance(v, dict) else v)
                                         for v in getattr(self, name)] for name in self.HISTORY}
         state["smoother"] = self.smoother.state_dict()
+        state["lr_find_results"] = copy.deepcopy(self.lr_find_results)  # plain lists and numbers
         return state
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = False) -> None:
@@ -114,6 +117,7 @@ class Recorder(Callback):
                                  for v in state[name]])
         self.pending_losses, self.pending_smooth = [], []
         self.smoother.load_state_dict(state["smoother"], device=self._device())
+        self.lr_find_results = copy.deepcopy(state.get("lr_find_results"))
         self._restored = resume
 
     def _device(self) -> torch.device:

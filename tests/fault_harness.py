@@ -285,20 +285,21 @@ def check_no_half_written_file(out: Path) -> list[str]:
 
 
 def final_state(out: Path) -> dict[str, Any]:
-    """What an uninterrupted and a resumed run must agree on, bit for bit: the exported weights, the last
-    checkpoint's history of losses and lrs, and the final validation results."""
+    """What an uninterrupted and a resumed run must agree on, bit for bit: the files written, the exported
+    weights, the last checkpoint's history of losses and lrs, and the final validation results."""
     from safetensors.torch import load_file
 
     from fastfreeze.state import read_checkpoint
     recorder = read_checkpoint(out / "checkpoint.pth")["recorder"]
     results = json.loads((out / "results.json").read_text())
-    return {"weights": load_file(str(out / "model" / "model.safetensors")),
+    return {"files": check_no_half_written_file(out), "weights": load_file(str(out / "model" / "model.safetensors")),
             "history": {k: recorder[k] for k in ("losses", "smooth_losses", "lrs", "moms", "phases")},
             "results": {k: results[k] for k in ("accuracy", "valid_loss", "base_lr")}}
 
 
 def assert_same_final_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     import torch
+    assert a["files"] == b["files"]
     assert a["weights"].keys() == b["weights"].keys()
     different = [k for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

@@ -149,3 +149,14 @@ def test_an_interrupted_batch_is_recorded_exactly_when_its_step_reached_the_weig
     assert len(weights_after_step) == steps_taken
     assert len(learn.recorder.losses) == len(learn.recorder.lrs) == steps_taken
     assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), weights_after_step[-1]))
+
+
+def test_the_last_lr_sweep_is_kept_by_a_checkpoint(tmp_path):
+    """A resumed command-line run still draws lr_find.png: the sweep 'auto' made before the first checkpoint."""
+    learn = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path)
+    learn.lr_find(num_it=10)
+    sweep = learn.recorder.lr_find_results
+    learn.fit(1, lr=1e-2, cbs=CheckpointCallback())
+    resumed = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path)
+    resumed.fit(1, lr=1e-2, resume_from="checkpoint")
+    assert resumed.recorder.lr_find_results == sweep and len(sweep["lrs"]) == 10

@@ -12,7 +12,8 @@ stops a fit with a `FloatingPointError`:
 When it stops, the learner holds finite weights: its current ones when they are all finite, else the copy it
 took at the end of the last good epoch (or at the start of the fit), put back, with the optimizer's state
 (Adam's moments) cleared. The message says which of the two it did, and never that the weights are untouched
-when they are not. The copy costs one state dict of the model in CPU memory, taken again after every epoch;
+when they are not. The copy costs one state dict of the model in CPU memory during a fit (taken again after
+every epoch, released when the fit ends);
 `learn.divergence_guard.keep_weights = False` turns it off (the fit still stops; the weights stay as they are).
 """
 from __future__ import annotations
@@ -69,6 +70,9 @@ class DivergenceGuard(Callback):
 
     def before_epoch(self) -> None:
         self.unchecked_finite = None
+
+    def after_fit(self) -> None:
+        self.snapshot, self.snapshot_of = None, None  # held during a fit only
 
     def after_loss(self) -> None:
         learn = self.learn

@@ -145,13 +145,22 @@ def test_keep_weights_false_keeps_no_copy_and_says_so():
     assert non_finite_tensors(learn.model) == ["0.1.running_var"]
 
 
-def test_the_copy_is_taken_after_every_good_epoch_on_the_cpu():
+def test_the_copy_is_taken_after_every_good_epoch_on_the_cpu_and_released_after_the_fit():
+    copies = []
+
+    class GrabCopy(Callback):
+        order = 100
+
+        def after_epoch(self):
+            guard = self.learn.divergence_guard
+            copies.append((guard.snapshot, guard.snapshot_when))
     snaps = SnapshotEpochs()
-    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=snaps)
+    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=[snaps, GrabCopy()])
     learn.fit(2, lr=1e-2)
-    copy = learn.divergence_guard.snapshot
-    assert same(copy, snaps.at[1]) and all(t.device.type == "cpu" for t in copy.values())
-    assert learn.divergence_guard.snapshot_when == "the end of epoch 1 of 'fit 1'"
+    for epoch, (copy, when) in enumerate(copies):
+        assert same(copy, snaps.at[epoch]) and all(t.device.type == "cpu" for t in copy.values())
+        assert when == f"the end of epoch {epoch} of 'fit 1'"
+    assert learn.divergence_guard.snapshot is None  # no memory held between fits
 
 
 def test_check_every_must_be_a_positive_int():

@@ -27,9 +27,11 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data import DataLoaders
+from .data import DataLoaders, class_count
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, image_layout, image_transform, open_image, preprocess_image, with_input_size)
+from .seeds import batch_keys, item_key, seeded
+from .state import save_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "
@@ -65,9 +67,13 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image = open_image(self.items[i])
-        return (self.transform(image) if self.transform is not None else image), self.labels[i]
+    def __getitem__(self, key: Any) -> tuple[Any, int]:
+        """Item `key`: an index, or `(index, epoch_seed)` from `seeds.EpochSeededSampler`, whose transform
+        then draws its randomness from a seed of that epoch and index (`seeds.item_key`)."""
+        i, seed = item_key(key)
+        with seeded(seed):
+            image = open_image(self.items[i])
+            return (self.transform(image) if self.transform is not None else image), self.labels[i]
 
 
 def get_image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -175,15 +181,31 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, keys: Sequence[Any]) -> tuple[Tensor, Tensor]:
+        """The batch of `keys` (positions, or `(position, epoch_seed)` pairs whose first seeds the batch's flips,
+        `seeds.batch_keys`)."""
+        positions, seed = batch_keys(keys)
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
-        flip = torch.rand(len(rows)) < 0.5 if self.augment else None
+        with seeded(seed):
+            flip = torch.rand(len(rows)) < 0.5 if self.augment else None
         x = batch_to_model_input(self.images[rows], self.layout, self.data_config, flip)
         return x, self.labels[rows]
 
-    def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:
-        x, y = self.__getitems__([position])
+    def __getitem__(self, key: Any) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([key])
         return x[0], y[0]
+
+
+def _check_image_batch(images: Any, name: str) -> None:
+    """A clear error, naming the argument, for arrays that are not a non-empty batch of images."""
+    shape = tuple(images.shape) if hasattr(images, "shape") else np.shape(images)
+    if len(shape) not in (3, 4):
+        hint = (f": a batch of batches? Join them first, e.g. {name}.reshape(-1, *{name}.shape[2:])"
+                if len(shape) == 5 else "")
+        raise ValueError(f"{name} must be a batch of images, (N, H, W), (N, H, W, C) or (N, C, H, W), but it has "
+                         f"{len(shape)} dimensions (shape {shape}){hint}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} holds no images (shape {shape}): pass at least one image per class")
 
 
 def _as_labels(labels: Union[np.ndarray, Tensor, Sequence[int]], n: int) -> Tensor:
@@ -269,7 +291,7 @@ class ImageDataLoaders(DataLoaders):
         valid_ds = ImageFolderDataset(valid_files, valid_labels, image_transform(config, False))
         workers = default_num_workers() if num_workers is None else num_workers
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
-                                         persistent_workers=workers > 0)
+                                         item_seeds=bool(augment), persistent_workers=workers > 0)
         return cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
 
     @classmethod
@@ -291,10 +313,12 @@ class ImageDataLoaders(DataLoaders):
         (`data.default_batch_size`).
         """
         config = choose_config(arch, size, data_config)
+        _check_image_batch(x, "x")
         labels = _as_labels(y, len(x))
         if x_valid is not None:
             if y_valid is None:
                 raise ValueError("x_valid was given without y_valid: pass both")
+            _check_image_batch(x_valid, "x_valid")
             train_ds = ArrayImageDataset(x, labels, config, augment=augment)
             valid_ds = ArrayImageDataset(x_valid, y_valid, config)
         elif valid_pct:
@@ -303,12 +327,18 @@ class ImageDataLoaders(DataLoaders):
             valid_ds = ArrayImageDataset(train_ds.images, labels, config, indices=valid_idx, layout=train_ds.layout)
         else:
             train_ds, valid_ds = ArrayImageDataset(x, labels, config, augment=augment), None
-        all_labels = train_ds.labels if valid_ds is None else torch.cat([train_ds.labels, valid_ds.labels])
-        n_classes = int(all_labels.max()) + 1
-        if vocab is not None and n_classes > len(vocab):
-            raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
+        if vocab is None:
+            n_classes = class_count(train_ds.labels[train_ds.indices],
+                                    None if valid_ds is None else valid_ds.labels[valid_ds.indices],
+                                    fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
+        else:
+            all_labels = train_ds.labels if valid_ds is None else torch.cat([train_ds.labels, valid_ds.labels])
+            n_classes = int(all_labels.max()) + 1
+            if n_classes > len(vocab):
+                raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
-                                         collate_fn=_collate_ready_batch, persistent_workers=num_workers > 0)
+                                         item_seeds=augment, collate_fn=_collate_ready_batch,
+                                         persistent_workers=num_workers > 0)
         return cls(loaders.train, loaders.valid, vocab=vocab, c=None if vocab is not None else n_classes,
                    data_config=config, resize_method="squish")
 
@@ -352,5 +382,5 @@ class ImageDataLoaders(DataLoaders):
                 ax.set_title(self.vocab[label] if self.vocab else str(label), fontsize=9)
         figure.tight_layout()
         if path is not None:
-            figure.savefig(path, bbox_inches="tight")
+            save_figure(figure, path, bbox_inches="tight")
         return figure

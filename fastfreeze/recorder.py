@@ -2,6 +2,9 @@
 and the `ProgressCallback` (fastprogress bars and the per-epoch table, see docs/progress.md)."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import math
 import sys
 import time
@@ -13,6 +16,7 @@ import torch
 from .callback import Callback
 from .metrics import Metric, as_metric
 from .optim import momentum_of
+from .state import save_figure
 
 Number = Union[float, torch.Tensor]
 # sums a list of floats over the processes of a distributed run (same list length on every process)
@@ -54,8 +58,9 @@ class DebiasedEMA:
 class Recorder(Callback):
     """Keeps the history of every fit on this learner, phase by phase (fastai forgets all but the last fit).
 
-    Per training step: `losses`, `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and
-    `moms` (one value per layer group), `phases` (the label of the fit it belongs to).
+    Per training step (recorded in `after_step`, as soon as the step has changed the weights): `losses`,
+    `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and `moms` (one value per layer
+    group), `phases` (the label of the fit it belongs to).
     Per epoch: `values`, a list of dicts with phase, epoch, train_loss (the smoothed loss at the end of
     the epoch), valid_loss (size-weighted mean), each metric, time in seconds and the step it ended at.
     Loss values are kept on the device and read back once per epoch, so recording adds no
@@ -94,11 +99,13 @@ class Recorder(Callback):
         self._restored = False
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and the smoothing state, as plain lists and tensors (for checkpoints and `lr_find`)."""
+        """The history, the smoothing state and the last lr sweep, as plain lists and tensors (for checkpoints and
+        `lr_find`)."""
         self.flush()
         state: dict[str, Any] = {name: [list(v) if isinstance(v, list) else (dict(v) if isinstance(v, dict) else v)
                                         for v in getattr(self, name)] for name in self.HISTORY}
         state["smoother"] = self.smoother.state_dict()
+        state["lr_find_results"] = copy.deepcopy(self.lr_find_results)  # plain lists and numbers
         return state
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = False) -> None:
@@ -110,6 +117,7 @@ class Recorder(Callback):
                                  for v in state[name]])
         self.pending_losses, self.pending_smooth = [], []
         self.smoother.load_state_dict(state["smoother"], device=self._device())
+        self.lr_find_results = copy.deepcopy(state.get("lr_find_results"))
         self._restored = resume
 
     def _device(self) -> torch.device:
@@ -136,8 +144,10 @@ class Recorder(Callback):
         self._epoch_start = time.perf_counter()
         self.last_validation = []
 
-    def after_batch(self) -> None:
-        if not self.learn.training or self.learn.loss is None:
+    def after_step(self) -> None:
+        """Record the training step just taken, right after the optimizer step: a batch interrupted before its
+        step is not in the history, one interrupted later (in `after_batch`) is, as its step is in the weights."""
+        if self.learn.loss is None:
             return
         loss = self.learn.loss.detach().float()
         smooth = self.smoother.update(loss)
@@ -229,7 +239,7 @@ class Recorder(Callback):
         ax.legend()
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def plot_sched(self, path: Optional[str] = None):
@@ -251,7 +261,7 @@ class Recorder(Callback):
             self._mark_phases(ax)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def _mark_phases(self, ax) -> None:
@@ -276,7 +286,7 @@ class Recorder(Callback):
         ax.set_ylabel("smoothed loss")
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
 
@@ -304,8 +314,11 @@ class ProgressCallback(Callback):
         self.pbar = None
 
     def before_fit(self) -> None:
-        from fastprogress.fastprogress import master_bar
-        self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
+        from fastprogress.fastprogress import IN_NOTEBOOK, master_bar
+        # fastprogress's console bar prints a test glyph ('█' and a carriage return) when it is created, which a log
+        # file keeps in front of the table's header: the master bar never draws itself, so its glyph is dropped
+        with contextlib.nullcontext() if IN_NOTEBOOK else contextlib.redirect_stdout(io.StringIO()):
+            self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
         self._epochs = iter(self.mbar)
         names = ["epoch"] + self.learn.recorder.metric_names + ["time"]
         self.mbar.write(names, table=True)

@@ -128,18 +128,102 @@ def test_lr_list_of_the_wrong_length(dls_5_batches):
             call()
 
 
+@pytest.mark.parametrize("call", [lambda learn: learn.fit(1, lr=-1e-3), lambda learn: learn.fit(1, lr=0.0),
+                                  lambda learn: learn.fit_one_cycle(1, float("nan")),
+                                  lambda learn: learn.fit_one_cycle(1, [1e-3, float("inf"), 1e-2]),
+                                  lambda learn: learn.fine_tune(1, base_lr=-1e-3),
+                                  lambda learn: learn.fine_tune(1, base_lr=float("nan"))])
+def test_lr_that_is_not_finite_and_positive(dls_5_batches, call):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"learning rates must be finite and > 0, got .*: pass a positive lr"):
+        call(learn)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))  # refused before training
+    assert learn.recorder.losses == []
+
+
+def test_slice_with_lo_above_hi(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"has lo > hi: slice\(lo, hi\) gives the first layer group lo and the head "
+                                         r"hi, so lo must be the smaller lr: slice\(0\.0001, 0\.01\)"):
+        learn.fit_one_cycle(1, slice(1e-2, 1e-4))
+
+
+def test_numpy_array_of_lrs_is_a_list_of_lrs(dls_5_batches):
+    """fastai accepts `lr_max=np.array([...])`; the weights are those of the same lrs given as a list."""
+    def trained(lr_max):
+        learn = Learner(mlp3(), DataLoaders.from_tensors(*blobs(40), *blobs(24, seed=1), bs=8, seed=0), progress=False)
+        learn.fit_one_cycle(1, lr_max)
+        return [p.detach() for p in learn.model.parameters()]
+    as_array, as_list = trained(np.array([1e-4, 1e-3, 1e-2])), trained([1e-4, 1e-3, 1e-2])
+    assert all(torch.equal(a, b) for a, b in zip(as_array, as_list))
+
+
+def test_base_lr_that_is_not_one_number(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for base_lr in ([1e-4, 1e-3, 1e-2], slice(1e-4, 1e-2), np.array([1e-3, 1e-2, 1e-1])):
+        with pytest.raises(TypeError, match=r"base_lr is one number, the head's lr \(fine_tune spreads it over the "
+                                            r"layer groups with lr_mult or layer_decay\), or 'auto'.*"
+                                            r"learn\.fit_one_cycle\(n, lr_max=\[\.\.\.\]\)"):
+            learn.fine_tune(1, base_lr=base_lr)
+    with pytest.raises(ValueError, match="base_lr must be a positive number or 'auto', got 'fast'"):
+        learn.fine_tune(1, base_lr="fast")
+
+
+def test_lr_mult_below_one(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"lr_mult must be >= 1 \(the head lr over the first group's; 1 gives every "
+                                         r"group the head's lr\), got 0\.5"):
+        learn.fine_tune(1, base_lr=1e-3, lr_mult=0.5)
+
+
+def test_epochs_that_are_not_whole_numbers(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for call in (lambda: learn.fit(1.5), lambda: learn.fit_one_cycle(2.5, 1e-3), lambda: learn.fine_tune(1.5, 1e-3)):
+        with pytest.raises(TypeError, match=r"must be a whole number of epochs \(an int\), got [12]\.5"):
+            call()
+    learn.fit(np.int64(1), 1e-3)  # numpy ints are whole numbers
+    assert len(learn.recorder.values) == 1
+
+
+def test_add_cb_takes_one_callback_object(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    seen = []
+
+    class Count(Callback):
+        def after_epoch(self):
+            seen.append(self.learn.epoch)
+    cb = Count()
+    learn.add_cb(cb)
+    learn.fit(2, 1e-3)
+    assert seen == [0, 1] and cb.learn is learn
+    learn.remove_cb(cb)
+    assert cb not in learn.cbs
+    with pytest.raises(TypeError, match=r"callbacks are objects: pass Count\(\), not the class Count"):
+        learn.add_cb(Count)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_infinite_loss(dls_5_batches, bad):
     class Poison(Callback):
         def after_loss(self):
             if self.learn.training and self.learn.iter == 2:
                 self.learn.loss = self.learn.loss * bad
-    learn = Learner(mlp2(), dls_5_batches, cbs=Poison(), progress=False)
-    before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(FloatingPointError, match=rf"training loss is {bad} at epoch 0, batch 2: stopped before this "
-                                                 "step touched the weights"):
-        learn.fit(1, lr=0.0)  # lr 0: the two good steps move nothing either, so the weights must be as before
-    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+    stepped = []
+
+    class Snap(Callback):
+        order = 100
+
+        def after_step(self):
+            stepped.append([p.detach().clone() for p in self.learn.model.parameters()])
+    learn = Learner(mlp2(), dls_5_batches, cbs=[Poison(), Snap()], progress=False)
+    with pytest.raises(FloatingPointError, match=rf"training diverged: the training loss is {bad} at epoch 0, batch 2 "
+                                                 r"of 'fit 1'\. The weights are all finite, and this batch's step did "
+                                                 r"not run: the learner keeps them\. Lower the learning rate"):
+        learn.fit(1, lr=1e-2)
+    assert len(stepped) == 2  # the two good steps ran, the third did not: the weights are the second step's
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), stepped[-1]))
+    assert len(learn.recorder.losses) == 2
 
 
 # -- weights and exports -------------------------------------------------------------------------------
@@ -168,6 +252,29 @@ def test_mismatched_weights_file(tmp_path, dls_5_batches):
         learn.load("three")
     torch.save(learn.model.state_dict(), tmp_path / "models" / "plain.pth")  # a plain state dict that fits: loads
     learn.load("plain")
+
+
+def test_truncated_weights_file(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    file = learn.save("model")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"cannot read .*models/model\.pth: it is damaged or incomplete .*Was it cut "
+                                         r"short by an interrupted copy or save\? Write it again"):
+        learn.load("model")
+
+
+def test_load_not_strict_with_tensors_of_another_shape(tmp_path, dls_5_batches):
+    Learner(mlp2(hidden=8), dls_5_batches, path=tmp_path, progress=False).save("small")
+    learn = Learner(mlp2(hidden=16), dls_5_batches, path=tmp_path, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with a different shape: 0\.0\.weight: file "
+                                         r"\(8, 4\) vs model \(16, 4\).*strict=False skips missing and extra keys, "
+                                         r"not tensors of another shape"):
+        learn.load("small", strict=False)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+    torch.save({"0.0.weight": before[0] * 2}, tmp_path / "models" / "part.pth")  # a part that fits: loads
+    learn.load("part", strict=False)
+    assert torch.equal(learn.model[0][0].weight, before[0] * 2)
 
 
 def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches):

@@ -175,3 +175,19 @@ def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
 
 
 # -- bad exports ----------------------------------------------------------------------------------
+
+
+def test_exported_files_get_the_permissions_of_the_umask(tmp_path):
+    """safetensors writes model.safetensors 0600; an export is meant to be shared, so it gets what any new file
+    gets under the umask (0644 under 022), like config.json."""
+    import os
+    import stat
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False)
+    learn.build_spec = build_spec("test_resnet", n_out=3)
+    old = os.umask(0o022)
+    try:
+        folder = export_learner(learn, tmp_path / "export")
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {WEIGHTS_FILE: 0o644,
+                                                                                  CONFIG_FILE: 0o644}

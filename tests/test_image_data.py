@@ -240,7 +240,8 @@ def test_array_flip_augmentation_flips_some_images():
 def test_array_bicubic_resize_saturates_like_an_8bit_image():
     checkerboard = ((np.indices((8, 8)).sum(0) % 2) * 255).astype(np.uint8)[None]  # (1, 8, 8), 0 and 255
     config = {"interpolation": "bicubic", "mean": (0, 0, 0), "std": (1, 1, 1)}
-    dls = ImageDataLoaders.from_arrays(checkerboard, [0], valid_pct=None, size=32, bs=1, data_config=config)
+    dls = ImageDataLoaders.from_arrays(checkerboard, [0], valid_pct=None, size=32, bs=1, data_config=config,
+                                       vocab=["black", "white"])
     xb, _ = next(iter(dls.train))
     assert xb.min() == 0 and xb.max() == 1  # bicubic overshoots past the extremes; clipped as PIL does
 
@@ -261,6 +262,25 @@ def test_array_input_errors():
         ImageDataLoaders.from_arrays(np.zeros((4, 8, 8), np.uint8), [0, 1, 0])
     with pytest.raises(ValueError, match="shape"):
         ImageDataLoaders.from_arrays(np.zeros((4, 8, 8, 5), np.uint8), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"x must be a batch of images, .* but it has 5 dimensions \(shape \(2, 4, 3, 8, "
+                                         r"8\)\): a batch of batches\? Join them first, e\.g\. x\.reshape"):
+        ImageDataLoaders.from_arrays(np.zeros((2, 4, 3, 8, 8), np.uint8), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"x holds no images \(shape \(0, 8, 8, 3\)\)"):
+        ImageDataLoaders.from_arrays(np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, int))
+    with pytest.raises(ValueError, match=r"x_valid holds no images"):
+        ImageDataLoaders.from_arrays(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], np.zeros((0, 8, 8, 3), np.uint8), [])
+
+
+def test_array_class_count_refuses_one_class_and_validation_only_classes():
+    x = np.zeros((8, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"single class \(0, 8 items\).*pass vocab= naming every class"):
+        ImageDataLoaders.from_arrays(x, np.zeros(8, int), valid_pct=None, size=8)
+    with pytest.raises(ValueError, match=r"validation label\(s\) \[2\] never occur in the training labels.*pass vocab="):
+        ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:3], [0, 1, 2], size=8)
+    dls = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:3], [0, 1, 2], size=8, vocab=["a", "b", "c"])
+    assert dls.c == 3  # named by the vocab: accepted
+    split = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, valid_pct=0.25, size=8)
+    assert split.c == 2  # counted on the training rows of the split
 
 
 # ---------------------------------------------------------------------------------------------- configs

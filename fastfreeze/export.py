@@ -56,6 +56,7 @@ from .losses import activation_for
 from .predictor import Predictor, load_learner
 from .preprocess import with_input_size
 from .state import write_files
+from .tasks import MULTI_LABEL, task_of
 from .version import __version__
 
 
@@ -87,7 +88,7 @@ def _body_spec(learn: BaseLearner, build: dict[str, Any], timm_kwargs: Optional[
 def _head_spec(learn: BaseLearner, build: dict[str, Any]) -> dict[str, Any]:
     head = build.get("head")
     if head is not None and head.get("kind") == "default":
-        keys = ("n_out", "lin_ftrs", "ps", "concat_pool", "first_bn", "bn_final", "lin_first")
+        keys = ("n_out", "lin_ftrs", "ps", "concat_pool", "first_bn", "bn_final", "lin_first", "y_range")
         return plain_json({"kind": "default", **{k: head[k] for k in keys}}, "the head's arguments")
     if head is not None and head.get("kind") == "projection":
         return {"kind": "projection", "output_dim": int(head["output_dim"])}
@@ -120,11 +121,13 @@ def export_config(learn: BaseLearner, timm_kwargs: Optional[dict[str, Any]] = No
         preprocessing = {"data_config": plain_json(with_input_size(dict(data_config), None), "data_config"),
                          "resize_method": resize}
     vocab = getattr(learn.dls, "vocab", None)
+    task = task_of(learn.loss_func, learn.dls)
+    threshold = float(getattr(learn.loss_func, "thresh", 0.5)) if task == MULTI_LABEL else None
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fastfreeze_version": __version__,
             "model": model, "body_info": info, "n_out": _n_out(learn),
             "vocab": None if vocab is None else [str(v) for v in vocab],
             "preprocessing": preprocessing, "activation": activation_for(learn.loss_func),
-            "channels_last": bool(learn.channels_last)}
+            "channels_last": bool(learn.channels_last), "task": task, "threshold": threshold}
 
 
 def _n_out(learn: BaseLearner) -> int:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                        CancelTrainException, CancelValidException, callback_list)
-from .data import DataLoaders, decode_label
+from .data import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .groups import group_names
 from .losses import activate, activation_for
@@ -29,6 +29,7 @@ from .ranks import batches_per_epoch
 from .recorder import ProgressCallback, Recorder
 from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_state_dict, read_checkpoint, rng_states, save_torch,
                     set_rng_states)
+from .tasks import decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
@@ -508,34 +509,40 @@ class BaseLearner:
         return activate(activation_for(self.loss_func), pred)
 
     @torch.no_grad()
-    def get_preds(self, dl: Optional[Iterable] = None, activation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_preds(self, dl: Optional[Iterable] = None,
+                  activation: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(predictions, targets) over `dl` (default: the validation set), on the CPU.
-        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`)."""
+        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`).
+        Batches of one element `(x,)` have no targets (`ImageDataLoaders.test_dl` without labels): targets None."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no data to predict on: pass a dl or give DataLoaders a valid set")
         self.model.eval()
         preds, targs = [], []
         for batch in dl:
-            xb, yb = self.to_device(batch)
+            labelled = len(batch) > 1
+            xb, yb = self.to_device(batch if labelled else (*batch, None))
             with self.autocast():
                 out = self.model(*xb)
             preds.append((self.activation(out) if activation else out.float()).cpu())
-            targs.append(yb[0].cpu())
-        return torch.cat(preds), torch.cat(targs)
+            if labelled:
+                targs.append(yb[0].cpu())
+        return torch.cat(preds), (torch.cat(targs) if targs else None)
 
     @torch.no_grad()
-    def predict(self, x: Any) -> tuple[Any, int, torch.Tensor]:
-        """Predict one item (a tensor without batch dimension): `(label, index, probabilities)`.
-        `label` is the class name when `dls.vocab` is known, else the index."""
+    def predict(self, x: Any) -> tuple[Any, Any, torch.Tensor]:
+        """Predict one item (a tensor without batch dimension), as the task says (`tasks.decode_prediction`):
+        `(label, index, probabilities)` for single-label (`label` the class name when `dls.vocab` is known, else
+        the index), `(labels, mask, probabilities)` for multi-label (the tags above the loss's `thresh`),
+        `(value, values, values)` for regression."""
         x = self._prepare_item(x)
         self.model.eval()
         (x,), _ = self.to_device((x.unsqueeze(0), None))
         with self.autocast():
             out = self.model(x)
         probs = self.activation(out)[0].cpu()
-        index = int(probs.argmax())
-        return decode_label(getattr(self.dls, "vocab", None), index), index, probs
+        return decode_prediction(task_of(self.loss_func, self.dls), probs, getattr(self.dls, "vocab", None),
+                                 getattr(self.loss_func, "thresh", 0.5))
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
         """Hook for subclasses that accept images or paths; the base Learner takes a tensor."""

@@ -48,7 +48,8 @@ def test_default_head_round_trip_is_bit_exact_and_needs_no_pickle(tmp_path, monk
     assert config["model"]["body"] == {"kind": "timm", "arch": "test_resnet", "timm_kwargs": {"global_pool": ""},
                                        "removed": []}
     assert config["model"]["head"] == {"kind": "default", "n_out": 3, "lin_ftrs": None, "ps": 0.5, "concat_pool": True,
-                                       "first_bn": True, "bn_final": False, "lin_first": False}
+                                       "first_bn": True, "bn_final": False, "lin_first": False, "y_range": None}
+    assert config["task"] == "single_label" and config["threshold"] is None
     assert config["body_info"] == {"num_features": learn.body_info.num_features, "pooled": False}
     assert config["vocab"] == VOCAB and config["n_out"] == 3 and config["activation"] == "softmax"
     assert config["channels_last"] is True and config["preprocessing"]["resize_method"] == "squish"

@@ -16,10 +16,11 @@ from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projectio
 from .image_data import ImageDataLoaders
 from .learner import Learner
 from .loop import BaseLearner
-from .losses import SupervisedContrastiveLoss
+from .losses import MultiLabelLoss, SupervisedContrastiveLoss
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
-from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
+from .metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric, accuracy,
+                      accuracy_multi, error_rate, top_k, top_k_accuracy)
 from .optim import adamw
 from .predictor import Predictor, load_learner
 from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
@@ -46,4 +47,6 @@ __all__ = [
     "on_rank_zero", "sync_batchnorm",
     "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
     "export_learner", "load_learner", "CompileCallback", "FeatureCache", "__version__",
+    "APScoreMulti", "BalancedAccuracy", "F1Score", "F1ScoreMulti", "RocAuc", "WholeSetMetric", "accuracy_multi",
+    "MultiLabelLoss",
 ]

@@ -14,6 +14,7 @@ from .finetune import fine_tune
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
+from .interpret import ClassificationInterpretation, show_results
 from .learner import Learner
 from .loop import BaseLearner
 from .losses import MultiLabelLoss, SupervisedContrastiveLoss
@@ -28,6 +29,8 @@ from .recorder import ProgressCallback, Recorder
 from .schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_scheduler
 from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
                          UnfreezeMilestones)
+from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from .tta import tta, tta_views
 from .version import __version__
 from .vision import VisionLearner, vision_learner
 from .weights import load_pretrained
@@ -48,5 +51,6 @@ __all__ = [
     "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
     "export_learner", "load_learner", "CompileCallback", "FeatureCache", "__version__",
     "APScoreMulti", "BalancedAccuracy", "F1Score", "F1ScoreMulti", "RocAuc", "WholeSetMetric", "accuracy_multi",
-    "MultiLabelLoss",
+    "MultiLabelLoss", "ClassificationInterpretation", "show_results", "tta", "tta_views", "SINGLE_LABEL",
+    "MULTI_LABEL", "REGRESSION",
 ]

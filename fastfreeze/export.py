@@ -7,12 +7,13 @@
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```
-{"format": "fastfreeze-export", "format_version": 1, "fastfreeze_version": "0.1.0",
+{"format": "fastfreeze-export", "format_version": 2, "fastfreeze_version": "0.1.0",
  "model": {"kind": "transfer",
            "body": {"kind": "timm", "arch": "resnet18", "timm_kwargs": {"global_pool": ""}, "removed": []},
-           "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ...}},
+           "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ..., "y_range": null}},
  "body_info": {"num_features": 512, "pooled": false},
  "n_out": 3, "vocab": ["cat", "dog", "fox"], "activation": "softmax", "channels_last": true,
+ "task": "single_label", "threshold": null,
  "preprocessing": {"data_config": {"input_size": [3, 224, 224], "mean": [...], ...}, "resize_method": "crop"}}
 ```
 
@@ -25,8 +26,9 @@ projection head (`output_dim`), or a tree of plain torch layers (`LAYERS`). A pl
 not a body and a head can be exported with `factory=` for its whole model.
 
 `load_learner(path)` rebuilds the model, loads the weights strictly and returns a `Predictor` whose
-`predict(item)` gives `(label, index, probabilities)` with the learner's evaluation preprocessing: on the
-CPU, bit for bit what the exporting learner's `predict` gives (both in fp32). A config of a newer format,
+`predict(item)` gives what the learner's `predict` gives for its task (`task`, and `threshold` for
+multi-label: docs/export.md) with the learner's evaluation preprocessing: on the CPU, bit for bit (both in
+fp32). A config of a newer format,
 weights that do not fit, a config with unknown keys or wrong types, and a folder that is not an export
 each give a clear error (`InvalidExportError`, `FileNotFoundError`).
 

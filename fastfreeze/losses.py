@@ -1,5 +1,5 @@
-"""Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md), and the
-activation a loss implies for predictions."""
+"""Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md; the multi-label
+loss, docs/tasks.md), the activation a loss implies for predictions, and the loss of each item."""
 from __future__ import annotations
 
 import copy

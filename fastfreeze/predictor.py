@@ -1,7 +1,8 @@
 """Using an exported model: `load_learner(path)` rebuilds it from its folder (config.json + model.safetensors,
 see `export_format`) without pickle and without the training code, and returns a `Predictor`.
 
-`Predictor.predict(item)` gives `(label, index, probabilities)` with the exporting learner's evaluation
+`Predictor.predict(item)` gives what the learner's `predict` gives (`(label, index, probabilities)` for a
+single-label classifier; multi-label and regression: `tasks.decode_prediction`) with the exporting learner's evaluation
 preprocessing: on the CPU, bit for bit what the learner's own `predict` gives (both in fp32). A config of a
 newer format, weights that do not fit, a config with unknown keys or wrong types, and a folder that is not an
 export each give a clear error (`InvalidExportError`, `FileNotFoundError`).
@@ -71,7 +72,8 @@ def load_learner(path: Union[str, Path], device: Union[str, torch.device] = "cpu
 
 
 class Predictor:
-    """An exported model ready for inference: `predict(item)` -> `(label, index, probabilities)`.
+    """An exported model ready for inference: `predict(item)` -> `(label, index, probabilities)` for a
+    single-label classifier (multi-label: `(labels, mask, probabilities)`; regression: `(value, values, values)`).
 
     `item` is an image file path, a PIL image, or an array/tensor image (preprocessed as the learner's
     validation data was), or an already preprocessed `(C, H, W)` float tensor. `predict_batch(x)` takes a

@@ -31,9 +31,9 @@ from .data import DataLoaders
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
                          with_input_size)
-from .table import Column, read_csv, table_items
 from .show import image_grid
-from .tasks import SINGLE_LABEL, TASKS, Targets, encode_array, encode_values, target_text
+from .table import Column, read_csv, table_items
+from .tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "
@@ -52,6 +52,18 @@ def find_bad_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
         except (OSError, SyntaxError, ValueError) as error:
             bad.append((path, str(error)))
     return bad
+
+
+def check_images(paths: Sequence[Path], rows: Optional[Sequence[str]] = None) -> None:
+    """Decode every file; a ValueError listing (up to 50 of) the unreadable ones, each named by its row in
+    `rows` when given (a table's), else by its path."""
+    bad = find_bad_images(paths)
+    if not bad:
+        return
+    where = dict(zip(paths, rows)) if rows is not None else {}
+    listing = "\n".join(f"  {where.get(p, p)}: {reason}" for p, reason in bad[:50])
+    more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+    raise ValueError(f"{len(bad)} unreadable image file(s): remove or replace them\n{listing}{more}")
 
 
 class ImageFolderDataset(Dataset):
@@ -226,15 +238,6 @@ class ImageItemsDataset(Dataset):
         return (x,) if self.labels is None else (x, self.labels[i])
 
 
-def _encode_any(labels: Any, task: str, vocab: Optional[Sequence[str]], label_delim: Optional[str],
-                allow_empty: bool, rows: Optional[Sequence[str]]) -> Targets:
-    """Labels as a numeric array (class indices, multi-hot rows, floats: `tasks.encode_array`) or as values,
-    one per item (class names, tag lists, numbers from a table: `tasks.encode_values`)."""
-    if isinstance(labels, Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "biuf":
-        return encode_array(labels, task, vocab, allow_empty)
-    return encode_values(list(labels), task, vocab, label_delim, allow_empty, rows)
-
-
 # ------------------------------------------------------------------------------------------ DataLoaders
 
 def default_num_workers() -> int:
@@ -301,11 +304,7 @@ class ImageDataLoaders(DataLoaders):
             train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
             valid_files, valid_labels = [files[i] for i in valid_idx], [labels[i] for i in valid_idx]
         if check:
-            bad = find_bad_images(train_files + valid_files)
-            if bad:
-                listing = "\n".join(f"  {p}: {reason}" for p, reason in bad[:50])
-                more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-                raise ValueError(f"{len(bad)} unreadable image file(s): remove or replace them\n{listing}{more}")
+            check_images(train_files + valid_files)
         config = choose_config(arch, size, data_config)
         train_ds = ImageFolderDataset(train_files, train_labels, image_transform(config, True, augment))
         valid_ds = ImageFolderDataset(valid_files, valid_labels, image_transform(config, False))
@@ -391,7 +390,7 @@ class ImageDataLoaders(DataLoaders):
         rows = list(rows) if rows is not None else [f"item {i} ({f})" for i, f in enumerate(files)]
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: give one label per file")
-        encoded = _encode_any(labels, task, vocab, label_delim, allow_empty, rows)
+        encoded = encode_labels(labels, task, vocab, label_delim, allow_empty, rows)
         if valid is not None:
             flags = np.asarray(valid, dtype=bool)
             if len(flags) != len(files):
@@ -408,11 +407,7 @@ class ImageDataLoaders(DataLoaders):
             raise ValueError(f"no validation items among {len(files)}: mark some rows as validation rows, or raise "
                              "valid_pct")
         if check:
-            bad = find_bad_images([files[i] for i in range(len(files))])
-            if bad:
-                where = {f: row for f, row in zip(files, rows)}
-                listing = "\n".join(f"  {where[p]}: {reason}" for p, reason in bad[:50])
-                raise ValueError(f"{len(bad)} unreadable image file(s): remove or replace them\n{listing}")
+            check_images(files, rows)
         config = choose_config(arch, size, data_config)
 
         def dataset(idx: np.ndarray, training: bool) -> ImageFolderDataset:
@@ -465,7 +460,7 @@ class ImageDataLoaders(DataLoaders):
         vocab)."""
         batch_size = bs or getattr(self.valid, "batch_size", None) or 128
         if labels is not None:
-            labels = _encode_any(labels, self.task, self.vocab, None, True, None).targets
+            labels = encode_labels(labels, self.task, self.vocab, allow_empty=True).targets
         if isinstance(items, (np.ndarray, Tensor)) and items.ndim in (3, 4):
             dataset: Dataset = ArrayImageDataset(items, labels, self.data_config, task=self.task)
             if self.resize_method == "squish":

@@ -218,6 +218,16 @@ def encode_array(labels: Union[np.ndarray, Tensor, Sequence[Any]], task: str = "
     return Targets(tensor, SINGLE_LABEL, list(vocab) if vocab is not None else None, c)
 
 
+def encode_labels(labels: Any, task: str = "auto", vocab: Optional[Sequence[str]] = None,
+                  label_delim: Optional[str] = None, allow_empty: bool = False,
+                  rows: Optional[Sequence[str]] = None) -> Targets:
+    """Labels as a numeric array or tensor (class indices, multi-hot rows, floats: `encode_array`), or as values
+    one per item (class names, tag lists, numbers read from a table; also an array of strings: `encode_values`)."""
+    if isinstance(labels, Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "biuf":
+        return encode_array(labels, task, vocab, allow_empty)
+    return encode_values(list(labels), task, vocab, label_delim, allow_empty, rows)
+
+
 # -------------------------------------------------------------------------------------------------
 # what a task implies
 # -------------------------------------------------------------------------------------------------

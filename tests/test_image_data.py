@@ -373,3 +373,13 @@ def test_test_dl_on_files_and_arrays_without_labels(tmp_path):
     array_batch = next(iter(dls.test_dl(images)))[0]
     white = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
     assert array_batch.shape == (3, 3, 32, 32) and torch.allclose(array_batch, white.expand(3, 3, 32, 32), atol=1e-5)
+
+
+def test_check_lists_unreadable_files_with_their_rows(tmp_path):
+    import pandas as pd
+    grey_files(tmp_path, [("a.png", 40), ("c.png", 40)])
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    df = pd.DataFrame({"f": ["a.png", "b.png", "c.png"], "y": ["x", "y", "x"]})
+    with pytest.raises(ValueError, match=r"1 unreadable image file\(s\): remove or replace them\n  row 1 \(b.png\) of "
+                                         r"labels.csv: "):
+        ImageDataLoaders.from_df(df, tmp_path, check=True, source="labels.csv", valid_pct=None)

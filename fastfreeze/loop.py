@@ -60,7 +60,8 @@ class BaseLearner:
             in train mode), 'frozen' (frozen groups fully frozen: eval mode, no gradients: a forward pass
             only), 'recalibrate' (re-estimate BatchNorm statistics on the training data before a frozen
             fit, then as 'frozen').
-        metrics: functions `(pred, targ) -> batch mean`, or `Metric` objects.
+        metrics: functions `(pred, targ) -> batch mean`, `Metric` objects, or objects with reset/update/compute
+            computed on the whole validation set (torchmetrics' included; docs/metrics.md).
         cbs: extra callbacks, kept for every fit.
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
@@ -493,7 +494,8 @@ class BaseLearner:
     # evaluation
     # ---------------------------------------------------------------------------------------------
     def validate(self, dl: Optional[Iterable] = None) -> list[float]:
-        """`[valid_loss, *metrics]` over `dl` (default: the validation set), size-weighted."""
+        """`[valid_loss, *metrics]` over `dl` (default: the validation set): the loss size-weighted, each metric
+        over all of `dl` (docs/metrics.md)."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no validation data: pass a dl or give DataLoaders a valid set")

@@ -24,12 +24,14 @@ from .finetune import fine_tune
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
+from .interpret import ClassificationInterpretation, show_results
 from .learner import Learner
 from .loop import BaseLearner
-from .losses import SupervisedContrastiveLoss
+from .losses import MultiLabelLoss, SupervisedContrastiveLoss
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
-from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
+from .metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric, accuracy,
+                      accuracy_multi, error_rate, top_k, top_k_accuracy)
 from .optim import adamw
 from .predictor import Predictor, load_learner
 from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
@@ -38,6 +40,8 @@ from .schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_sched
 from .seeds import set_seed
 from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
                          UnfreezeMilestones)
+from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from .tta import tta, tta_views
 from .version import __version__
 from .vision import VisionLearner, vision_learner
 from .weights import load_pretrained
@@ -57,4 +61,7 @@ __all__ = [
     "on_rank_zero", "sync_batchnorm",
     "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
     "export_learner", "load_learner", "CompileCallback", "FeatureCache", "__version__", "DivergenceGuard", "set_seed",
+    "APScoreMulti", "BalancedAccuracy", "F1Score", "F1ScoreMulti", "RocAuc", "WholeSetMetric", "accuracy_multi",
+    "MultiLabelLoss", "ClassificationInterpretation", "show_results", "tta", "tta_views", "SINGLE_LABEL",
+    "MULTI_LABEL", "REGRESSION",
 ]

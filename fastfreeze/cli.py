@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true",
                        help="go on from OUT/checkpoint.pth when there is one (same arguments as the interrupted run): "
                             "the result is bit-identical to an uninterrupted run on the CPU")
+        p.add_argument("--tta", type=int, default=4,
+                       help="views averaged for the test-time-augmentation accuracy (default 4; 1 skips it)")
 
     demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
     training_args(demo, DEMO_ARCH, epochs=3, size=96)
@@ -74,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                       final_dl: Any = None, final_name: str = "validation set") -> dict[str, Any]:
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
-    measured on `final_dl` when given (e.g. a whole test split), else on the validation set."""
+    measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
+    test-time augmentation; the confusion matrix and the top losses are saved as plots."""
     from .checkpoint import CheckpointCallback
+    from .interpret import ClassificationInterpretation
     from .state import read_checkpoint, write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +98,17 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     fit_start = time.perf_counter()
     learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs, cbs=cbs, resume_from=resume_from)
     fit_seconds = time.perf_counter() - fit_start
-    after = learn.validate(final_dl)
+    interp = ClassificationInterpretation.from_learner(learn, final_dl)  # one pass: predictions and losses
+    after = [float(interp.losses.mean()), float((interp.preds == interp.targs).float().mean())]
+    interp.plot_confusion_matrix(path=out / "confusion_matrix.png")
+    interp.plot_top_losses(9, path=out / "top_losses.png")
+    tta_accuracy = None
+    if args.tta > 1:
+        tta_start = time.perf_counter()
+        tta_probs, tta_targs = learn.tta(final_dl, n=args.tta)
+        tta_accuracy = float((tta_probs.argmax(1) == tta_targs).float().mean())
+        print(f"test-time augmentation ({args.tta} views, {time.perf_counter() - tta_start:.0f} s): accuracy "
+              f"{tta_accuracy:.4f}, plain {after[1]:.4f}")
     learn.recorder.plot_loss(path=out / "loss.png")
     learn.recorder.plot_sched(path=out / "lr_schedule.png")
     if learn.recorder.lr_find_results is not None:
@@ -104,11 +118,15 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
                "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", base_lr), "epochs": args.epochs,
-               "freeze_epochs": args.freeze_epochs, "model": str(model_file)}
+               "freeze_epochs": args.freeze_epochs, "model": str(model_file),
+               "tta_accuracy": tta_accuracy, "tta_views": args.tta,
+               "most_confused": [list(pair) for pair in interp.most_confused()[:5]]}
     write_file(out / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}")
-    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); "
-          f"plots, model and results.json in {out}/")
+    print("most confused (actual, predicted, count): " +
+          ", ".join(f"{a} as {p} {n}" for a, p, n in interp.most_confused()[:5]))
+    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); plots (confusion matrix, "
+          f"top losses), model and results.json in {out}/")
     return results
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                        CancelTrainException, CancelValidException, callback_list)
-from .data import DataLoaders, decode_label
+from .data import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .divergence import DivergenceGuard
 from .groups import group_names
@@ -32,6 +32,7 @@ from .recorder import ProgressCallback, Recorder
 from .seeds import resume_warning, warn_once
 from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch, read_checkpoint,
                     rng_states, save_torch, set_rng_states)
+from .tasks import decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
@@ -72,7 +73,8 @@ class BaseLearner:
             in train mode), 'frozen' (frozen groups fully frozen: eval mode, no gradients: a forward pass
             only), 'recalibrate' (re-estimate BatchNorm statistics on the training data before a frozen
             fit, then as 'frozen').
-        metrics: functions `(pred, targ) -> batch mean`, or `Metric` objects.
+        metrics: functions `(pred, targ) -> batch mean`, `Metric` objects, or objects with reset/update/compute
+            computed on the whole validation set (torchmetrics' included; docs/metrics.md).
         cbs: extra callbacks, kept for every fit.
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
@@ -494,7 +496,8 @@ class BaseLearner:
     # evaluation
     # ---------------------------------------------------------------------------------------------
     def validate(self, dl: Optional[Iterable] = None) -> list[float]:
-        """`[valid_loss, *metrics]` over `dl` (default: the validation set), size-weighted."""
+        """`[valid_loss, *metrics]` over `dl` (default: the validation set): the loss size-weighted, each metric
+        over all of `dl` (docs/metrics.md)."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no validation data: pass a dl or give DataLoaders a valid set")
@@ -510,34 +513,40 @@ class BaseLearner:
         return activate(activation_for(self.loss_func), pred)
 
     @torch.no_grad()
-    def get_preds(self, dl: Optional[Iterable] = None, activation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_preds(self, dl: Optional[Iterable] = None,
+                  activation: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(predictions, targets) over `dl` (default: the validation set), on the CPU.
-        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`)."""
+        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`).
+        Batches of one element `(x,)` have no targets (`ImageDataLoaders.test_dl` without labels): targets None."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no data to predict on: pass a dl or give DataLoaders a valid set")
         self.model.eval()
         preds, targs = [], []
         for batch in dl:
-            xb, yb = self.to_device(batch)
+            labelled = len(batch) > 1
+            xb, yb = self.to_device(batch if labelled else (*batch, None))
             with self.autocast():
                 out = self.model(*xb)
             preds.append((self.activation(out) if activation else out.float()).cpu())
-            targs.append(yb[0].cpu())
-        return torch.cat(preds), torch.cat(targs)
+            if labelled:
+                targs.append(yb[0].cpu())
+        return torch.cat(preds), (torch.cat(targs) if targs else None)
 
     @torch.no_grad()
-    def predict(self, x: Any) -> tuple[Any, int, torch.Tensor]:
-        """Predict one item (a tensor without batch dimension): `(label, index, probabilities)`.
-        `label` is the class name when `dls.vocab` is known, else the index."""
+    def predict(self, x: Any) -> tuple[Any, Any, torch.Tensor]:
+        """Predict one item (a tensor without batch dimension), as the task says (`tasks.decode_prediction`):
+        `(label, index, probabilities)` for single-label (`label` the class name when `dls.vocab` is known, else
+        the index), `(labels, mask, probabilities)` for multi-label (the tags above the loss's `thresh`),
+        `(value, values, values)` for regression."""
         x = self._prepare_item(x)
         self.model.eval()
         (x,), _ = self.to_device((x.unsqueeze(0), None))
         with self.autocast():
             out = self.model(x)
         probs = self.activation(out)[0].cpu()
-        index = int(probs.argmax())
-        return decode_label(getattr(self.dls, "vocab", None), index), index, probs
+        return decode_prediction(task_of(self.loss_func, self.dls), probs, getattr(self.dls, "vocab", None),
+                                 getattr(self.loss_func, "thresh", 0.5))
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
         """Hook for subclasses that accept images or paths; the base Learner takes a tensor."""

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .callback import Callback
-from .metrics import Metric, as_metric
+from .metrics import Gather, Metric, accumulated_value, as_metric, metric_name
 from .optim import momentum_of
 from .state import save_figure
 
@@ -69,7 +69,12 @@ class Recorder(Callback):
     `sum_across_ranks`: None in a single process. In a distributed fit it is set (by `DistributedCallback`) to a
     function summing a list of floats over the processes; the Recorder then averages each epoch's training
     losses over the ranks and sums the validation loss and metric totals before dividing, so every rank reports
-    the values one process would get on all the data.
+    the values one process would get on all the data. `gather_across_ranks` (set with it) gathers a value from
+    every process: whole-set metrics (update/compute objects) combine their states with it.
+
+    Metrics (docs/metrics.md): a function gets the raw outputs of each batch (`Metric` keeps its size-weighted
+    mean); an object with update/compute/reset gets the activated outputs (`learn.activation`) and is computed
+    once after the last batch.
     """
     order = 50
     HISTORY = ("losses", "smooth_losses", "lrs", "moms", "phases", "values")
@@ -77,6 +82,7 @@ class Recorder(Callback):
     def __init__(self, beta: float = 0.98):
         self.smoother = DebiasedEMA(beta)
         self.sum_across_ranks: Optional[SumAcrossRanks] = None
+        self.gather_across_ranks: Optional[Gather] = None
         self.reset()
 
     @property
@@ -95,7 +101,7 @@ class Recorder(Callback):
         self.pending_losses: list[torch.Tensor] = []   # this epoch's losses, still on the device
         self.pending_smooth: list[torch.Tensor] = []
         self.last_validation: list[float] = []
-        self.metric_objs: list[Metric] = []
+        self.metric_objs: list[Any] = []
         self._restored = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -126,12 +132,13 @@ class Recorder(Callback):
 
     # -- metric names ---------------------------------------------------------------------------
     @property
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[Any]:
+        """The learner's metrics: `Metric`s (batch means) and update/compute/reset objects (whole-set)."""
         return [as_metric(m) for m in self.learn.metrics]
 
     @property
     def metric_names(self) -> list[str]:
-        return ["train_loss", "valid_loss"] + [m.name for m in self.metrics]
+        return ["train_loss", "valid_loss"] + [metric_name(m) for m in self.metrics]
 
     # -- events ---------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -175,6 +182,8 @@ class Recorder(Callback):
         self.metric_objs = self.metrics
         for m in self.metric_objs:
             m.reset()
+            if isinstance(m, torch.nn.Module):  # a torchmetrics Metric keeps its states where it lives
+                m.to(self.learn.device)
 
     def after_loss(self) -> None:
         if self.learn.training:
@@ -182,21 +191,25 @@ class Recorder(Callback):
         n = _batch_size(self.learn.yb)
         self._valid_total += self.learn.loss.detach().double() * n
         self._valid_n += n
+        probs = None
         for m in self.metric_objs:
-            m.accumulate(self.learn.pred, *self.learn.yb)
+            if isinstance(m, Metric):
+                m.accumulate(self.learn.pred, *self.learn.yb)
+            else:
+                probs = self.learn.activation(self.learn.pred) if probs is None else probs
+                m.update(probs, *self.learn.yb)
 
     def after_validate(self) -> None:
         total, n = float(self._valid_total), self._valid_n
+        means = [m for m in self.metric_objs if isinstance(m, Metric)]
         if self.sum_across_ranks is not None:
-            for m in self.metric_objs:
-                if not (hasattr(m, "total") and hasattr(m, "count")):
-                    raise TypeError(f"metric {m!r} keeps no total/count, so it cannot be summed over processes: "
-                                    "make it a fastfreeze Metric (a size-weighted mean)")
-            sums = self.sum_across_ranks([total, n] + [v for m in self.metric_objs for v in (float(m.total), m.count)])
+            sums = self.sum_across_ranks([total, n] + [v for m in means for v in (float(m.total), m.count)])
             total, n = sums[0], int(round(sums[1]))
-            for i, m in enumerate(self.metric_objs):
+            for i, m in enumerate(means):
                 m.total, m.count = sums[2 + 2 * i], int(round(sums[3 + 2 * i]))
-        self.last_validation = [] if n == 0 else [total / n] + [m.value for m in self.metric_objs]
+        values = [m.value if isinstance(m, Metric) else accumulated_value(m, self.gather_across_ranks)
+                  for m in self.metric_objs]
+        self.last_validation = [] if n == 0 else [total / n] + values
         self.learn.last_validation = self.last_validation
 
     def after_epoch(self) -> None:

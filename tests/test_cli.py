@@ -41,10 +41,12 @@ def test_fine_tune_command_on_a_folder(tmp_path, capsys):
                  "--size", "32", "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["arch"] == "test_resnet" and 0 <= results["accuracy"] <= 1 and results["base_lr"] == 1e-3
-    for plot in ("loss.png", "lr_schedule.png"):
+    assert 0 <= results["tta_accuracy"] <= 1 and results["tta_views"] == 4
+    for plot in ("loss.png", "lr_schedule.png", "confusion_matrix.png", "top_losses.png"):
         assert (out / plot).stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "2 classes (dark, light)" in printed and "train_loss" in printed
+    assert "test-time augmentation (4 views" in printed and "most confused" in printed
     assert (out / "checkpoint.pth").is_file()  # --checkpoint-every 1 by default: what --resume goes on from
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
@@ -84,3 +86,5 @@ def test_demo_on_tiny_settings(tmp_path):
     assert results["evaluated_on"].startswith("official Fashion-MNIST test split (50 of its 10000")
     assert 1e-4 <= results["base_lr"] <= 3e-2  # chosen by 'auto'
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
+    assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
+    assert 0 <= results["tta_accuracy"] <= 1

@@ -286,3 +286,91 @@ def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches
         load_learner(tmp_path / "models")
     with pytest.raises(FileNotFoundError, match="no export at"):
         load_learner(tmp_path / "nothing")
+
+
+# -- labels from a table, tasks, metrics ----------------------------------------------------------------
+
+def labels_csv(root, text):
+    for name in ("a.png", "b.png", "c.png"):
+        save_image(root / name)
+    (root / "labels.csv").write_text(text)
+    return root
+
+
+def test_table_without_the_named_column(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nb.png,dog\nc.png,cat\n")
+    with pytest.raises(KeyError, match=r"the table has no column 'label' \(label_col='label'\); its columns are "
+                                       r"\['file', 'kind'\]: pass label_col= one of these names"):
+        ImageDataLoaders.from_csv(root, fn_col="file", label_col="label", valid_pct=0.3)
+
+
+def test_file_listed_but_absent(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nmissing.png,dog\nc.png,cat\n")
+    with pytest.raises(FileNotFoundError, match=r"(?s)1 file\(s\) listed do not exist .*check path=, folder= and "
+                                                r"suff=.*row 1 \(missing.png\) of labels.csv"):
+        ImageDataLoaders.from_csv(root)
+
+
+def test_empty_label(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nb.png,\nc.png,cat\n")
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of labels.csv has an empty label"):
+        ImageDataLoaders.from_csv(root)
+
+
+def test_multi_label_item_without_a_tag(tmp_path):
+    root = labels_csv(tmp_path, "file,tags\na.png,red round\nb.png,red\nc.png,\n")
+    with pytest.raises(ValueError, match=r"row 2 \(c.png\) of labels.csv has no label: every image needs at least "
+                                         r"one tag \(pass allow_empty=True"):
+        ImageDataLoaders.from_csv(root, label_delim=" ")
+    x = np.zeros((3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"item 2 has no label: its multi-hot row is all zeros"):
+        ImageDataLoaders.from_arrays(x, np.array([[1, 0], [0, 1], [0, 0]]), valid_pct=None)
+
+
+def test_validation_column_that_is_not_boolean(tmp_path):
+    root = labels_csv(tmp_path, "file,kind,valid\na.png,cat,False\nb.png,dog,maybe\nc.png,cat,True\n")
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of labels.csv: the validation column 'valid' holds "
+                                         r"'maybe', not True/False"):
+        ImageDataLoaders.from_csv(root, valid_col="valid")
+
+
+def test_from_csv_without_pandas(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_pandas(name, *args, **kwargs):
+        if name == "pandas":
+            raise ImportError("No module named 'pandas'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    with pytest.raises(ImportError, match=r"needs pandas: pip install 'fastfreeze\[table\]'"):
+        ImageDataLoaders.from_csv(tmp_path)
+
+
+def test_metric_that_cannot_be_combined_over_processes():
+    from fastfreeze.metrics import accumulated_value
+
+    class MyMetric:
+        def reset(self):
+            pass
+
+        def update(self, probs, targ):
+            pass
+
+        def compute(self):
+            return torch.tensor([0.2, 0.4])
+    with pytest.raises(TypeError, match=r"metric my_metric \(MyMetric\) cannot be combined over processes: make it "
+                                        "a torchmetrics Metric"):
+        accumulated_value(MyMetric(), gather=lambda obj: [obj, obj])
+    learn = Learner(mlp2(), DataLoaders.from_tensors(*blobs(8), *blobs(8), bs=4), metrics=MyMetric(), progress=False)
+    with pytest.raises(TypeError, match=r"metric my_metric computed \(2,\), not one number: give it an average"):
+        learn.validate()
+
+
+def test_interpretation_of_a_learner_that_is_not_single_label():
+    from fastfreeze.interpret import ClassificationInterpretation
+    x, y = blobs(8)
+    learn = Learner(mlp2(), DataLoaders.from_tensors(x, y, x, y, bs=4), loss_func=nn.MSELoss(), progress=False)
+    with pytest.raises(ValueError, match="for single-label classifiers, and this learner's task is regression: use "
+                                         r"learn.show_results\(\)"):
+        ClassificationInterpretation.from_learner(learn)

@@ -16,9 +16,11 @@ from .data import DataLoaders
 from .distributed import distributed
 from .export import export_learner
 from .finetune import fine_tune
+from .interpret import show_results
 from .loop import BaseLearner
 from .lr_finder import lr_find
 from .schedule import fit_one_cycle
+from .tta import tta
 
 
 class Learner(BaseLearner):
@@ -30,13 +32,16 @@ class Learner(BaseLearner):
     a compiled graph): True, a mode string, or a dict of `CompileCallback` options (see `compile`).
 
     Methods beyond the core's: `fit_one_cycle` (schedule.py), `fine_tune` (finetune.py), `lr_find`
-    (lr_finder.py), `export` (export.py), `distributed` (distributed.py).
+    (lr_finder.py), `export` (export.py), `distributed` (distributed.py), `tta` (tta.py), `show_results`
+    (interpret.py).
     """
     fit_one_cycle = fit_one_cycle
     fine_tune = fine_tune
     lr_find = lr_find
     export = export_learner
     distributed = distributed
+    tta = tta
+    show_results = show_results
 
     def __init__(self, model: nn.Module, dls: DataLoaders, *args: Any, compile: CompileSpec = False,
                  **kwargs: Any):

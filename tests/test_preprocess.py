@@ -294,3 +294,13 @@ def test_one_item_of_every_kind_in_crop_mode_is_the_pil_evaluation_transform(tmp
     assert float((preprocess_image(floats, config) - by_hand(Image.fromarray(photo))).abs().max()) < 0.05
     with pytest.raises(TypeError, match="cannot preprocess a list: pass a file path, a PIL image, or an array"):
         preprocess_image([[0, 1]], config)
+
+
+def test_denormalize_undoes_the_normalisation_and_clips():
+    from fastfreeze.preprocess import denormalize
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.5, 1.0)}
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0], x[0, 1], x[0, 2] = 1.0, -0.5, 3.0  # 0.5 + 0.25, 0.5 - 0.25, 0.5 + 3 (clipped to 1)
+    images = denormalize(x, config)
+    assert images.shape == (1, 2, 2, 3)
+    assert images[0, 0, 0].tolist() == pytest.approx([0.75, 0.25, 1.0])

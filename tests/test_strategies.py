@@ -240,8 +240,12 @@ def test_strategy_constructor_and_fine_tune_argument_errors(dls_5_batches):
     learn = Learner(mlp3(), dls_5_batches, progress=False)
     with pytest.raises(ValueError) as error:
         learn.fine_tune(-1, base_lr=BASE, strategy="freeze")
+    assert str(error.value) == "epochs must be >= 0, got -1"  # fine_tune checks its epochs first
+    with pytest.raises(ValueError) as error:  # a strategy's phases check them too, for callers of their own
+        list(resolve_strategy("freeze").phases(learn, -1, BASE, discriminative()))
     assert str(error.value) == "epochs must be an int >= 0, got -1"
-    for kwargs, message in [(dict(lr_mult=0), "lr_mult must be positive (the head lr over the first group's), got 0"),
+    for kwargs, message in [(dict(lr_mult=0.5), "lr_mult must be >= 1 (the head lr over the first group's; 1 gives every "
+                             "group the head's lr), got 0.5"),
                             (dict(layer_decay=0), "layer_decay must be in (0, 1] (e.g. 0.75), got 0")]:
         with pytest.raises(ValueError) as error:
             learn.fine_tune(1, base_lr=BASE, **kwargs)

@@ -74,6 +74,7 @@ LR_ERROR = ("learning rates must be finite and > 0, got {}: pass a positive lr (
     ([0.0], "0.0 in [0.0]"),
     ([1e-3, float("nan"), 1e-2], "nan (position 1) in [0.001, nan, 0.01]"),
     ([1e-3, None], "nan (position 1) in [0.001, None]"),  # None in a list reads as a missing number
+    (np.array([1e-3, -1e-2, 1e-2]), "-0.01 (position 1) in array([ 0.001, -0.01 ,  0.01 ])"),  # repr, not str
     (slice(-1e-3, 1e-2), "-0.001 (position 0) in slice(-0.001, 0.01, None)"),
     (slice(float("inf")), "inf in slice(None, inf, None)"),
     # a decay that underflows: 1e-300 * (1e-100) ** 2 is below the smallest float

@@ -96,3 +96,21 @@ def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensio
         return ((o - t) ** 2).mean()
     assert per_item_losses(no_reduction_attribute, out, torch.zeros(2, 2)).tolist() == \
         pytest.approx([math.log(3.0) ** 2 / 2] * 2)
+
+
+def test_per_item_losses_call_a_loss_without_reduction_on_each_item_alone():
+    """Items of different losses: (1, 2) against (0, 0) gives (1 + 4) / 2, (3, 5) against (1, 1) gives
+    (4 + 16) / 2; a slice of two items, or of two targets, would mix them."""
+    from fastfreeze.losses import per_item_losses
+
+    def squared_error(o, t):
+        assert o.shape == t.shape == (1, 2)
+        return ((o - t) ** 2).mean()
+    out = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    assert per_item_losses(squared_error, out, torch.tensor([[0.0, 0.0], [1.0, 1.0]])).tolist() == [2.5, 10.0]
+
+
+def test_multi_label_loss_threshold():
+    from fastfreeze.losses import MultiLabelLoss
+    assert MultiLabelLoss().thresh == 0.5 and MultiLabelLoss(thresh=0.3).thresh == 0.3
+    assert MultiLabelLoss(pos_weight=torch.tensor([2.0])).pos_weight.tolist() == [2.0]

@@ -61,7 +61,9 @@ def test_one_cycle_ends_at_lr_over_1e5_and_starts_at_lr_over_25_by_default(dls_5
     direct = one_cycle_scheduler([1e-2])
     for scheduler in (keep.scheduler, direct):
         lr_sched, mom_sched = scheduler.lr_scheds[0], scheduler.mom_sched
-        assert (lr_sched(0.0), lr_sched(0.25), lr_sched(1.0)) == pytest.approx((1e-2 / 25, 1e-2, 1e-2 / 1e5), rel=1e-12)
+        # abs=0: pytest's default absolute tolerance (1e-12) would accept 1e-2 / 100001 for 1e-2 / 1e5 = 1e-7
+        assert (lr_sched(0.0), lr_sched(0.25), lr_sched(1.0)) == pytest.approx((1e-2 / 25, 1e-2, 1e-2 / 1e5), rel=1e-9,
+                                                                               abs=0)
         assert (mom_sched(0.0), mom_sched(0.25), mom_sched(1.0)) == pytest.approx((0.95, 0.85, 0.95), rel=1e-12)
 
 
@@ -76,6 +78,8 @@ def test_one_cycle_without_momentum_and_the_pct_start_range(dls_5_batches):
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=rf"pct_start must be in \(0, 1\], got {bad}"):
             learn.fit_one_cycle(1, 1e-2, pct_start=bad)
+    with pytest.raises(TypeError, match="an lr spec is a number, a slice, .* got 'fast'"):
+        learn.fit_one_cycle(1, "fast")  # only 'auto' picks an lr
 
 
 def test_fit_one_cycle_auto_peaks_at_the_chosen_base_lr(dls_5_batches):

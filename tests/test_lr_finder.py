@@ -337,3 +337,20 @@ def test_the_shortest_windows_each_suggestion_takes_and_the_warning_below():
     with pytest.warns(UserWarning) as record:
         assert math.isnan(slide(lrs4, losses4, 9, lr_diff=4))
     assert [str(w.message) for w in record] == [too_short_message(4, "slide", 5)]
+
+
+def test_minimum_on_one_point_and_on_none():
+    lrs, losses = window_of([1e-3], [2.0])
+    assert minimum(lrs, losses, 9) == 1e-4
+    with pytest.warns(UserWarning) as record:
+        assert math.isnan(minimum([1.0] * 5, [9.0] * 5, 9))  # the last 5 points dropped: nothing left
+    assert [str(w.message) for w in record] == [too_short_message(0, "minimum", 1)]
+
+
+def test_slide_reaches_the_first_point_and_stops_at_a_difference_equal_to_thresh():
+    """Losses 0, 1, 4, 9: np.gradient gives 1, 2, 4, 5 (one-sided at the ends). With lr_diff 1 the window
+    pairs (2, 3), (1, 2), (0, 1) differ by 1, 2, 1: with thresh 0.5 every window differs and the first point
+    is the suggestion; with thresh 1 the first window's difference is not more than thresh: its left end."""
+    lrs, losses = window_of([1e-4, 1e-3, 1e-2, 1e-1], [0.0, 1.0, 4.0, 9.0])
+    assert slide(lrs, losses, 9, lr_diff=1, thresh=0.5) == 1e-4
+    assert slide(lrs, losses, 9, lr_diff=1, thresh=1.0) == 1e-2

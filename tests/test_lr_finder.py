@@ -354,3 +354,21 @@ def test_slide_reaches_the_first_point_and_stops_at_a_difference_equal_to_thresh
     lrs, losses = window_of([1e-4, 1e-3, 1e-2, 1e-1], [0.0, 1.0, 4.0, 9.0])
     assert slide(lrs, losses, 9, lr_diff=1, thresh=0.5) == 1e-4
     assert slide(lrs, losses, 9, lr_diff=1, thresh=1.0) == 1e-2
+
+
+def test_valley_by_hand_on_short_curves():
+    """length[i]: the longest strictly decreasing run ending at i; end: the first point of the largest length;
+    start = end - length[end] (or end when nothing decreases); idx = start + (end-start)//3 + (end-start)//6,
+    clipped at 0."""
+    lrs = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    # 6 points going down: lengths 1..6, end 5, start -1, idx -1 + 6//3 + 6//6 = 2
+    assert valley(*window_of(lrs, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]), 9) == 1e-4
+    # lengths 1, 2, 3, 4, 4: end is the first 4 (point 3), start -1, idx -1 + 1 + 0 = 0
+    assert valley(*window_of(lrs[:5], [6.0, 5.0, 4.0, 3.0, 3.5]), 9) == 1e-6
+    # lengths 1, 2, 2, 2: end 1, start -1, idx max(-1 + 0 + 0, 0) = 0
+    assert valley(*window_of(lrs[:4], [3.0, 2.0, 2.5, 2.6]), 9) == 1e-6
+    assert valley(*window_of(lrs[:3], [2.0, 2.0, 2.0]), 9) == 1e-6  # flat: end 0, idx 0
+    assert valley(*window_of([1e-3], [2.0]), 9) == 1e-3  # one point
+    with pytest.warns(UserWarning) as record:
+        assert math.isnan(valley([1.0] * 5, [9.0] * 5, 9))
+    assert [str(w.message) for w in record] == [too_short_message(0, "valley", 1)]

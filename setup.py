@@ -27,6 +27,7 @@ setup(
     python_requires=f">={meta['min_python']}",
     packages=find_packages(include=["fastfreeze", "fastfreeze.*"]),
     install_requires=words("requirements"),
-    extras_require={"dev": words("dev_requirements"), "lite": words("lite_requirements")},
+    extras_require={"dev": words("dev_requirements"), "lite": words("lite_requirements"),
+                    "tensorboard": words("tensorboard_requirements"), "onnx": words("onnx_requirements")},
     entry_points={"console_scripts": words("console_scripts")},
 )

@@ -7,19 +7,24 @@ from .checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, Te
 from .compile import CompileCallback
 from .data import DataLoaders
 from .distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
-from .export import export_learner
+from .ema import EMA
+from .export import export_learner, push_to_hub
 from .export_format import InvalidExportError
 from .feature_cache import FeatureCache
 from .finetune import fine_tune
+from .grad_clip import GradientClip
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
 from .learner import Learner
+from .loggers import CSVLogger, TensorBoardCallback
 from .loop import BaseLearner
 from .losses import SupervisedContrastiveLoss
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
 from .metrics import Metric, accuracy, error_rate, top_k, top_k_accuracy
+from .mixup import CutMix, MixUp
+from .onnx_export import to_onnx
 from .optim import adamw
 from .predictor import Predictor, load_learner
 from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
@@ -46,4 +51,5 @@ __all__ = [
     "on_rank_zero", "sync_batchnorm",
     "CheckpointCallback", "EarlyStopping", "SaveModelCallback", "TerminateOnNaN", "InvalidExportError", "Predictor",
     "export_learner", "load_learner", "CompileCallback", "FeatureCache", "__version__",
+    "EMA", "MixUp", "CutMix", "GradientClip", "CSVLogger", "TensorBoardCallback", "push_to_hub", "to_onnx",
 ]

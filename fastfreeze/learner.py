@@ -18,6 +18,7 @@ from .export import export_learner, push_to_hub
 from .finetune import fine_tune
 from .loop import BaseLearner
 from .lr_finder import lr_find
+from .onnx_export import to_onnx
 from .schedule import fit_one_cycle
 
 
@@ -30,13 +31,15 @@ class Learner(BaseLearner):
     a compiled graph): True, a mode string, or a dict of `CompileCallback` options (see `compile`).
 
     Methods beyond the core's: `fit_one_cycle` (schedule.py), `fine_tune` (finetune.py), `lr_find`
-    (lr_finder.py), `export` and `push_to_hub` (export.py), `distributed` (distributed.py).
+    (lr_finder.py), `export` and `push_to_hub` (export.py), `to_onnx` (onnx_export.py), `distributed`
+    (distributed.py).
     """
     fit_one_cycle = fit_one_cycle
     fine_tune = fine_tune
     lr_find = lr_find
     export = export_learner
     push_to_hub = push_to_hub
+    to_onnx = to_onnx
     distributed = distributed
 
     def __init__(self, model: nn.Module, dls: DataLoaders, *args: Any, compile: CompileSpec = False,

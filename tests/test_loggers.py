@@ -69,3 +69,11 @@ def test_only_rank_zero_writes_and_lr_find_is_left_out(tmp_path, monkeypatch):
     learn.fit(1)
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / "runs").exists()
     assert len(learn.recorder.values) == 1 and math.isfinite(learn.recorder.values[0]["valid_loss"])
+
+
+def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    learn = make(tmp_path, TensorBoardCallback())
+    with pytest.raises(ImportError, match="TensorBoardCallback needs the tensorboard package"):
+        learn.fit(1)

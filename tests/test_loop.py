@@ -330,3 +330,13 @@ def test_accum_steps_must_be_a_positive_int(dls_5_batches, bad):
     learn = Learner(mlp2(), dls_5_batches, progress=False)
     with pytest.raises(ValueError, match="accum_steps must be a positive int"):
         learn.fit(1, accum_steps=bad)
+
+
+def test_accumulation_needs_a_training_set_with_a_length():
+    class NoLength:
+        def __iter__(self):
+            yield from DataLoaders.from_tensors(*blobs(16), bs=8).train
+    learn = Learner(mlp2(), DataLoaders(NoLength()), progress=False)
+    learn.fit(1, accum_steps=1)  # fine without accumulation
+    with pytest.raises(TypeError, match="accum_steps > 1 needs a training set with a length"):
+        learn.fit(1, accum_steps=2)

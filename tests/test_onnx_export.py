@@ -46,3 +46,10 @@ def test_onnx_metadata_says_how_to_use_the_outputs(exported):
     meta = {p.key: p.value for p in onnx.load(str(file)).metadata_props}
     assert json.loads(meta["vocab"]) == [str(d) for d in range(10)] and meta["activation"] == "softmax"
     assert json.loads(meta["data_config"])["input_size"] == [3, 32, 32] and meta["resize_method"] == "squish"
+
+
+def test_missing_exporter_packages_are_a_clear_error(exported, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if onnxscript were not installed
+    with pytest.raises(ImportError, match="to_onnx needs onnx and onnxscript"):
+        exported[0].to_onnx("never.onnx")

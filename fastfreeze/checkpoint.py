@@ -10,9 +10,9 @@
 
 A checkpoint is `learn.state_dict()` (written by `learn.save_checkpoint`): the model, the optimizer
 (moments and hyper-parameters), the GradScaler, the loop state (phase label, epochs done of how many,
-training step, the freeze state, the `fine_tune` phase and its base_lr), the Recorder's history and smoothing
-state, the torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling
-generator. Exact resume also needs the same data in the same order: a DataLoader with
+training batch and optimizer step, `accum_steps`, the freeze state, the `fine_tune` phase and its base_lr),
+the Recorder's history and smoothing state, the state of callbacks that keep one (an `EMA`'s average), the
+torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling generator. Exact resume also needs the same data in the same order: a DataLoader with
 `persistent_workers=True` keeps its workers' random state out of reach, so random augmentation in
 workers is reproduced only with `num_workers=0` or non-persistent workers.
 

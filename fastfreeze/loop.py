@@ -429,9 +429,10 @@ class BaseLearner:
                 raise TypeError("accum_steps > 1 needs a training set with a length (len(dls.train)), to know "
                                 "where an epoch's last step falls; wrap it in a torch DataLoader") from None
 
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch: `ceil(len(dls.train) / accum_steps)`."""
-        return math.ceil(len(self.dls.train) / self.accum_steps)
+    def steps_per_epoch(self, n_batches: Optional[int] = None) -> int:
+        """Optimizer steps in an epoch of `n_batches` training batches (default `len(dls.train)`):
+        `ceil(n_batches / accum_steps)`."""
+        return math.ceil((len(self.dls.train) if n_batches is None else n_batches) / self.accum_steps)
 
     def _ends_accumulation(self) -> bool:
         """The optimizer steps after every `accum_steps`-th training batch of an epoch, and after its last."""
@@ -685,7 +686,7 @@ class BaseLearner:
         done = min(self.epoch + 1, self.n_epoch)
         state = self.state_dict()
         state["loop"].update(start_epoch=done, epoch=done, train_iter=done * n_batches, training=False,
-                             step_iter=done * math.ceil(n_batches / self.accum_steps))
+                             step_iter=done * self.steps_per_epoch(n_batches))
         state.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, n_batches=n_batches,
                      n_groups=self.n_groups)
         return save_torch(state, self.file_path(name))

@@ -12,12 +12,15 @@ A checkpoint is `learn.state_dict()` (written by `learn.save_checkpoint`): the m
 (moments and hyper-parameters), the GradScaler, the loop state (phase label, epochs done of how many,
 training batch and optimizer step, `accum_steps`, the freeze state, the `fine_tune` phase and its base_lr),
 the Recorder's history and smoothing state, the state of callbacks that keep one (an `EMA`'s average), the
-torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling generator. Exact resume also needs the same data in the same order: a DataLoader with
-`persistent_workers=True` keeps its workers' random state out of reach, so random augmentation in
-workers is reproduced only with `num_workers=0` or non-persistent workers.
+torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling generator. Exact
+resume also needs the same data in the same order: a DataLoader with `persistent_workers=True` keeps its
+workers' random state out of reach, so random augmentation in workers is reproduced only for data that seeds
+each item from its epoch and index (`ImageDataLoaders`, `seeds.py`), or with `num_workers=0` or
+non-persistent workers; a resume that cannot be exact warns once (docs/reproducibility.md).
 
 Files are written through `state.write_file` (a temporary name, then renamed; rank 0 only), so an interrupt
-never leaves a half-written file, and read with `torch.load(weights_only=True)`: no code is unpickled.
+never leaves a half-written file, and read with `state.load_torch` (`torch.load(weights_only=True)`): no code
+is unpickled, and a damaged file is an error naming it.
 """
 from __future__ import annotations
 
@@ -154,9 +157,10 @@ class TerminateOnNaN(Callback):
     NaN or infinite, before that batch's step touches the parameters, on every device (BatchNorm running
     statistics have seen the batch's forward pass already).
 
-    The Learner itself raises FloatingPointError on a non-finite loss: before the step on the CPU, and
-    within `Learner.finite_check_every` steps on a GPU (each check waits for the GPU). This callback checks
-    every step everywhere instead, which on a GPU costs one host-device synchronisation per step."""
+    Without it, every learner's `DivergenceGuard` raises FloatingPointError on a non-finite loss: before the
+    step on the CPU, and within `learn.divergence_guard.check_every` steps on a GPU (each check waits for the
+    GPU), leaving finite weights (divergence.py). This callback checks every step everywhere instead and ends
+    the fit without an error, which on a GPU costs one host-device synchronisation per step."""
 
     def after_loss(self) -> None:
         if self.learn.training and not bool(torch.isfinite(self.learn.loss.detach()).all()):

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence, Union
 
 DEMO_ARCH = "tf_efficientnet_lite0"
 DEMO_WEIGHTS = "efficientnet-lite0"
+CHECKPOINT_FILE = "checkpoint.pth"  # in --out: what --resume goes on from
 
 
 def _lr(text: str) -> Union[str, float]:
@@ -27,7 +28,7 @@ def _pretrained(text: str) -> Union[bool, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastfreeze", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fastfreeze", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def training_args(p: argparse.ArgumentParser, arch: str, epochs: int, size: Optional[int]) -> None:
@@ -38,9 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bs", type=int, default=None,
                        help="batch size (default: 64, smaller when the training set is small)")
         p.add_argument("--size", type=int, default=size, help="input size in pixels")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="seeds the data order and augmentation, the initial head and dropout (default 0)")
         p.add_argument("--out", type=Path, default=Path("fastfreeze_out"), help="folder for plots and the model")
         p.add_argument("--no-bar", action="store_true", help="no progress bars (the epoch table still prints)")
+        p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                       help="write OUT/checkpoint.pth every N epochs and at the end of each phase (default 1; 0: never)")
+        p.add_argument("--resume", action="store_true",
+                       help="go on from OUT/checkpoint.pth when there is one (same arguments as the interrupted run): "
+                            "the result is bit-identical to an uninterrupted run on the CPU")
+        p.add_argument("--tta", type=int, default=4,
+                       help="views averaged for the test-time-augmentation accuracy (default 4; 1 skips it)")
 
     demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
     training_args(demo, DEMO_ARCH, epochs=3, size=96)
@@ -67,16 +76,39 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                       final_dl: Any = None, final_name: str = "validation set") -> dict[str, Any]:
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
-    measured on `final_dl` when given (e.g. a whole test split), else on the validation set."""
+    measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
+    test-time augmentation; the confusion matrix and the top losses are saved as plots."""
+    from .checkpoint import CheckpointCallback
+    from .interpret import ClassificationInterpretation
+    from .state import read_checkpoint, write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
     print(f"before fine-tuning: valid_loss {before[0]:.4f}, accuracy {before[1]:.4f} (random head)")
     learn.show_groups()
+    checkpoint = out / CHECKPOINT_FILE
+    resume_from, base_lr = None, args.lr
+    if args.resume and checkpoint.exists():
+        resume_from = checkpoint
+        base_lr = read_checkpoint(checkpoint)["loop"]["fine_tune_state"]["base_lr"]
+        print(f"resuming from {checkpoint}")
+    elif args.resume:
+        print(f"--resume: no checkpoint at {checkpoint} yet, starting from the beginning")
+    cbs = [CheckpointCallback(checkpoint, every=args.checkpoint_every)] if args.checkpoint_every else []
     fit_start = time.perf_counter()
-    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
+    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs, cbs=cbs, resume_from=resume_from)
     fit_seconds = time.perf_counter() - fit_start
-    after = learn.validate(final_dl)
+    interp = ClassificationInterpretation.from_learner(learn, final_dl)  # one pass: predictions and losses
+    after = [float(interp.losses.mean()), float((interp.preds == interp.targs).float().mean())]
+    interp.plot_confusion_matrix(path=out / "confusion_matrix.png")
+    interp.plot_top_losses(9, path=out / "top_losses.png")
+    tta_accuracy = None
+    if args.tta > 1:
+        tta_start = time.perf_counter()
+        tta_probs, tta_targs = learn.tta(final_dl, n=args.tta)
+        tta_accuracy = float((tta_probs.argmax(1) == tta_targs).float().mean())
+        print(f"test-time augmentation ({args.tta} views, {time.perf_counter() - tta_start:.0f} s): accuracy "
+              f"{tta_accuracy:.4f}, plain {after[1]:.4f}")
     learn.recorder.plot_loss(path=out / "loss.png")
     learn.recorder.plot_sched(path=out / "lr_schedule.png")
     if learn.recorder.lr_find_results is not None:
@@ -85,12 +117,16 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
                "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-               "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", args.lr), "epochs": args.epochs,
-               "freeze_epochs": args.freeze_epochs, "model": str(model_file)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+               "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", base_lr), "epochs": args.epochs,
+               "freeze_epochs": args.freeze_epochs, "model": str(model_file),
+               "tta_accuracy": tta_accuracy, "tta_views": args.tta,
+               "most_confused": [list(pair) for pair in interp.most_confused()[:5]]}
+    write_file(out / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}")
-    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); "
-          f"plots, model and results.json in {out}/")
+    print("most confused (actual, predicted, count): " +
+          ", ".join(f"{a} as {p} {n}" for a, p, n in interp.most_confused()[:5]))
+    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); plots (confusion matrix, "
+          f"top losses), model and results.json in {out}/")
     return results
 
 
@@ -132,8 +168,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class); per-epoch validation on "
           f"{len(valid_idx)} images of the official test split, final accuracy on all {len(y_test)}; {size} px; "
           f"{DEMO_ARCH} with its ImageNet weights")
-    import torch
-    torch.manual_seed(args.seed)
+    from .seeds import set_seed
+    set_seed(args.seed)
     dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test[valid_idx], y_test[valid_idx],
                                        vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,
                                        augment=True, seed=args.seed)
@@ -154,10 +190,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
     from .image_data import ImageDataLoaders
     from .metrics import accuracy
+    from .seeds import set_seed
     from .vision import vision_learner
-    import torch
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
+    set_seed(args.seed)
     dls = ImageDataLoaders.from_folder(args.data_dir, valid_pct=args.valid_pct, seed=args.seed, bs=args.bs,
                                        size=args.size, arch=args.arch, num_workers=args.workers)
     print(f"{args.data_dir}: {len(dls.vocab)} classes ({', '.join(dls.vocab[:10])}"
@@ -169,10 +205,15 @@ def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        run_demo(args)
-    else:
-        run_fine_tune(args)
+    if args.checkpoint_every < 0:
+        build_parser().error(f"--checkpoint-every takes a number of epochs >= 0, got {args.checkpoint_every}")
+    try:
+        if args.command == "demo":
+            run_demo(args)
+        else:
+            run_fine_tune(args)
+    except FloatingPointError as e:  # divergence: the message says what happened and what to try
+        sys.exit(f"fastfreeze {args.command}: {e}")
     return 0
 
 

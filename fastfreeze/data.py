@@ -6,7 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+
+from .seeds import EpochSeededSampler, seed_for
 
 
 class DataLoaders:
@@ -37,28 +39,44 @@ class DataLoaders:
     @classmethod
     def from_dsets(cls, train_ds: Dataset, valid_ds: Optional[Dataset] = None, bs: Optional[int] = None, shuffle: bool = True,
                    num_workers: int = 0, vocab: Optional[Sequence[str]] = None, c: Optional[int] = None,
-                   seed: Optional[int] = None, pin_memory: Optional[bool] = None, **kwargs: Any) -> "DataLoaders":
+                   seed: Optional[int] = None, pin_memory: Optional[bool] = None, item_seeds: bool = False,
+                   **kwargs: Any) -> "DataLoaders":
         """Wrap two torch Datasets in DataLoaders (the training one shuffled, the last partial batch dropped
         when there is more than one batch, as fastai does). `bs=None`: `default_batch_size(len(train_ds))`,
-        64 unless the training set is too small for 16 batches of 64; validation batches are twice as big."""
+        64 unless the training set is too small for 16 batches of 64; validation batches are twice as big.
+
+        `seed`: the training order comes from a generator seeded with it, and each loader seeds its worker
+        processes from a generator of its own, so neither moves the other nor torch's global generator (a
+        checkpoint restores them; docs/reproducibility.md). `item_seeds` (with `seed` and `shuffle`): the
+        training dataset takes `(index, epoch_seed)` keys from a `seeds.EpochSeededSampler` and seeds its
+        random augmentation from them, the same with any number of workers."""
         if bs is None:
             bs = default_batch_size(len(train_ds))  # type: ignore[arg-type]
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         drop_last = len(train_ds) > bs  # type: ignore[arg-type]
-        train = DataLoader(train_ds, batch_size=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
-                           generator=generator, pin_memory=pin_memory, **kwargs)
+        train_order: dict[str, Any] = {"shuffle": shuffle}
+        train_workers = valid_workers = None
+        if seed is not None:
+            order = torch.Generator().manual_seed(seed)
+            if shuffle:
+                train_order = {"sampler": EpochSeededSampler(train_ds, order) if item_seeds
+                               else RandomSampler(train_ds, generator=order)}
+            train_workers = torch.Generator().manual_seed(seed_for(seed, 1))
+            valid_workers = torch.Generator().manual_seed(seed_for(seed, 2))
+        train = DataLoader(train_ds, batch_size=bs, drop_last=drop_last, num_workers=num_workers,
+                           generator=train_workers, pin_memory=pin_memory, **train_order, **kwargs)
         valid = None
         if valid_ds is not None:
             valid = DataLoader(valid_ds, batch_size=bs * 2, shuffle=False, num_workers=num_workers,
-                               pin_memory=pin_memory, **kwargs)
+                               generator=valid_workers, pin_memory=pin_memory, **kwargs)
         return cls(train, valid, vocab=vocab, c=c)
 
     @classmethod
     def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: Optional[torch.Tensor] = None,
                      y_valid: Optional[torch.Tensor] = None, **kwargs: Any) -> "DataLoaders":
-        """DataLoaders over in-memory tensors; `c` is inferred from integer targets when not given."""
+        """DataLoaders over in-memory tensors; `c` is inferred from integer targets when not given
+        (`class_count`: at least 2 training classes, no class in validation only)."""
         if len(x_train) != len(y_train):
             raise ValueError(f"x_train has {len(x_train)} items but y_train has {len(y_train)}: they must match")
         valid_ds = None
@@ -67,9 +85,32 @@ class DataLoaders:
                 raise ValueError("x_valid and y_valid must both be given and have the same length")
             valid_ds = TensorDataset(x_valid, y_valid)
         if kwargs.get("c") is None and kwargs.get("vocab") is None and not y_train.is_floating_point():
-            ys = y_train if y_valid is None else torch.cat([y_train.reshape(-1), y_valid.reshape(-1)])
-            kwargs["c"] = int(ys.max()) + 1
+            kwargs["c"] = class_count(y_train, y_valid, fix="pass c= (the number of classes) or vocab= (their names)")
         return cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
+
+
+def class_count(y_train: Any, y_valid: Any = None, fix: str = "pass the number of classes") -> int:
+    """The number of classes integer labels stand for, `max + 1`, when it can be told from them: the training
+    labels must hold at least 2 classes, and every validation label must be among them (a class seen only in
+    validation would widen the model with an output it never trains). Otherwise a ValueError ending in `fix`,
+    the way to say the number of classes instead."""
+    train = torch.as_tensor(y_train).reshape(-1)
+    if train.numel() == 0:
+        raise ValueError("there are no training labels: pass at least one item per class")
+    seen = torch.unique(train)
+    if len(seen) < 2:
+        raise ValueError(f"the training labels hold a single class ({int(seen[0])}, {train.numel()} items): a "
+                         f"classifier needs at least 2. Add items of the other classes, or, if the model should have more "
+                         f"outputs than these labels show, {fix}")
+    if y_valid is not None:
+        valid = torch.unique(torch.as_tensor(y_valid).reshape(-1))
+        only_valid = valid[~torch.isin(valid, seen)].tolist()
+        if only_valid:
+            raise ValueError(f"validation label(s) {only_valid} never occur in the training labels (which hold "
+                             f"{len(seen)} classes, up to {int(seen.max())}): the model would get outputs it never "
+                             f"trains. Add training items of those classes or drop them from validation; if the "
+                             f"classes are meant to be there, {fix}")
+    return int(seen.max()) + 1
 
 
 def decode_label(vocab: Optional[Sequence[str]], index: int) -> Any:

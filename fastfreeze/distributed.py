@@ -16,8 +16,9 @@ What happens inside `distributed(learn)` (see docs/distributed.md):
   parameters that required a gradient when it was built;
 - the training loader is rebuilt with a `DistributedSampler` (same batch size per process, a new shuffle
   every epoch); validation is split between the ranks without padding (`ShardSampler`) and the loss and
-  metric sums are all-reduced before the Recorder computes them, so every rank gets the values a single
-  process would get on the whole validation set; the recorded training losses are averaged over the ranks;
+  metric sums are all-reduced (whole-set metrics: their states gathered) before the Recorder computes them, so
+  every rank gets the values a single process would get on the whole validation set; the recorded training
+  losses are averaged over the ranks;
 - only rank 0 shows the progress bar and writes files (every file fastfreeze writes goes through
   `state.write_file`, which writes on rank 0 only; `on_rank_zero` for anything else);
 - `sync_bn=True` converts BatchNorm layers to synchronised ones with timm's converter, which keeps the
@@ -41,9 +42,9 @@ from torch.utils.data import DistributedSampler
 
 from .callback import Callback
 from .loop import BaseLearner
-from .ranks import (all_reduce, barrier, broadcast_buffers, broadcast_module, broadcast_object, is_distributed,
-                    is_rank_zero, local_rank, rank, shard_train_loader, shard_valid_loader, sum_across_ranks,
-                    world_size)
+from .ranks import (all_reduce, barrier, broadcast_buffers, broadcast_module, broadcast_object, gather_across_ranks,
+                    is_distributed, is_rank_zero, local_rank, rank, shard_train_loader, shard_valid_loader,
+                    sum_across_ranks, world_size)
 from .recorder import ProgressCallback
 
 
@@ -209,6 +210,7 @@ class DistributedCallback(Callback):
         self._active = is_distributed() and learn.phase != "lr_find"
         # the Recorder averages training losses over the ranks in a DDP fit only (lr_find's ranks run apart)
         learn.recorder.sum_across_ranks = sum_across_ranks if self._active else None
+        learn.recorder.gather_across_ranks = gather_across_ranks if self._active else None
         if not self._active:
             return
         self._original_dls, self._checked, self._ended_cleanly = learn.dls, False, False
@@ -316,6 +318,7 @@ class DistributedCallback(Callback):
         if not is_distributed():
             return
         self.learn.recorder.sum_across_ranks = sum_across_ranks
+        self.learn.recorder.gather_across_ranks = gather_across_ranks
         dl = self.learn.dl
         if self._valid_cache[0] is not dl:
             try:
@@ -368,3 +371,4 @@ def distributed(learn: BaseLearner, sync_bn: bool = False, find_unused_parameter
         learn.remove_cbs([cb])
         learn.add_cbs(bars)
         learn.recorder.sum_across_ranks = None
+        learn.recorder.gather_across_ranks = None

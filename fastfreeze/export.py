@@ -7,12 +7,13 @@
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```
-{"format": "fastfreeze-export", "format_version": 1, "fastfreeze_version": "0.1.0",
+{"format": "fastfreeze-export", "format_version": 2, "fastfreeze_version": "0.1.0",
  "model": {"kind": "transfer",
            "body": {"kind": "timm", "arch": "resnet18", "timm_kwargs": {"global_pool": ""}, "removed": []},
-           "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ...}},
+           "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ..., "y_range": null}},
  "body_info": {"num_features": 512, "pooled": false},
  "n_out": 3, "vocab": ["cat", "dog", "fox"], "activation": "softmax", "channels_last": true,
+ "task": "single_label", "threshold": null,
  "preprocessing": {"data_config": {"input_size": [3, 224, 224], "mean": [...], ...}, "resize_method": "crop"}}
 ```
 
@@ -25,8 +26,9 @@ projection head (`output_dim`), or a tree of plain torch layers (`LAYERS`). A pl
 not a body and a head can be exported with `factory=` for its whole model.
 
 `load_learner(path)` rebuilds the model, loads the weights strictly and returns a `Predictor` whose
-`predict(item)` gives `(label, index, probabilities)` with the learner's evaluation preprocessing: on the
-CPU, bit for bit what the exporting learner's `predict` gives (both in fp32). A config of a newer format,
+`predict(item)` gives what the learner's `predict` gives for its task (`task`, and `threshold` for
+multi-label: docs/export.md) with the learner's evaluation preprocessing: on the CPU, bit for bit (both in
+fp32). A config of a newer format,
 weights that do not fit, a config with unknown keys or wrong types, and a folder that is not an export
 each give a clear error (`InvalidExportError`, `FileNotFoundError`).
 
@@ -64,6 +66,7 @@ from .predictor import Predictor, load_learner
 from .preprocess import with_input_size
 from .ranks import is_rank_zero
 from .state import write_files
+from .tasks import MULTI_LABEL, task_of
 from .version import __version__
 
 
@@ -98,7 +101,7 @@ def _body_spec(learn: BaseLearner, build: dict[str, Any], timm_kwargs: Optional[
 def _head_spec(learn: BaseLearner, build: dict[str, Any]) -> dict[str, Any]:
     head = build.get("head")
     if head is not None and head.get("kind") == "default":
-        keys = ("n_out", "lin_ftrs", "ps", "concat_pool", "first_bn", "bn_final", "lin_first")
+        keys = ("n_out", "lin_ftrs", "ps", "concat_pool", "first_bn", "bn_final", "lin_first", "y_range")
         return plain_json({"kind": "default", **{k: head[k] for k in keys}}, "the head's arguments")
     if head is not None and head.get("kind") == "projection":
         return {"kind": "projection", "output_dim": int(head["output_dim"])}
@@ -131,11 +134,13 @@ def export_config(learn: BaseLearner, timm_kwargs: Optional[dict[str, Any]] = No
         preprocessing = {"data_config": plain_json(with_input_size(dict(data_config), None), "data_config"),
                          "resize_method": resize}
     vocab = getattr(learn.dls, "vocab", None)
+    task = task_of(learn.loss_func, learn.dls)
+    threshold = float(getattr(learn.loss_func, "thresh", 0.5)) if task == MULTI_LABEL else None
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fastfreeze_version": __version__,
             "model": model, "body_info": info, "n_out": _n_out(learn),
             "vocab": None if vocab is None else [str(v) for v in vocab],
             "preprocessing": preprocessing, "activation": activation_for(learn.loss_func),
-            "channels_last": bool(learn.channels_last)}
+            "channels_last": bool(learn.channels_last), "task": task, "threshold": threshold}
 
 
 def _n_out(learn: BaseLearner) -> int:

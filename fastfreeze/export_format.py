@@ -20,9 +20,11 @@ from .body import TransferModel, cut_classifier, remove_unused
 from .head import AdaptiveConcatPool2d, create_head, projection_head
 from .losses import ACTIVATIONS
 from .preprocess import RESIZE_METHODS
+from .tasks import SINGLE_LABEL, TASKS
 
 FORMAT_NAME = "fastfreeze-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the task, the multi-label threshold and the head's y_range (a version 1 config reads as
+# a single-label model, as it was written)
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 # timm arguments an export never passes on: the weights come from model.safetensors, the head is separate
 FORBIDDEN_TIMM_KWARGS = ("pretrained", "checkpoint_path", "num_classes", "pretrained_cfg", "pretrained_cfg_overlay")
@@ -211,7 +213,8 @@ def _import(module_name: str, qualname: str) -> Any:
 def build_spec(arch: Any, timm_kwargs: Optional[dict[str, Any]] = None, head: Any = None,
                output_dim: Optional[int] = None, n_out: Optional[int] = None, lin_ftrs: Optional[Sequence[int]] = None,
                ps: Union[float, Sequence[float]] = 0.5, concat_pool: bool = True, first_bn: bool = True,
-               bn_final: bool = False, lin_first: bool = False) -> dict[str, Any]:
+               bn_final: bool = False, lin_first: bool = False,
+               y_range: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """How `vision_learner` built a learner, from its own arguments, kept as `learn.build_spec` for export:
     the timm name and keyword arguments, and the head (default head arguments, projection `output_dim`,
     or None for a head given as layers or a module, which export reads from the model)."""
@@ -222,7 +225,8 @@ def build_spec(arch: Any, timm_kwargs: Optional[dict[str, Any]] = None, head: An
     else:
         head_spec = {"kind": "default", "n_out": n_out, "lin_ftrs": None if lin_ftrs is None else list(lin_ftrs),
                      "ps": ps if isinstance(ps, (int, float)) else list(ps), "concat_pool": concat_pool,
-                     "first_bn": first_bn, "bn_final": bn_final, "lin_first": lin_first}
+                     "first_bn": first_bn, "bn_final": bn_final, "lin_first": lin_first,
+                     "y_range": None if y_range is None else [float(v) for v in y_range]}
     return {"arch": arch if isinstance(arch, str) else None, "timm_kwargs": dict(timm_kwargs or {}),
             "head": head_spec}
 
@@ -246,10 +250,14 @@ def check_config(config: Any, where: str = "config.json") -> dict[str, Any]:
         raise InvalidExportError(
             f"{where} is format version {version}, written by a newer fastfreeze ({config.get('fastfreeze_version')}); "
             f"this one reads up to version {FORMAT_VERSION}: upgrade fastfreeze (pip install -U fastfreeze)")
-    check_object(config, where, {
-        "format": STR, "format_version": INT, "fastfreeze_version": STR, "model": DICT,
-        "body_info": _or_none(DICT), "n_out": POSITIVE_INT, "vocab": _or_none(STR_LIST),
-        "preprocessing": _or_none(DICT), "activation": _one_of(ACTIVATIONS), "channels_last": BOOL})
+    fields = {"format": STR, "format_version": INT, "fastfreeze_version": STR, "model": DICT,
+              "body_info": _or_none(DICT), "n_out": POSITIVE_INT, "vocab": _or_none(STR_LIST),
+              "preprocessing": _or_none(DICT), "activation": _one_of(ACTIVATIONS), "channels_last": BOOL}
+    if version >= 2:
+        fields.update(task=_one_of(TASKS), threshold=_or_none(NUMBER))
+    check_object(config, where, fields)
+    if version == 1:  # read as it was written: a single-label model
+        config.update(task=SINGLE_LABEL, threshold=None)
     model = config["model"]
     kind = model.get("kind")
     if kind == "transfer":
@@ -258,7 +266,7 @@ def check_config(config: Any, where: str = "config.json") -> dict[str, Any]:
             raise InvalidExportError(f"{where}: a transfer model needs body_info")
         check_object(config["body_info"], f"{where}:body_info", {"num_features": POSITIVE_INT, "pooled": BOOL})
         _check_body(model["body"], f"{where}:model.body")
-        _check_head(model["head"], f"{where}:model.head")
+        _check_head(model["head"], f"{where}:model.head", version)
     elif kind == "factory":
         check_object(model, f"{where}:model", {"kind": STR, "factory": STR, "kwargs": DICT})
     else:
@@ -288,13 +296,17 @@ def _check_body(body: Any, where: str) -> None:
         raise InvalidExportError(f"{where}.kind must be 'timm' or 'cut', found {kind!r}")
 
 
-def _check_head(head: Any, where: str) -> None:
+def _check_head(head: Any, where: str, version: int = FORMAT_VERSION) -> None:
     kind = head.get("kind") if isinstance(head, dict) else None
     if kind == "default":
-        check_object(head, where, {
-            "kind": STR, "n_out": POSITIVE_INT, "lin_ftrs": _or_none(INT_LIST),
-            "ps": _either(NUMBER, NUMBER_LIST), "concat_pool": BOOL, "first_bn": BOOL, "bn_final": BOOL,
-            "lin_first": BOOL})
+        fields = {"kind": STR, "n_out": POSITIVE_INT, "lin_ftrs": _or_none(INT_LIST),
+                  "ps": _either(NUMBER, NUMBER_LIST), "concat_pool": BOOL, "first_bn": BOOL, "bn_final": BOOL,
+                  "lin_first": BOOL}
+        if version >= 2:
+            fields["y_range"] = _or_none(("a list of 2 numbers", lambda v: NUMBER_LIST[1](v) and len(v) == 2))
+        check_object(head, where, fields)
+        if version == 1:
+            head["y_range"] = None
     elif kind == "projection":
         check_object(head, where, {"kind": STR, "output_dim": POSITIVE_INT})
     elif kind == "layers":

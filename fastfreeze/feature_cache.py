@@ -38,6 +38,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 from .body import TransferModel
 from .callback import Callback
 from .loop import BaseLearner
+from .seeds import batch_keys
 
 # Transforms (torchvision's and timm's) that map an item to the same output every time. Any other
 # transform in a dataset's `transform` counts as possibly random.
@@ -222,7 +223,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features[i], self.targets[i]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, keys: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of `keys`: indices, or the `(index, epoch_seed)` keys of the loader whose batch sampler this
+        one shares (cached features draw nothing, so the seed is not used)."""
+        indices, _ = batch_keys(keys)
         index = torch.as_tensor(indices, dtype=torch.long, device=self.features.device)
         return self.features[index], self.targets[index]
 

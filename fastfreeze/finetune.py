@@ -4,14 +4,17 @@ is fastai's recipe."""
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Optional, Union
+
+import numpy as np
 
 from .auto_lr import choose_base_lr
 from .callback import callback_list
 from .feature_cache import feature_cache_for
-from .loop import BaseLearner
-from .lrs import expand_lrs
+from .loop import BaseLearner, check_epochs
+from .lrs import check_lrs, expand_lrs
 from .schedule import fit_one_cycle
 from .state import read_checkpoint
 from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_strategy
@@ -46,13 +49,13 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     """
     if "phase" in kwargs:
         raise ValueError("fine_tune labels its phases itself: pass no `phase`, or define a Strategy with labels")
+    check_epochs(epochs, "epochs")
+    _check_base_lr(base_lr)
     first_phase = 0
     if resume_from is not None:
         first_phase, base_lr = _resume_point(learn, resume_from, base_lr)
-    if base_lr == "auto":
+    if isinstance(base_lr, str):
         base_lr = choose_base_lr(learn, accum_steps=kwargs.get("accum_steps", 1))
-    if isinstance(base_lr, str) or not base_lr > 0:
-        raise ValueError(f"base_lr must be a positive number or 'auto', got {base_lr!r}")
     feature_cache_for(learn, cache_features, 0)  # reject a bad value before any training
     plan = resolve_strategy(strategy, freeze_epochs)
     phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))
@@ -73,6 +76,19 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
                           resume_from=resume_from if i == first_phase else None, **phase_kwargs)
     finally:
         learn.fine_tune_state = None
+
+
+def _check_base_lr(base_lr: Any) -> None:
+    """base_lr is one number, the head's peak lr (the strategy spreads it over the groups), or 'auto'."""
+    if isinstance(base_lr, str):
+        if base_lr != "auto":
+            raise ValueError(f"base_lr must be a positive number or 'auto', got {base_lr!r}")
+        return
+    if isinstance(base_lr, (slice, list, tuple, np.ndarray)) or not isinstance(base_lr, numbers.Real):
+        raise TypeError(f"base_lr is one number, the head's lr (fine_tune spreads it over the layer groups with "
+                        f"lr_mult or layer_decay), or 'auto'; got {base_lr!r}. For your own lr per group use "
+                        "learn.fit_one_cycle(n, lr_max=[...]), or a Strategy whose phases give an lr spec")
+    check_lrs([base_lr], "base_lr")
 
 
 def _resume_point(learn: BaseLearner, resume_from: Union[str, Path], base_lr: Union[float, str]) -> tuple[int, float]:

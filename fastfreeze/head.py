@@ -15,6 +15,22 @@ import torch.nn as nn
 DEFAULT_HIDDEN = 512
 
 
+class SigmoidRange(nn.Module):
+    """`low + (high - low) * sigmoid(x)`: outputs squeezed into `(low, high)` (fastai's `y_range` for regression)."""
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        if not high > low:
+            raise ValueError(f"y_range must be (low, high) with low < high, got ({low}, {high})")
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(x)
+
+    def extra_repr(self) -> str:
+        return f"low={self.low}, high={self.high}"
+
+
 class AdaptiveConcatPool2d(nn.Module):
     """Adaptive max pool and adaptive average pool, concatenated on the channel axis (max first):
     `(B, C, H, W) -> (B, 2C, size, size)`."""
@@ -61,7 +77,8 @@ def _dropouts(ps: Union[float, Sequence[float]], n_blocks: int) -> list[float]:
 
 def create_head(nf: int, n_out: int, lin_ftrs: Optional[Sequence[int]] = None,
                 ps: Union[float, Sequence[float]] = 0.5, pool: bool = True, concat_pool: bool = True,
-                first_bn: bool = True, bn_final: bool = False, lin_first: bool = False) -> nn.Sequential:
+                first_bn: bool = True, bn_final: bool = False, lin_first: bool = False,
+                y_range: Optional[Sequence[float]] = None) -> nn.Sequential:
     """The default classifier head, as fastai builds it.
 
     Pooling (`concat_pool`: max and average concatenated, `2*nf` features; else average, `nf`; none
@@ -74,7 +91,8 @@ def create_head(nf: int, n_out: int, lin_ftrs: Optional[Sequence[int]] = None,
     `lin_first=True` puts each hidden Linear before its norm: `Dropout(p_0)`, then per hidden block
     `Linear -> ReLU -> BatchNorm1d -> Dropout(p_{i+1})`, then `Linear(.., n_out)` with a bias. So every
     Linear still sees the same dropout, and the logits are never normalized or dropped out.
-    Linear weights are Kaiming normal (fan_in), biases zero.
+    `y_range=(low, high)` ends the head with `SigmoidRange(low, high)` (regression targets known to lie in that
+    range). Linear weights are Kaiming normal (fan_in), biases zero.
     """
     if nf < 1 or n_out < 1:
         raise ValueError(f"create_head needs positive sizes, got nf={nf}, n_out={n_out}")
@@ -101,6 +119,8 @@ def create_head(nf: int, n_out: int, lin_ftrs: Optional[Sequence[int]] = None,
                 layers.append(nn.ReLU(inplace=True))
     if bn_final:
         layers.append(nn.BatchNorm1d(n_out, momentum=0.01))
+    if y_range is not None:
+        layers.append(SigmoidRange(*y_range))
     return init_linears(nn.Sequential(*layers))
 
 

@@ -27,9 +27,14 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data import DataLoaders
+from .data import DataLoaders, class_count
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
-                         choose_config, image_layout, image_transform, open_image, preprocess_image, with_input_size)
+                         choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
+                         with_input_size)
+from .seeds import batch_keys, item_key, seeded
+from .show import image_grid
+from .table import Column, read_csv, table_items
+from .tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "
@@ -50,24 +55,48 @@ def find_bad_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     return bad
 
 
+def check_images(paths: Sequence[Path], rows: Optional[Sequence[str]] = None) -> None:
+    """Decode every file; a ValueError listing (up to 50 of) the unreadable ones, each named by its row in
+    `rows` when given (a table's), else by its path."""
+    bad = find_bad_images(paths)
+    if not bad:
+        return
+    where = dict(zip(paths, rows)) if rows is not None else {}
+    listing = "\n".join(f"  {where.get(p, p)}: {reason}" for p, reason in bad[:50])
+    more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+    raise ValueError(f"{len(bad)} unreadable image file(s): remove or replace them\n{listing}{more}")
+
+
 class ImageFolderDataset(Dataset):
-    """Image files with integer labels; `transform` maps the opened RGB PIL image to a tensor.
+    """Image files with their targets (integer labels, or a tensor of encoded targets: `tasks`); `transform` maps
+    the opened RGB PIL image to a tensor.
 
     Files are read lazily: a corrupt file fails only when its item is loaded, with a ValueError naming the
-    file (`ImageDataLoaders.from_folder(..., check=True)` checks every file up front instead)."""
+    file and, when `rows` describes where each item was listed (`from_df`), its row
+    (`ImageDataLoaders.from_folder(..., check=True)` checks every file up front instead)."""
 
-    def __init__(self, items: Sequence[Path], labels: Sequence[int],
-                 transform: Optional[Callable[[Image.Image], Any]] = None):
+    def __init__(self, items: Sequence[Path], labels: Union[Sequence[int], Tensor],
+                 transform: Optional[Callable[[Image.Image], Any]] = None, rows: Optional[Sequence[str]] = None):
         if len(items) != len(labels):
             raise ValueError(f"{len(items)} items but {len(labels)} labels: they must match")
-        self.items, self.labels, self.transform = [Path(p) for p in items], [int(y) for y in labels], transform
+        self.items, self.transform, self.rows = [Path(p) for p in items], transform, rows
+        self.labels = labels if isinstance(labels, Tensor) else [int(y) for y in labels]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image = open_image(self.items[i])
-        return (self.transform(image) if self.transform is not None else image), self.labels[i]
+    def __getitem__(self, key: Any) -> tuple[Any, Any]:
+        """Item `key`: an index, or `(index, epoch_seed)` from `seeds.EpochSeededSampler`, whose transform
+        then draws its randomness from a seed of that epoch and index (`seeds.item_key`)."""
+        i, seed = item_key(key)
+        try:
+            image = open_image(self.items[i])
+        except ValueError as error:
+            if self.rows is None:
+                raise
+            raise ValueError(f"{self.rows[i]}: {error}") from error
+        with seeded(seed):
+            return (self.transform(image) if self.transform is not None else image), self.labels[i]
 
 
 def get_image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -156,18 +185,21 @@ class ArrayImageDataset(Dataset):
     """In-memory images kept as they are (uint8 or float, `(N,H,W)`, `(N,H,W,C)` or `(N,C,H,W)`), converted to the
     model's input a whole batch at a time: torch's DataLoader calls `__getitems__` with the batch's indices.
 
-    `indices` selects a subset without copying the images; `augment` flips images horizontally at random."""
+    `indices` selects a subset without copying the images; `augment` flips images horizontally at random.
+    `labels=None`: images without labels, whose batches are `(x,)` (`ImageDataLoaders.test_dl`). `task`: how
+    the labels are read (`tasks.encode_array`: class indices, multi-hot rows, regression values)."""
 
-    def __init__(self, images: Union[np.ndarray, Tensor], labels: Union[np.ndarray, Tensor, Sequence[int]],
+    def __init__(self, images: Union[np.ndarray, Tensor], labels: Union[np.ndarray, Tensor, Sequence[int], None],
                  data_config: dict[str, Any], augment: bool = False,
-                 indices: Optional[Union[np.ndarray, Tensor, Sequence[int]]] = None, layout: Optional[str] = None):
+                 indices: Optional[Union[np.ndarray, Tensor, Sequence[int]]] = None, layout: Optional[str] = None,
+                 task: str = "auto"):
         self.images = as_image_tensor(images)
         if self.images.ndim not in (3, 4):
             raise ValueError(f"images must be a batch: (N, H, W), (N, H, W, C) or (N, C, H, W), "
                              f"got shape {tuple(self.images.shape)}")
         self.layout = layout or image_layout(self.images.shape[1:],
                                              channels_first_if_ambiguous=not isinstance(images, np.ndarray))
-        self.labels = _as_labels(labels, len(self.images))
+        self.labels = None if labels is None else _as_labels(labels, len(self.images), task)
         self.indices = (torch.arange(len(self.images)) if indices is None
                         else torch.as_tensor(np.asarray(indices), dtype=torch.long))
         self.data_config, self.augment = with_input_size(data_config, None), augment
@@ -175,26 +207,56 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, keys: Sequence[Any]) -> tuple[Tensor, ...]:
+        """The batch of `keys` (positions, or `(position, epoch_seed)` pairs whose first seeds the batch's flips,
+        `seeds.batch_keys`); `(x,)` without labels, `(x, y)` with them."""
+        positions, seed = batch_keys(keys)
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
-        flip = torch.rand(len(rows)) < 0.5 if self.augment else None
+        with seeded(seed):
+            flip = torch.rand(len(rows)) < 0.5 if self.augment else None
         x = batch_to_model_input(self.images[rows], self.layout, self.data_config, flip)
-        return x, self.labels[rows]
+        return (x,) if self.labels is None else (x, self.labels[rows])
 
-    def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:
-        x, y = self.__getitems__([position])
-        return x[0], y[0]
+    def __getitem__(self, key: Any) -> tuple[Tensor, ...]:
+        return tuple(b[0] for b in self.__getitems__([key]))
 
 
-def _as_labels(labels: Union[np.ndarray, Tensor, Sequence[int]], n: int) -> Tensor:
-    labels = (labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))).reshape(-1)
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+def _check_image_batch(images: Any, name: str) -> None:
+    """A clear error, naming the argument, for arrays that are not a non-empty batch of images."""
+    shape = tuple(images.shape) if hasattr(images, "shape") else np.shape(images)
+    if len(shape) not in (3, 4):
+        hint = (f": a batch of batches? Join them first, e.g. {name}.reshape(-1, *{name}.shape[2:])"
+                if len(shape) == 5 else "")
+        raise ValueError(f"{name} must be a batch of images, (N, H, W), (N, H, W, C) or (N, C, H, W), but it has "
+                         f"{len(shape)} dimensions (shape {shape}){hint}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} holds no images (shape {shape}): pass at least one image per class")
+
+
+def _as_labels(labels: Union[np.ndarray, Tensor, Sequence[int]], n: int, task: str = "auto") -> Tensor:
+    """Targets as `tasks.encode_array` encodes them (class indices, multi-hot rows or regression values)."""
+    labels = encode_array(labels, task, allow_empty=True).targets  # the data builders check for empty rows
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels: they must match")
-    if len(labels) and int(labels.min()) < 0:
-        raise ValueError(f"labels must be class indices >= 0, found {int(labels.min())}")
-    return labels.long()
+    return labels
+
+
+class ImageItemsDataset(Dataset):
+    """Images of any kind `preprocess_image` takes (files, PIL images, arrays), each run through `preprocess`;
+    items are `(x,)` without labels, `(x, y)` with them."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocess: Callable[[ImageItem], Tensor],
+                 labels: Optional[Tensor] = None):
+        if labels is not None and len(labels) != len(items):
+            raise ValueError(f"{len(items)} images but {len(labels)} labels: they must match")
+        self.items, self.preprocess, self.labels = items, preprocess, labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        x = self.preprocess(self.items[i])
+        return (x,) if self.labels is None else (x, self.labels[i])
 
 
 # ------------------------------------------------------------------------------------------ DataLoaders
@@ -209,13 +271,17 @@ class ImageDataLoaders(DataLoaders):
 
     `data_config` is the resolved preprocessing (`resolve_data_config`); `resize_method` says how one item is
     brought to the input size at evaluation ('crop' for files, 'squish' for arrays), so `preprocess` matches the
-    validation data."""
+    validation data. `task` is what the labels are (`tasks`: 'single_label', 'multi_label' or 'regression'), from
+    which `vision_learner` picks the loss and the number of outputs."""
 
     def __init__(self, train: Any, valid: Any = None, vocab: Optional[Sequence[str]] = None, c: Optional[int] = None,
-                 data_config: Optional[dict[str, Any]] = None, resize_method: str = "crop"):
+                 data_config: Optional[dict[str, Any]] = None, resize_method: str = "crop", task: str = SINGLE_LABEL):
         super().__init__(train, valid, vocab=vocab, c=c,
                          data_config=with_input_size(data_config or IMAGENET_DATA_CONFIG, None))
         self.resize_method = check_resize_method(resize_method)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
 
     @classmethod
     def from_folder(cls, path: Union[str, Path], train: str = "train", valid: str = "valid",
@@ -259,17 +325,13 @@ class ImageDataLoaders(DataLoaders):
             train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
             valid_files, valid_labels = [files[i] for i in valid_idx], [labels[i] for i in valid_idx]
         if check:
-            bad = find_bad_images(train_files + valid_files)
-            if bad:
-                listing = "\n".join(f"  {p}: {reason}" for p, reason in bad[:50])
-                more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-                raise ValueError(f"{len(bad)} unreadable image file(s): remove or replace them\n{listing}{more}")
+            check_images(train_files + valid_files)
         config = choose_config(arch, size, data_config)
         train_ds = ImageFolderDataset(train_files, train_labels, image_transform(config, True, augment))
         valid_ds = ImageFolderDataset(valid_files, valid_labels, image_transform(config, False))
         workers = default_num_workers() if num_workers is None else num_workers
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
-                                         persistent_workers=workers > 0)
+                                         item_seeds=bool(augment), persistent_workers=workers > 0)
         return cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
 
     @classmethod
@@ -279,9 +341,12 @@ class ImageDataLoaders(DataLoaders):
                      valid_pct: Optional[float] = 0.2, vocab: Optional[Sequence[str]] = None,
                      size: Union[int, tuple[int, int], None] = None, arch: Union[str, nn.Module, None] = None,
                      data_config: Optional[dict[str, Any]] = None, bs: Optional[int] = None, augment: bool = False,
-                     seed: int = 0, num_workers: int = 0) -> "ImageDataLoaders":
+                     seed: int = 0, num_workers: int = 0, task: str = "auto",
+                     allow_empty: bool = False) -> "ImageDataLoaders":
         """In-memory images: uint8 `(N,H,W)` grayscale, `(N,H,W,C)`, or uint8/float `(N,C,H,W)` (C in 1, 3, 4;
-        floats in [0, 1]), with integer labels `y`.
+        floats in [0, 1]), with labels `y`: integer class indices, multi-hot rows (2-D, 0s and 1s: multi-label)
+        or floats (regression), read as `tasks.encode_array` says (`task=` overrides the guess; `allow_empty`
+        accepts multi-hot rows of zeros).
 
         Validation: `x_valid`/`y_valid` when given, else a stratified `valid_pct` split of `x` seeded by `seed`
         (`valid_pct=None`: no validation set). Each batch is converted at once: 3 channels, resized to the input
@@ -291,26 +356,40 @@ class ImageDataLoaders(DataLoaders):
         (`data.default_batch_size`).
         """
         config = choose_config(arch, size, data_config)
-        labels = _as_labels(y, len(x))
+        _check_image_batch(x, "x")
+        encoded = encode_array(y, task, vocab, allow_empty)
+        labels, task = encoded.targets, encoded.task
         if x_valid is not None:
             if y_valid is None:
                 raise ValueError("x_valid was given without y_valid: pass both")
-            train_ds = ArrayImageDataset(x, labels, config, augment=augment)
-            valid_ds = ArrayImageDataset(x_valid, y_valid, config)
+            _check_image_batch(x_valid, "x_valid")
+            train_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task)
+            valid_ds = ArrayImageDataset(x_valid, encode_array(y_valid, task, allow_empty=allow_empty).targets,
+                                         config, task=task)
         elif valid_pct:
-            train_idx, valid_idx = split_indices(labels, valid_pct, seed)
-            train_ds = ArrayImageDataset(x, labels, config, augment, indices=train_idx)
-            valid_ds = ArrayImageDataset(train_ds.images, labels, config, indices=valid_idx, layout=train_ds.layout)
+            train_idx, valid_idx = split_indices(labels if task == SINGLE_LABEL else np.zeros(len(labels)),
+                                                 valid_pct, seed)
+            train_ds = ArrayImageDataset(x, labels, config, augment, indices=train_idx, task=task)
+            valid_ds = ArrayImageDataset(train_ds.images, labels, config, indices=valid_idx, layout=train_ds.layout,
+                                         task=task)
         else:
-            train_ds, valid_ds = ArrayImageDataset(x, labels, config, augment=augment), None
-        all_labels = train_ds.labels if valid_ds is None else torch.cat([train_ds.labels, valid_ds.labels])
-        n_classes = int(all_labels.max()) + 1
-        if vocab is not None and n_classes > len(vocab):
-            raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
+            train_ds, valid_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task), None
+        c = encoded.c
+        if task == SINGLE_LABEL and vocab is None:
+            c = class_count(train_ds.labels[train_ds.indices],
+                            None if valid_ds is None else valid_ds.labels[valid_ds.indices],
+                            fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
+        elif task == SINGLE_LABEL:
+            all_labels = train_ds.labels if valid_ds is None else torch.cat([train_ds.labels, valid_ds.labels])
+            n_classes = int(all_labels.max()) + 1
+            if n_classes > len(vocab):
+                raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
+            c = None
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
-                                         collate_fn=_collate_ready_batch, persistent_workers=num_workers > 0)
-        return cls(loaders.train, loaders.valid, vocab=vocab, c=None if vocab is not None else n_classes,
-                   data_config=config, resize_method="squish")
+                                         item_seeds=augment, collate_fn=_collate_ready_batch,
+                                         persistent_workers=num_workers > 0)
+        return cls(loaders.train, loaders.valid, vocab=vocab, c=c, data_config=config, resize_method="squish",
+                   task=task)
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: Union[np.ndarray, Sequence[int]], x_valid: Optional[np.ndarray] = None,
@@ -318,14 +397,108 @@ class ImageDataLoaders(DataLoaders):
         """`from_tensors` for numpy arrays (same arguments); e.g. Fashion-MNIST's uint8 `(N, 28, 28)`."""
         return cls.from_tensors(x, y, x_valid, y_valid, **kwargs)
 
-    def test_dl(self, images: Union[np.ndarray, Tensor], labels: Union[np.ndarray, Tensor, Sequence[int]],
-                bs: Optional[int] = None) -> torch.utils.data.DataLoader:
-        """A DataLoader over more in-memory images, preprocessed as the validation data is (for
-        `learn.validate(dl)` / `learn.get_preds(dl)`), e.g. a full test split."""
-        dataset = ArrayImageDataset(images, labels, self.data_config)
+    @classmethod
+    def from_lists(cls, path: Union[str, Path], fnames: Sequence[Union[str, Path]], labels: Any,
+                   valid_pct: Optional[float] = 0.2, seed: int = 0, valid: Optional[Sequence[bool]] = None,
+                   label_delim: Optional[str] = None, task: str = "auto", vocab: Optional[Sequence[str]] = None,
+                   allow_empty: bool = False, bs: Optional[int] = None, size: Union[int, tuple[int, int], None] = None,
+                   num_workers: Optional[int] = None, augment: Union[bool, dict[str, Any]] = True,
+                   arch: Union[str, nn.Module, None] = None, data_config: Optional[dict[str, Any]] = None,
+                   check: bool = False, rows: Optional[Sequence[str]] = None) -> "ImageDataLoaders":
+        """Image files `fnames` (relative to `path`) with their `labels`, one per file: class names, tag lists or
+        strings split at `label_delim` (multi-label), numbers (regression), or an array (class indices,
+        multi-hot rows, floats). The task is read from the labels (`tasks`, docs/tasks.md); `task=` overrides
+        it, `vocab=` fixes the class order, `allow_empty` accepts multi-label items without a tag.
+
+        Validation: the items whose `valid` flag is True, else a random `valid_pct` split seeded by `seed`
+        (stratified per class for single-label data). The other arguments are `from_folder`'s; `rows` describes
+        each item in errors (`from_df` passes the table rows).
+        """
+        files = [Path(path) / f for f in fnames]
+        rows = list(rows) if rows is not None else [f"item {i} ({f})" for i, f in enumerate(files)]
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels: give one label per file")
+        encoded = encode_labels(labels, task, vocab, label_delim, allow_empty, rows)
+        if valid is not None:
+            flags = np.asarray(valid, dtype=bool)
+            if len(flags) != len(files):
+                raise ValueError(f"{len(files)} files but {len(flags)} validation flags: give one per file")
+            train_idx, valid_idx = np.flatnonzero(~flags), np.flatnonzero(flags)
+        elif valid_pct:
+            strata = encoded.targets.numpy() if encoded.task == SINGLE_LABEL else np.zeros(len(files))
+            train_idx, valid_idx = split_indices(strata, valid_pct, seed)
+        else:
+            train_idx, valid_idx = np.arange(len(files)), np.array([], dtype=int)
+        if len(train_idx) == 0:
+            raise ValueError(f"every one of the {len(files)} items is a validation item: mark some as training items")
+        if len(valid_idx) == 0 and (valid is not None or valid_pct):
+            raise ValueError(f"no validation items among {len(files)}: mark some rows as validation rows, or raise "
+                             "valid_pct")
+        if check:
+            check_images(files, rows)
+        config = choose_config(arch, size, data_config)
+
+        def dataset(idx: np.ndarray, training: bool) -> ImageFolderDataset:
+            return ImageFolderDataset([files[i] for i in idx], encoded.targets[torch.as_tensor(idx, dtype=torch.long)],
+                                      image_transform(config, training, augment), rows=[rows[i] for i in idx])
+        valid_ds = dataset(valid_idx, False) if len(valid_idx) else None
+        workers = default_num_workers() if num_workers is None else num_workers
+        loaders = DataLoaders.from_dsets(dataset(train_idx, True), valid_ds, bs=bs, num_workers=workers, seed=seed,
+                                         persistent_workers=workers > 0)
+        return cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
+                   resize_method="crop", task=encoded.task)
+
+    @classmethod
+    def from_df(cls, df: Any, path: Union[str, Path] = ".", valid_pct: Optional[float] = 0.2, seed: int = 0,
+                fn_col: Column = 0, folder: Optional[str] = None, suff: str = "",
+                label_col: Union[Column, Sequence[Column]] = 1, label_delim: Optional[str] = None,
+                valid_col: Optional[Column] = None, source: str = "the table", **kwargs: Any) -> "ImageDataLoaders":
+        """Images listed in a pandas DataFrame, with fastai's arguments (`table`, docs/tasks.md): the file of a
+        row is `path/folder/<fn_col><suff>`, its label is in `label_col` (several tags split at `label_delim`;
+        a list of columns: one column per tag or per regression target), and the rows where `valid_col` is True
+        are the validation set (else a random `valid_pct` split). Columns are names or positions. The task and
+        the vocab (sorted) come from the labels. Other arguments go to `from_lists` (task, vocab, allow_empty,
+        bs, size, arch, augment, num_workers, check...).
+        """
+        items = table_items(df, path, fn_col, label_col, valid_col, folder, suff, source)
+        labels: Any = items.labels
+        if items.label_array is not None:
+            labels = items.label_array
+            kwargs.setdefault("vocab", items.label_names)
+        return cls.from_lists(".", items.files, labels, valid_pct=valid_pct, seed=seed, valid=items.is_valid,
+                              label_delim=label_delim, rows=items.rows, **kwargs)
+
+    @classmethod
+    def from_csv(cls, path: Union[str, Path], csv_fname: str = "labels.csv", header: Union[int, str, None] = "infer",
+                 delimiter: Optional[str] = None, **kwargs: Any) -> "ImageDataLoaders":
+        """Images listed in the CSV file `path/csv_fname` (read with pandas; `header=None` for a file without a
+        header line): `from_df` on it, with `path` as the images' root. Needs pandas
+        (`pip install 'fastfreeze[table]'`)."""
+        df = read_csv(Path(path) / csv_fname, header=header, delimiter=delimiter)
+        return cls.from_df(df, path=path, source=csv_fname, **kwargs)
+
+    def test_dl(self, items: Union[np.ndarray, Tensor, Sequence[ImageItem]], labels: Any = None,
+                bs: Optional[int] = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """A DataLoader over new images, preprocessed as the validation data is, for `learn.get_preds(dl=...)`,
+        `learn.tta(dl=...)` or, with labels, `learn.validate(dl)`.
+
+        `items`: an array or tensor batch of images (`(N,H,W)`, `(N,H,W,C)` or `(N,C,H,W)`, converted a batch at
+        a time), or a list of image files, PIL images or single arrays. Without `labels` the batches are `(x,)`
+        and `get_preds` returns no targets; `labels` are read as the training labels were (this data's task and
+        vocab)."""
         batch_size = bs or getattr(self.valid, "batch_size", None) or 128
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                           collate_fn=_collate_ready_batch, pin_memory=torch.cuda.is_available())
+        if labels is not None:
+            labels = encode_labels(labels, self.task, self.vocab, allow_empty=True).targets
+        if isinstance(items, (np.ndarray, Tensor)) and items.ndim in (3, 4):
+            dataset: Dataset = ArrayImageDataset(items, labels, self.data_config, task=self.task)
+            if self.resize_method == "squish":
+                return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                                   collate_fn=_collate_ready_batch,
+                                                   pin_memory=torch.cuda.is_available())
+            items = [dataset.images[i] for i in range(len(dataset))]  # one by one through timm's eval transform
+        dataset = ImageItemsDataset(list(items), self.preprocess, labels)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                           pin_memory=torch.cuda.is_available())
 
     def preprocess(self, item: ImageItem) -> Tensor:
         """One image (path, PIL image, array or tensor) preprocessed as the validation data is: `(3, H, W)`."""
@@ -334,23 +507,7 @@ class ImageDataLoaders(DataLoaders):
     def show_batch(self, n: int = 9, path: Union[str, Path, None] = None, valid: bool = False) -> Any:
         """A grid of `n` images of the first training (or `valid`) batch, de-normalised, titled with their
         labels; saved to `path` when given. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
         x, y = next(iter(self.valid if valid else self.train))
         n = min(n, len(x))
-        mean = torch.tensor(self.data_config["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(self.data_config["std"]).view(1, -1, 1, 1)
-        images = (x[:n].float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        figure, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < n:
-                ax.imshow(images[i])
-                label = int(y[i])
-                ax.set_title(self.vocab[label] if self.vocab else str(label), fontsize=9)
-        figure.tight_layout()
-        if path is not None:
-            figure.savefig(path, bbox_inches="tight")
-        return figure
+        titles = [target_text(self.task, y[i], self.vocab) for i in range(n)]
+        return image_grid(denormalize(x[:n], self.data_config), titles, path=path)

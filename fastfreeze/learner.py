@@ -16,10 +16,12 @@ from .data import DataLoaders
 from .distributed import distributed
 from .export import export_learner, push_to_hub
 from .finetune import fine_tune
+from .interpret import show_results
 from .loop import BaseLearner
 from .lr_finder import lr_find
 from .onnx_export import to_onnx
 from .schedule import fit_one_cycle
+from .tta import tta
 
 
 class Learner(BaseLearner):
@@ -32,7 +34,7 @@ class Learner(BaseLearner):
 
     Methods beyond the core's: `fit_one_cycle` (schedule.py), `fine_tune` (finetune.py), `lr_find`
     (lr_finder.py), `export` and `push_to_hub` (export.py), `to_onnx` (onnx_export.py), `distributed`
-    (distributed.py).
+    (distributed.py), `tta` (tta.py), `show_results` (interpret.py).
     """
     fit_one_cycle = fit_one_cycle
     fine_tune = fine_tune
@@ -41,6 +43,8 @@ class Learner(BaseLearner):
     push_to_hub = push_to_hub
     to_onnx = to_onnx
     distributed = distributed
+    tta = tta
+    show_results = show_results
 
     def __init__(self, model: nn.Module, dls: DataLoaders, *args: Any, compile: CompileSpec = False,
                  **kwargs: Any):

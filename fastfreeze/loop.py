@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -21,8 +22,9 @@ import torch.nn as nn
 
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                        CancelTrainException, CancelValidException, callback_list)
-from .data import DataLoaders, decode_label
+from .data import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
+from .divergence import DivergenceGuard
 from .grad_clip import GradientClip
 from .groups import group_names
 from .losses import activate, activation_for
@@ -31,8 +33,10 @@ from .norm import no_decay_param_ids, norm_param_ids
 from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
 from .ranks import batches_per_epoch
 from .recorder import ProgressCallback, Recorder
-from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_state_dict, read_checkpoint, rng_states, save_torch,
-                    set_rng_states)
+from .seeds import resume_warning, warn_once
+from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch, read_checkpoint,
+                    rng_states, save_torch, set_rng_states)
+from .tasks import decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
@@ -42,6 +46,16 @@ def default_splitter(model: nn.Module) -> list[nn.Module]:
     """One group per top-level child that has parameters (the whole model if it has no children)."""
     children = [c for c in model.children() if any(True for _ in c.parameters())]
     return children if children else [model]
+
+
+def check_epochs(n_epoch: Any, name: str = "n_epoch") -> int:
+    """`n_epoch` as an int when it is a whole number of epochs >= 0, else a clear TypeError/ValueError."""
+    if isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number of epochs (an int), got {n_epoch!r}: fastfreeze trains whole "
+                        "epochs; for fewer steps, use less data per epoch")
+    if n_epoch < 0:
+        raise ValueError(f"{name} must be >= 0, got {n_epoch}")
+    return int(n_epoch)
 
 
 class BaseLearner:
@@ -63,14 +77,14 @@ class BaseLearner:
             in train mode), 'frozen' (frozen groups fully frozen: eval mode, no gradients: a forward pass
             only), 'recalibrate' (re-estimate BatchNorm statistics on the training data before a frozen
             fit, then as 'frozen').
-        metrics: functions `(pred, targ) -> batch mean`, or `Metric` objects.
+        metrics: functions `(pred, targ) -> batch mean`, `Metric` objects, or objects with reset/update/compute
+            computed on the whole validation set (torchmetrics' included; docs/metrics.md).
         cbs: extra callbacks, kept for every fit.
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
         channels_last: keep the model and 4-D inputs in channels_last memory format (faster for CNNs; the
             default of `vision_learner` for spatial bodies).
     """
-    finite_check_every: int = 20  # off the CPU, the training loss is checked for NaN/inf every this many steps
     # the loop's own state: what `state_dict` saves and `load_state_dict` puts back (checkpoints, lr_find)
     LOOP_STATE = ("phase", "n_fits", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "step_iter",
                   "accum_steps", "training", "frozen_groups", "recalibrated_for", "fine_tune_state")
@@ -128,8 +142,9 @@ class BaseLearner:
             self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
 
         self.recorder = Recorder()
+        self.divergence_guard = DivergenceGuard()  # stops a fit at a NaN/inf loss or weight (docs/divergence.md)
         self.cbs: list[Callback] = []
-        self.add_cbs([self.recorder] + ([ProgressCallback()] if progress else []))
+        self.add_cbs([self.recorder, self.divergence_guard] + ([ProgressCallback()] if progress else []))
         if cbs is not None:
             self.add_cbs(cbs)
 
@@ -243,9 +258,19 @@ class BaseLearner:
     def add_cbs(self, cbs: Union[Callback, Iterable[Callback]]) -> None:
         """Add callbacks for every later fit (kept sorted by `order`)."""
         for cb in [cbs] if isinstance(cbs, Callback) else cbs:
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks are objects: pass {cb.__name__}(), not the class {cb.__name__}")
             cb.learn = self
             self.cbs.append(cb)
         self.cbs.sort(key=lambda c: c.order)
+
+    def add_cb(self, cb: Callback) -> None:
+        """Add one callback for every later fit (fastai's name; `add_cbs` takes several)."""
+        self.add_cbs([cb])
+
+    def remove_cb(self, cb: Callback) -> None:
+        """Remove one callback (fastai's name; `remove_cbs` takes several)."""
+        self.remove_cbs([cb])
 
     def remove_cbs(self, cbs: Iterable[Callback]) -> None:
         for cb in cbs:
@@ -295,8 +320,7 @@ class BaseLearner:
         their gradients (the epoch's last step takes what is left); every batch's loss is recorded.
         `clip_grad`: clip the gradients' global norm to this value before each step (`grad_clip.GradientClip`).
         """
-        if n_epoch < 0:
-            raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
+        n_epoch = check_epochs(n_epoch)
         if not 0 <= start_epoch <= n_epoch:
             raise ValueError(f"start_epoch must be in [0, {n_epoch}], got {start_epoch}")
         self._check_accum_steps(accum_steps)
@@ -383,7 +407,6 @@ class BaseLearner:
                 self.loss = self.loss_func(self.pred, *self.yb)
             self._event("after_loss")
             if self.training:
-                self._check_finite_loss()
                 self._backward_and_step()
             self._event("after_batch")
         except CancelBatchException:
@@ -446,25 +469,6 @@ class BaseLearner:
             return 1
         first = self.iter - self.iter % self.accum_steps
         return min(self.accum_steps, len(self.dls.train) - first)
-
-    def _check_finite_loss(self) -> None:
-        """Stop at a NaN/inf training loss. On the CPU every step is checked, before the step touches the
-        weights (free there). On a GPU a check waits for the GPU, so only every `finite_check_every`-th step
-        is checked: a NaN reaches the weights and is caught within that many steps (the loss stays NaN once
-        the weights are). `TerminateOnNaN` checks every step on every device, for one sync per step."""
-        on_cpu = self.device.type == "cpu"
-        if not on_cpu and self.train_iter % self.finite_check_every:
-            return
-        if not torch.isfinite(self.loss.detach()).all():
-            where = f"the training loss is {self.loss.item()} at epoch {self.epoch}, batch {self.iter}"
-            if on_cpu:
-                raise FloatingPointError(
-                    f"{where}: stopped before this step touched the weights. Lower the learning rate, check the "
-                    "data for NaNs, or use precision='fp32'.")
-            raise FloatingPointError(
-                f"{where}; on {self.device.type} the loss is checked every {self.finite_check_every} steps, so the "
-                "weights may already hold NaNs: reload a checkpoint (CheckpointCallback) or the saved model, then "
-                "lower the learning rate, check the data, or use precision='fp32' (TerminateOnNaN stops exactly).")
 
     def _check_targets(self, y: Any) -> None:
         """A class label outside the model's outputs gives a clear error instead of cross-entropy's
@@ -549,7 +553,8 @@ class BaseLearner:
     # evaluation
     # ---------------------------------------------------------------------------------------------
     def validate(self, dl: Optional[Iterable] = None) -> list[float]:
-        """`[valid_loss, *metrics]` over `dl` (default: the validation set), size-weighted."""
+        """`[valid_loss, *metrics]` over `dl` (default: the validation set): the loss size-weighted, each metric
+        over all of `dl` (docs/metrics.md)."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no validation data: pass a dl or give DataLoaders a valid set")
@@ -565,34 +570,40 @@ class BaseLearner:
         return activate(activation_for(self.loss_func), pred)
 
     @torch.no_grad()
-    def get_preds(self, dl: Optional[Iterable] = None, activation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_preds(self, dl: Optional[Iterable] = None,
+                  activation: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(predictions, targets) over `dl` (default: the validation set), on the CPU.
-        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`)."""
+        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`).
+        Batches of one element `(x,)` have no targets (`ImageDataLoaders.test_dl` without labels): targets None."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no data to predict on: pass a dl or give DataLoaders a valid set")
         self.model.eval()
         preds, targs = [], []
         for batch in dl:
-            xb, yb = self.to_device(batch)
+            labelled = len(batch) > 1
+            xb, yb = self.to_device(batch if labelled else (*batch, None))
             with self.autocast():
                 out = self.model(*xb)
             preds.append((self.activation(out) if activation else out.float()).cpu())
-            targs.append(yb[0].cpu())
-        return torch.cat(preds), torch.cat(targs)
+            if labelled:
+                targs.append(yb[0].cpu())
+        return torch.cat(preds), (torch.cat(targs) if targs else None)
 
     @torch.no_grad()
-    def predict(self, x: Any) -> tuple[Any, int, torch.Tensor]:
-        """Predict one item (a tensor without batch dimension): `(label, index, probabilities)`.
-        `label` is the class name when `dls.vocab` is known, else the index."""
+    def predict(self, x: Any) -> tuple[Any, Any, torch.Tensor]:
+        """Predict one item (a tensor without batch dimension), as the task says (`tasks.decode_prediction`):
+        `(label, index, probabilities)` for single-label (`label` the class name when `dls.vocab` is known, else
+        the index), `(labels, mask, probabilities)` for multi-label (the tags above the loss's `thresh`),
+        `(value, values, values)` for regression."""
         x = self._prepare_item(x)
         self.model.eval()
         (x,), _ = self.to_device((x.unsqueeze(0), None))
         with self.autocast():
             out = self.model(x)
         probs = self.activation(out)[0].cpu()
-        index = int(probs.argmax())
-        return decode_label(getattr(self.dls, "vocab", None), index), index, probs
+        return decode_prediction(task_of(self.loss_func, self.dls), probs, getattr(self.dls, "vocab", None),
+                                 getattr(self.loss_func, "thresh", 0.5))
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
         """Hook for subclasses that accept images or paths; the base Learner takes a tensor."""
@@ -660,18 +671,20 @@ class BaseLearner:
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "BaseLearner":
         """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with
-        `torch.load(weights_only=True)`: no code is unpickled). Weights that do not fit the model give a
-        ValueError listing the missing, extra and reshaped keys (with `strict`)."""
+        `state.load_torch`: no code is unpickled; a damaged file is a ValueError naming it). Weights that do not
+        fit the model give a ValueError listing the missing and extra keys (with `strict`) and the reshaped
+        ones (always)."""
         file = self.file_path(name)
         if not file.exists():
             raise FileNotFoundError(f"no saved state at {file}: check the name, or `learn.path`/`model_dir`")
-        state = torch.load(file, map_location=self.device, weights_only=True)
+        state = load_torch(file, map_location=self.device)
         if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
             state = {"model": state}  # a plain state dict, e.g. torch.save(model.state_dict(), file)
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise ValueError(f"{file} holds no model state: expected a file written by learn.save or a state dict")
-        if strict:
-            check_state_dict(self.model.state_dict(), state["model"], str(file))
+        check_state_dict(self.model.state_dict(), state["model"], str(file), strict=strict,
+                         hint=FIT_HINT if strict else FIT_HINT + " (strict=False skips missing and extra keys, not "
+                                                                 "tensors of another shape)")
         self.model.load_state_dict(state["model"], strict=strict)
         if with_opt and "opt" in state:
             self.opt.load_state_dict(state["opt"])
@@ -711,5 +724,9 @@ class BaseLearner:
         if self.fine_tune_state is not None and self.frozen_groups != loop["frozen_groups"]:
             raise ValueError(f"{file} was written with {loop['frozen_groups']} frozen layer groups, but this fine_tune "
                              f"phase freezes {self.frozen_groups}: resume with the same strategy and arguments")
-        self.load_state_dict(state, resume=True, source=str(file))
+        # the smoothed loss goes on only if this fit does: one already complete leaves the next fit to restart it
+        self.load_state_dict(state, resume=loop["start_epoch"] < n_epoch, source=str(file))
+        inexact = resume_warning(self.dls.train)
+        if inexact is not None:
+            warn_once(f"resuming from {file}: {inexact}")
         return loop["start_epoch"]

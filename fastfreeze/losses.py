@@ -1,6 +1,8 @@
-"""Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md), and the
-activation a loss implies for predictions."""
+"""Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md; the multi-label
+loss, docs/tasks.md), the activation a loss implies for predictions, and the loss of each item."""
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
@@ -35,6 +37,19 @@ class SupervisedContrastiveLoss(nn.Module):
         return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
 
 
+class MultiLabelLoss(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on the logits for multi-label targets (multi-hot rows of 0s and 1s, any integer or
+    float dtype: cast to the outputs' dtype here, as fastai's `BCEWithLogitsLossFlat` does). `thresh` is the
+    probability above which `predict` reports a tag."""
+
+    def __init__(self, thresh: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.thresh = thresh
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(input, target.to(input.dtype))
+
+
 # -------------------------------------------------------------------------------------------------
 # what a loss implies for predictions
 # -------------------------------------------------------------------------------------------------
@@ -60,3 +75,15 @@ def activate(activation: str, out: torch.Tensor) -> torch.Tensor:
     if activation == "none":
         return out.float()
     raise ValueError(f"unknown activation {activation!r}: one of {ACTIVATIONS}")
+
+
+def per_item_losses(loss_func: object, out: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+    """The loss of every item, `(N,)`, in float32: `loss_func` with `reduction='none'` (a copy: the learner's
+    loss is not touched), averaged over any other dimension (the tags of a multi-label item, the values of a
+    regression target); a loss without a `reduction` attribute is called once per item."""
+    if isinstance(getattr(loss_func, "reduction", None), str):
+        unreduced = copy.copy(loss_func)
+        unreduced.reduction = "none"
+        losses = unreduced(out, targ).float()
+        return losses.reshape(len(out), -1).mean(1) if losses.ndim > 1 else losses
+    return torch.stack([loss_func(out[i:i + 1], targ[i:i + 1]).float() for i in range(len(out))])

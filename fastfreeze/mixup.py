@@ -6,11 +6,11 @@ mixed images and the labels by soft targets: `lam * onehot(y) + (1 - lam) * oneh
 with `label_smoothing` (timm's `mixup_target`), `lam ~ Beta(alpha, alpha)` drawn per batch (for CutMix,
 corrected to the area of the box actually pasted). The loss must accept class probabilities as targets,
 which `nn.CrossEntropyLoss` does; validation is untouched, so the validation loss and the metrics see
-the hard labels. Only single-label classification is mixed: multi-label data (a `BCEWithLogitsLoss`), a
-regression or an embedding loss is refused when the fit starts, since a mixed image's labels are not the
-mix of the two label sets there (an object CutMix cuts out is absent, not present at `lam`). Cached
-features (`FeatureCache`) are not used while these callbacks are in a fit: a mix of features is not the
-features of a mix.
+the hard labels. Only single-label classification is mixed: multi-label data and regression (the data's
+task, `tasks.task_of`, else the one the loss implies) or an embedding loss are refused when the fit starts,
+since a mixed image's labels are not the mix of the two label sets there (an object CutMix cuts out is
+absent, not present at `lam`). Cached features (`FeatureCache`) are not used while these callbacks are in a
+fit: a mix of features is not the features of a mix.
 
 The draws come from NumPy's global random state (timm's), which checkpoints keep: a resumed fit mixes as
 the uninterrupted one would.
@@ -25,6 +25,7 @@ from timm.data import Mixup
 
 from .callback import Callback
 from .loop import BaseLearner
+from .tasks import MULTI_LABEL, REGRESSION, task_of
 
 
 class MixUp(Callback):
@@ -58,11 +59,16 @@ class MixUp(Callback):
 
     def before_fit(self) -> None:
         name, loss = type(self).__name__, self.learn.loss_func
-        if isinstance(loss, nn.BCEWithLogitsLoss):
+        task = task_of(loss, self.learn.dls)
+        if task == MULTI_LABEL:
             raise ValueError(
-                f"{name} mixes single-label classes; this learner's loss is BCEWithLogitsLoss (multi-label data), for "
-                "which a mixed image's labels are not a mix of the two label sets (CutMix may cut an object out, "
-                f"Mixup makes it faint). Train multi-label data without {name}")
+                f"{name} mixes single-label classes; this learner's task is multi-label (its loss "
+                f"{type(loss).__name__}), for which a mixed image's labels are not a mix of the two label sets "
+                f"(CutMix may cut an object out, Mixup makes it faint). Train multi-label data without {name}")
+        if task == REGRESSION:
+            raise ValueError(
+                f"{name} mixes single-label classes; this learner's task is regression (its loss "
+                f"{type(loss).__name__}), whose targets are not class probabilities. Train it without {name}")
         if not isinstance(loss, nn.CrossEntropyLoss):
             raise ValueError(
                 f"{name} trains on mixed soft targets (class probabilities), which nn.CrossEntropyLoss accepts; this "

@@ -1,7 +1,8 @@
 """Using an exported model: `load_learner(path)` rebuilds it from its folder (config.json + model.safetensors,
 see `export_format`) without pickle and without the training code, and returns a `Predictor`.
 
-`Predictor.predict(item)` gives `(label, index, probabilities)` with the exporting learner's evaluation
+`Predictor.predict(item)` gives what the learner's `predict` gives (`(label, index, probabilities)` for a
+single-label classifier; multi-label and regression: `tasks.decode_prediction`) with the exporting learner's evaluation
 preprocessing: on the CPU, bit for bit what the learner's own `predict` gives (both in fp32). A config of a
 newer format, weights that do not fit, a config with unknown keys or wrong types, and a folder that is not an
 export each give a clear error (`InvalidExportError`, `FileNotFoundError`).
@@ -16,13 +17,13 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .data import decode_label
 from .device import as_model_input
 from .export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError, build_model, check_config
 from .hub import download_files, hub_repo_id
 from .losses import activate
 from .preprocess import preprocess_image
 from .state import check_state_dict
+from .tasks import decode_prediction
 
 
 def _export_folder(path: Union[str, Path]) -> Path:
@@ -76,7 +77,8 @@ def load_learner(path: Union[str, Path], device: Union[str, torch.device] = "cpu
 
 
 class Predictor:
-    """An exported model ready for inference: `predict(item)` -> `(label, index, probabilities)`.
+    """An exported model ready for inference: `predict(item)` -> `(label, index, probabilities)` for a
+    single-label classifier (multi-label: `(labels, mask, probabilities)`; regression: `(value, values, values)`).
 
     `item` is an image file path, a PIL image, or an array/tensor image (preprocessed as the learner's
     validation data was), or an already preprocessed `(C, H, W)` float tensor. `predict_batch(x)` takes a
@@ -94,6 +96,8 @@ class Predictor:
         self.vocab: Optional[list[str]] = config["vocab"]
         self.n_out: int = config["n_out"]
         self.activation_name: str = config["activation"]
+        self.task: str = config["task"]
+        self.threshold: float = config["threshold"] if config["threshold"] is not None else 0.5
         pre = config["preprocessing"]
         self.data_config: Optional[dict[str, Any]] = None if pre is None else dict(pre["data_config"])
         self.resize_method: str = "crop" if pre is None else pre["resize_method"]
@@ -127,8 +131,10 @@ class Predictor:
         """Probabilities (or activated outputs) for a preprocessed batch `(B, C, H, W)`."""
         return self.activation(self.forward(x))
 
-    def predict(self, item: Any) -> tuple[Any, int, torch.Tensor]:
-        """`(label, index, probabilities)` for one item; `label` is the class name when the vocab is known."""
+    def predict(self, item: Any) -> tuple[Any, Any, torch.Tensor]:
+        """What the learner's `predict` gives for one item (`tasks.decode_prediction`): `(label, index,
+        probabilities)` for a single-label model (the class name when the vocab is known), `(labels, mask,
+        probabilities)` for multi-label (the tags above the exported threshold), `(value, values, values)`
+        for regression."""
         probs = self.predict_batch(self.preprocess(item).unsqueeze(0))[0]
-        index = int(probs.argmax())
-        return decode_label(self.vocab, index), index, probs
+        return decode_prediction(self.task, probs, self.vocab, self.threshold)

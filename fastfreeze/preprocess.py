@@ -236,6 +236,14 @@ def batch_to_model_input(images: Tensor, layout: str, data_config: dict[str, Any
 
 
 
+def denormalize(x: Tensor, data_config: dict[str, Any]) -> np.ndarray:
+    """A batch of model inputs `(N, 3, H, W)` back to displayable images: `(N, H, W, 3)` floats in [0, 1]
+    (normalisation undone, clipped)."""
+    mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
+    return (x.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
 # --------------------------------------------------------------------------------------------- one item
 
 def preprocess_image(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:

@@ -117,6 +117,16 @@ def sum_across_ranks(values: list[float]) -> list[float]:
     return all_reduce(values, dist.ReduceOp.SUM) if is_distributed() else list(values)
 
 
+def gather_across_ranks(obj: Any) -> list[Any]:
+    """Every process's `obj` (any picklable value, e.g. CPU tensors), in rank order, on every rank; `[obj]` in
+    a single process. Every rank must call it."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 # -------------------------------------------------------------------------------------------------
 # data: one shard per rank
 # -------------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 and the `ProgressCallback` (fastprogress bars and the per-epoch table, see docs/progress.md)."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import math
 import sys
 import time
@@ -11,8 +14,9 @@ from typing import Any, Optional, Union
 import torch
 
 from .callback import Callback
-from .metrics import Metric, as_metric
+from .metrics import Gather, Metric, accumulated_value, as_metric, metric_name
 from .optim import momentum_of
+from .state import save_figure
 
 Number = Union[float, torch.Tensor]
 # sums a list of floats over the processes of a distributed run (same list length on every process)
@@ -54,8 +58,10 @@ class DebiasedEMA:
 class Recorder(Callback):
     """Keeps the history of every fit on this learner, phase by phase (fastai forgets all but the last fit).
 
-    Per training step: `losses`, `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and
-    `moms` (one value per layer group), `phases` (the label of the fit it belongs to).
+    Per training batch (recorded in `after_step`, as soon as the step has changed the weights): `losses`,
+    `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and `moms` (one value per layer
+    group), `phases` (the label of the fit it belongs to). Under gradient accumulation (`accum_steps=n`) a
+    step takes several batches: each of their losses is recorded at that step, with the step's lrs.
     Per epoch: `values`, a list of dicts with phase, epoch, train_loss (the smoothed loss at the end of
     the epoch), valid_loss (size-weighted mean), each metric, time in seconds and the step it ended at.
     Loss values are kept on the device and read back once per epoch, so recording adds no
@@ -64,7 +70,12 @@ class Recorder(Callback):
     `sum_across_ranks`: None in a single process. In a distributed fit it is set (by `DistributedCallback`) to a
     function summing a list of floats over the processes; the Recorder then averages each epoch's training
     losses over the ranks and sums the validation loss and metric totals before dividing, so every rank reports
-    the values one process would get on all the data.
+    the values one process would get on all the data. `gather_across_ranks` (set with it) gathers a value from
+    every process: whole-set metrics (update/compute objects) combine their states with it.
+
+    Metrics (docs/metrics.md): a function gets the raw outputs of each batch (`Metric` keeps its size-weighted
+    mean); an object with update/compute/reset gets the activated outputs (`learn.activation`) and is computed
+    once after the last batch.
     """
     order = 50
     HISTORY = ("losses", "smooth_losses", "lrs", "moms", "phases", "values")
@@ -72,6 +83,7 @@ class Recorder(Callback):
     def __init__(self, beta: float = 0.98):
         self.smoother = DebiasedEMA(beta)
         self.sum_across_ranks: Optional[SumAcrossRanks] = None
+        self.gather_across_ranks: Optional[Gather] = None
         self.reset()
 
     @property
@@ -89,16 +101,19 @@ class Recorder(Callback):
         self.lr_find_results: Optional[dict[str, Any]] = None
         self.pending_losses: list[torch.Tensor] = []   # this epoch's losses, still on the device
         self.pending_smooth: list[torch.Tensor] = []
+        self.unstepped: list[torch.Tensor] = []  # losses of the batches the next optimizer step will take
         self.last_validation: list[float] = []
-        self.metric_objs: list[Metric] = []
+        self.metric_objs: list[Any] = []
         self._restored = False
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and the smoothing state, as plain lists and tensors (for checkpoints and `lr_find`)."""
+        """The history, the smoothing state and the last lr sweep, as plain lists and tensors (for checkpoints and
+        `lr_find`)."""
         self.flush()
         state: dict[str, Any] = {name: [list(v) if isinstance(v, list) else (dict(v) if isinstance(v, dict) else v)
                                         for v in getattr(self, name)] for name in self.HISTORY}
         state["smoother"] = self.smoother.state_dict()
+        state["lr_find_results"] = copy.deepcopy(self.lr_find_results)  # plain lists and numbers
         return state
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = False) -> None:
@@ -110,6 +125,7 @@ class Recorder(Callback):
                                  for v in state[name]])
         self.pending_losses, self.pending_smooth = [], []
         self.smoother.load_state_dict(state["smoother"], device=self._device())
+        self.lr_find_results = copy.deepcopy(state.get("lr_find_results"))
         self._restored = resume
 
     def _device(self) -> torch.device:
@@ -118,12 +134,13 @@ class Recorder(Callback):
 
     # -- metric names ---------------------------------------------------------------------------
     @property
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[Any]:
+        """The learner's metrics: `Metric`s (batch means) and update/compute/reset objects (whole-set)."""
         return [as_metric(m) for m in self.learn.metrics]
 
     @property
     def metric_names(self) -> list[str]:
-        return ["train_loss", "valid_loss"] + [m.name for m in self.metrics]
+        return ["train_loss", "valid_loss"] + [metric_name(m) for m in self.metrics]
 
     # -- events ---------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -131,23 +148,31 @@ class Recorder(Callback):
             self.smoother.reset()
         self._restored = False
         self.learn.smooth_loss = torch.tensor(float("nan"))
+        self.unstepped = []
 
     def before_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
         self.last_validation = []
 
-    def after_batch(self) -> None:
-        if not self.learn.training or self.learn.loss is None:
-            return
-        loss = self.learn.loss.detach().float()
-        smooth = self.smoother.update(loss)
-        self.learn.smooth_loss = smooth
-        self.pending_losses.append(loss)
-        self.pending_smooth.append(smooth)
+    def after_backward(self) -> None:
+        """A training batch's loss waits here until the optimizer step that takes its gradient."""
+        if self.learn.loss is not None:
+            self.unstepped.append(self.learn.loss.detach().float())
+
+    def after_step(self) -> None:
+        """Record the training step just taken, right after the optimizer step: a batch interrupted before its
+        step is not in the history, one interrupted later (in `after_batch`) is, as its step is in the weights."""
         groups = self.learn.opt.param_groups
-        self.lrs.append([g["lr"] for g in groups])
-        self.moms.append([momentum_of(g) for g in groups])
-        self.phases.append(self.learn.phase)
+        lrs, moms = [g["lr"] for g in groups], [momentum_of(g) for g in groups]
+        for loss in self.unstepped:
+            smooth = self.smoother.update(loss)
+            self.learn.smooth_loss = smooth
+            self.pending_losses.append(loss)
+            self.pending_smooth.append(smooth)
+            self.lrs.append(list(lrs))
+            self.moms.append(list(moms))
+            self.phases.append(self.learn.phase)
+        self.unstepped = []
 
     def after_train(self) -> None:
         """Under DDP: this epoch's recorded losses become their mean over the ranks (one collective)."""
@@ -165,6 +190,8 @@ class Recorder(Callback):
         self.metric_objs = self.metrics
         for m in self.metric_objs:
             m.reset()
+            if isinstance(m, torch.nn.Module):  # a torchmetrics Metric keeps its states where it lives
+                m.to(self.learn.device)
 
     def after_loss(self) -> None:
         if self.learn.training:
@@ -172,21 +199,25 @@ class Recorder(Callback):
         n = _batch_size(self.learn.yb)
         self._valid_total += self.learn.loss.detach().double() * n
         self._valid_n += n
+        probs = None
         for m in self.metric_objs:
-            m.accumulate(self.learn.pred, *self.learn.yb)
+            if isinstance(m, Metric):
+                m.accumulate(self.learn.pred, *self.learn.yb)
+            else:
+                probs = self.learn.activation(self.learn.pred) if probs is None else probs
+                m.update(probs, *self.learn.yb)
 
     def after_validate(self) -> None:
         total, n = float(self._valid_total), self._valid_n
+        means = [m for m in self.metric_objs if isinstance(m, Metric)]
         if self.sum_across_ranks is not None:
-            for m in self.metric_objs:
-                if not (hasattr(m, "total") and hasattr(m, "count")):
-                    raise TypeError(f"metric {m!r} keeps no total/count, so it cannot be summed over processes: "
-                                    "make it a fastfreeze Metric (a size-weighted mean)")
-            sums = self.sum_across_ranks([total, n] + [v for m in self.metric_objs for v in (float(m.total), m.count)])
+            sums = self.sum_across_ranks([total, n] + [v for m in means for v in (float(m.total), m.count)])
             total, n = sums[0], int(round(sums[1]))
-            for i, m in enumerate(self.metric_objs):
+            for i, m in enumerate(means):
                 m.total, m.count = sums[2 + 2 * i], int(round(sums[3 + 2 * i]))
-        self.last_validation = [] if n == 0 else [total / n] + [m.value for m in self.metric_objs]
+        values = [m.value if isinstance(m, Metric) else accumulated_value(m, self.gather_across_ranks)
+                  for m in self.metric_objs]
+        self.last_validation = [] if n == 0 else [total / n] + values
         self.learn.last_validation = self.last_validation
 
     def after_epoch(self) -> None:
@@ -229,7 +260,7 @@ class Recorder(Callback):
         ax.legend()
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def plot_sched(self, path: Optional[str] = None):
@@ -251,7 +282,7 @@ class Recorder(Callback):
             self._mark_phases(ax)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def _mark_phases(self, ax) -> None:
@@ -276,7 +307,7 @@ class Recorder(Callback):
         ax.set_ylabel("smoothed loss")
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
 
@@ -304,8 +335,11 @@ class ProgressCallback(Callback):
         self.pbar = None
 
     def before_fit(self) -> None:
-        from fastprogress.fastprogress import master_bar
-        self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
+        from fastprogress.fastprogress import IN_NOTEBOOK, master_bar
+        # fastprogress's console bar prints a test glyph ('█' and a carriage return) when it is created, which a log
+        # file keeps in front of the table's header: the master bar never draws itself, so its glyph is dropped
+        with contextlib.nullcontext() if IN_NOTEBOOK else contextlib.redirect_stdout(io.StringIO()):
+            self.mbar = master_bar(list(range(self.learn.start_epoch, self.learn.n_epoch)))
         self._epochs = iter(self.mbar)
         names = ["epoch"] + self.learn.recorder.metric_names + ["time"]
         self.mbar.write(names, table=True)

@@ -84,7 +84,7 @@ def fit_one_cycle(learn: BaseLearner, n_epoch: int, lr_max: Union[None, LrSpec, 
     moms[0] -> moms[1] -> moms[2]. `lr_max` is a float, a slice or one peak lr per group (default `learn.lr`;
     'auto': `auto_lr.choose_base_lr`). `resume_from`: a checkpoint of this same fit to go on from;
     `accum_steps` (gradient accumulation; the schedule counts optimizer steps) and `clip_grad`: see `fit`."""
-    if lr_max == "auto":
+    if isinstance(lr_max, str) and lr_max == "auto":
         lr_max = choose_base_lr(learn, accum_steps=accum_steps)
     lrs = expand_lrs(learn.lr if lr_max is None else lr_max, learn.n_groups)
     scheduler = one_cycle_scheduler(lrs, div=div, div_final=div_final, pct_start=pct_start, moms=moms)

@@ -1,18 +1,19 @@
 """Training state on disk and in memory: checking that weights fit a model, writing files atomically from
 one process only, random states, and the checkpoint file format.
 
-Every file fastfreeze writes (`learn.save`, checkpoints, exports) goes through `write_file` or
-`write_files`: on rank 0 only (other processes of a distributed run write nothing), first to a temporary
-name next to the target, then renamed over it (`os.replace`), so an interrupted write never leaves a
-half-written file under the final name.
+Every file fastfreeze writes (`learn.save`, checkpoints, exports, plots, the command line's results) goes
+through `write_file` or `write_files`: on rank 0 only (other processes of a distributed run write nothing),
+first to a temporary name next to the target, then renamed over it (`os.replace`), so an interrupted write
+never leaves a half-written file under the final name, and the next write of the same file removes what an
+interrupted one left behind. Files are read back with `load_torch` (no code unpickled, a damaged file named).
 """
 from __future__ import annotations
 
 import copy
 import os
+import pickle
 import random
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -37,14 +38,18 @@ def _listing(count_and_title: str, items: Sequence[str]) -> str:
     return f"  {count_and_title}: {', '.join(items[:SHOWN_KEYS])}{more}"
 
 
+FIT_HINT = ("Were they saved from another architecture, head or number of classes? Build the learner exactly as the "
+            "one that saved them.")
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], source: str,
-                     hint: str = "Were they saved from another architecture, head or number of classes? Build the "
-                                 "learner exactly as the one that saved them.") -> None:
+                     hint: str = FIT_HINT, strict: bool = True) -> None:
     """Raise a ValueError naming everything that does not fit when `given` (read from `source`) cannot be
-    loaded strictly into a model whose state dict is `expected`: keys missing from the file, keys the model
-    does not have, tensors of another shape, values that are not tensors. `hint` ends the message."""
-    missing = [k for k in expected if k not in given]
-    extra = [k for k in given if k not in expected]
+    loaded into a model whose state dict is `expected`: keys missing from the file and keys the model does not
+    have (`strict` only: otherwise they are skipped), tensors of another shape, values that are not tensors.
+    `hint` ends the message."""
+    missing = [k for k in expected if k not in given] if strict else []
+    extra = [k for k in given if k not in expected] if strict else []
     shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in expected
               if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != expected[k].shape]
     not_tensors = [k for k in given if k in expected and not isinstance(given[k], torch.Tensor)]
@@ -69,16 +74,32 @@ def temporary_name(file: Path) -> Path:
     return file.with_name(file.name + ".tmp")
 
 
+def temporary_folder(folder: Path) -> Path:
+    """Where `write_files` fills a set of files before moving them into `folder`: `.folder.tmp`, beside it."""
+    return folder.with_name(f".{folder.name}.tmp")
+
+
+def new_file_mode() -> int:
+    """The permissions `open()` gives a new file under the current umask (`0o666 & ~umask`)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_file(file: PathLike, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` writes the content to a temporary file next to `file`, which is then renamed over `file`.
-    On processes other than rank 0 nothing is written. Returns `file`."""
+    A temporary file left by an interrupted write of the same `file` is removed first; the file gets the
+    permissions of any new file under the umask (whatever `write` created it with). On processes other than
+    rank 0 nothing is written. Returns `file`."""
     file = Path(file)
     if not is_rank_zero():
         return file
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(file)
+    tmp.unlink(missing_ok=True)  # stale, from a write that was killed
     try:
         write(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, file)
     finally:
         if tmp.exists():
@@ -91,18 +112,35 @@ def save_torch(obj: Any, file: PathLike) -> Path:
     return write_file(file, lambda tmp: torch.save(obj, tmp))
 
 
+def save_figure(figure: Any, file: PathLike, **kwargs: Any) -> Path:
+    """A matplotlib figure saved to `file` through `write_file`, in the format its suffix names (png without
+    one); `kwargs` go to `savefig`."""
+    file = Path(file)
+    return write_file(file, lambda tmp: figure.savefig(tmp, format=file.suffix[1:] or "png", **kwargs))
+
+
 def write_files(folder: PathLike, fill: Callable[[Path], Sequence[str]]) -> Path:
     """`fill(tmp)` writes files into a temporary folder beside `folder` and returns their names in the order
-    they are to be put in place (the one that marks the set complete last); each is then renamed into `folder`
-    (created if needed; other files in it are left alone). Rank 0 only. Returns `folder`."""
+    they are to be put in place, the one that marks the set complete last. That marker is first removed from
+    `folder`, then each file is renamed into it (`folder` is created if needed; other files in it are left
+    alone): at every moment `folder` holds the old complete set, a set without its marker, or the new complete
+    set, never a mix. A temporary folder left by an interrupted write of the same `folder` is removed first.
+    Rank 0 only. Returns `folder`."""
     folder = Path(folder)
     if not is_rank_zero():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = temporary_folder(folder)
+    shutil.rmtree(tmp, ignore_errors=True)  # stale, from a write that was killed
+    tmp.mkdir()
     try:
-        names = fill(tmp)
+        names = list(fill(tmp))
+        mode = new_file_mode()
+        for name in names:
+            os.chmod(tmp / name, mode)
         folder.mkdir(exist_ok=True)
+        if names:
+            (folder / names[-1]).unlink(missing_ok=True)
         for name in names:
             os.replace(tmp / name, folder / name)
     finally:
@@ -160,14 +198,25 @@ def to_cpu_copy(obj: Any) -> Any:
 # -------------------------------------------------------------------------------------------------
 # checkpoint files
 # -------------------------------------------------------------------------------------------------
+def load_torch(file: PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load(file, weights_only=True)` (tensors and plain types: no code is unpickled), with a ValueError
+    naming the file when it is damaged or cut short (e.g. copied or written by a process that was killed)."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot read {file}: it is damaged or incomplete ({type(e).__name__}: {e}). Was it cut "
+                         "short by an interrupted copy or save? Write it again, or load another file") from e
+
+
 def read_checkpoint(file: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by `learn.save_checkpoint` (on the CPU, `weights_only=True`: no code is
-    unpickled) and check its format."""
+    """Load a checkpoint written by `learn.save_checkpoint` (on the CPU, `load_torch`) and check its format."""
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint at {file}: check the name, or `learn.path`/`model_dir` "
                                 "(CheckpointCallback writes models/checkpoint.pth by default)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = load_torch(file)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{file} is not a fastfreeze checkpoint (written by learn.save_checkpoint or "
                          "CheckpointCallback); a file written by learn.save loads with learn.load")

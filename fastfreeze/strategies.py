@@ -223,6 +223,7 @@ def discriminative(lr_mult: float = 100, layer_decay: Optional[float] = None) ->
         if not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] (e.g. 0.75), got {layer_decay}")
         return lambda head_lr: lrs_decay(head_lr, layer_decay)
-    if not lr_mult > 0:
-        raise ValueError(f"lr_mult must be positive (the head lr over the first group's), got {lr_mult}")
+    if not lr_mult >= 1:
+        raise ValueError(f"lr_mult must be >= 1 (the head lr over the first group's; 1 gives every group the head's "
+                         f"lr), got {lr_mult}")
     return lambda head_lr: slice(head_lr / lr_mult, head_lr)

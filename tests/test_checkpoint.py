@@ -117,6 +117,8 @@ def test_fine_tune_resumed_across_the_phase_boundary(tmp_path, monkeypatch, full
     assert resumed.frozen_groups == 0
     assert resumed.recorder.phases == full_recorder.phases == ["frozen"] * 5 + ["unfrozen"] * 10
     assert resumed.recorder.lrs == full_recorder.lrs
+    # the smoothed loss restarts with each phase, also when the resume lands on a phase boundary
+    assert resumed.recorder.smooth_losses == full_recorder.smooth_losses
 
 
 def test_resume_with_other_arguments_is_a_clear_error(tmp_path):

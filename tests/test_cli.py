@@ -21,6 +21,11 @@ def image_folder(root: Path) -> Path:
     return root
 
 
+def test_help_describes_both_commands_in_whole_sentences():
+    description = build_parser().description
+    assert description.endswith("Also `python -m fastfreeze`.") and "fastfreeze fine-tune DATA_DIR" in description
+
+
 def test_parser_defaults_and_lr():
     args = build_parser().parse_args(["demo"])
     assert args.lr == "auto" and args.arch == "tf_efficientnet_lite0" and args.size == 96
@@ -36,10 +41,35 @@ def test_fine_tune_command_on_a_folder(tmp_path, capsys):
                  "--size", "32", "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["arch"] == "test_resnet" and 0 <= results["accuracy"] <= 1 and results["base_lr"] == 1e-3
-    for plot in ("loss.png", "lr_schedule.png"):
+    assert 0 <= results["tta_accuracy"] <= 1 and results["tta_views"] == 4
+    for plot in ("loss.png", "lr_schedule.png", "confusion_matrix.png", "top_losses.png"):
         assert (out / plot).stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "2 classes (dark, light)" in printed and "train_loss" in printed
+    assert "test-time augmentation (4 views" in printed and "most confused" in printed
+    assert (out / "checkpoint.pth").is_file()  # --checkpoint-every 1 by default: what --resume goes on from
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_no_checkpoints_and_resume_without_one(tmp_path, capsys):
+    data = image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size", "32",
+          "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar", "--checkpoint-every", "0",
+          "--resume"])
+    assert f"--resume: no checkpoint at {out / 'checkpoint.pth'} yet, starting from the beginning" in \
+        capsys.readouterr().out
+    assert not (out / "checkpoint.pth").exists() and (out / "results.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["fine-tune", str(data), "--checkpoint-every", "-1"])
+    assert "--checkpoint-every takes a number of epochs >= 0, got -1" in capsys.readouterr().err
+
+
+def test_divergence_ends_the_command_with_its_message(tmp_path):
+    data = image_folder(tmp_path / "data")
+    with pytest.raises(SystemExit, match=r"fastfreeze fine-tune: training diverged: .* Lower the learning rate"):
+        main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size",
+              "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"])
 
 
 def test_demo_on_tiny_settings(tmp_path):
@@ -56,3 +86,5 @@ def test_demo_on_tiny_settings(tmp_path):
     assert results["evaluated_on"].startswith("official Fashion-MNIST test split (50 of its 10000")
     assert 1e-4 <= results["base_lr"] <= 3e-2  # chosen by 'auto'
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
+    assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
+    assert 0 <= results["tta_accuracy"] <= 1

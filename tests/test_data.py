@@ -1,9 +1,10 @@
-"""DataLoaders: the default batch size, seeded iteration, label decoding."""
+"""DataLoaders: the default batch size, seeded iteration, label decoding, the class count, separate
+generators for the order and the workers."""
 import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.data import decode_label, default_batch_size, loader_generators, seeded_loader
+from fastfreeze.data import class_count, decode_label, default_batch_size, loader_generators, seeded_loader
 
 
 @pytest.mark.parametrize("n, bs", [(100_000, 64), (1024, 64), (1023, 32), (512, 32), (511, 16), (500, 16),
@@ -21,7 +22,7 @@ def test_decode_label_names_a_class_when_the_vocab_does():
 
 def test_seeded_loader_gives_the_seeds_order_and_puts_the_shuffle_back():
     x = torch.arange(32.0).unsqueeze(1)
-    dls = DataLoaders.from_tensors(x, torch.zeros(32, dtype=torch.long), bs=8, seed=3)
+    dls = DataLoaders.from_tensors(x, torch.zeros(32, dtype=torch.long), bs=8, seed=3, c=2)
     order = lambda: torch.cat([xb[:, 0] for xb, _ in dls.train]).tolist()  # noqa: E731
     with seeded_loader(dls.train, 0):
         first = order()
@@ -31,3 +32,34 @@ def test_seeded_loader_gives_the_seeds_order_and_puts_the_shuffle_back():
     with seeded_loader(dls.train, 1):
         assert order() != first and sorted(order()) == list(range(32))
     assert all(torch.equal(g.get_state(), s) for g, s in zip(loader_generators(dls.train), state))
+
+
+def test_class_count_is_max_plus_one_when_the_labels_can_tell():
+    assert class_count(torch.tensor([0, 2, 1, 2]), torch.tensor([2, 0])) == 3
+    assert class_count([1, 3], None) == 4  # a class never seen anywhere (0, 2) is left as the labels say
+
+
+def test_class_count_refuses_a_single_class_and_classes_seen_only_in_validation():
+    with pytest.raises(ValueError, match=r"the training labels hold a single class \(0, 5 items\): a classifier "
+                                         r"needs at least 2\..* pass c= \(the number of classes\)"):
+        DataLoaders.from_tensors(torch.randn(5, 2), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"validation label\(s\) \[1, 4\] never occur in the training labels "
+                                         r"\(which hold 2 classes, up to 2\).*pass c="):
+        DataLoaders.from_tensors(torch.randn(4, 2), torch.tensor([0, 2, 0, 2]), torch.randn(3, 2),
+                                 torch.tensor([1, 4, 2]))
+    dls = DataLoaders.from_tensors(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), c=3)  # said explicitly
+    assert dls.c == 3
+
+
+def test_the_order_and_the_worker_seeds_come_from_separate_generators():
+    """A DataLoader draws its workers' base seed when an iteration starts: from its own generator here, so the
+    shuffle order does not depend on how often iteration started (persistent workers start once), and torch's
+    global generator is not touched by either loader."""
+    x = torch.arange(32.0).unsqueeze(1)
+    dls = DataLoaders.from_tensors(x, torch.arange(32) % 2, x, torch.arange(32) % 2, bs=8, seed=3)
+    assert len(loader_generators(dls.train)) == 2 and dls.train.generator is not dls.train.sampler.generator
+    expected = torch.randperm(32, generator=torch.Generator().manual_seed(3))  # RandomSampler's draw, by hand
+    before = torch.get_rng_state()
+    first = torch.cat([xb[:, 0] for xb, _ in dls.train]).long()
+    list(dls.valid)
+    assert torch.equal(first, expected) and torch.equal(torch.get_rng_state(), before)

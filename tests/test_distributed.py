@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastfreeze import Callback, DataLoaders, Learner, ProgressCallback, TransferModel, accuracy
+from fastfreeze import Callback, DataLoaders, F1Score, Learner, ProgressCallback, TransferModel, accuracy
 from fastfreeze.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
 from fastfreeze.ranks import broadcast_object, is_rank_zero, on_rank_zero
 from conftest import blobs
@@ -59,15 +59,16 @@ def two_ranks(tmp_path_factory):
     return results, out
 
 
-def full_set_evaluation(state: dict, xv: torch.Tensor, yv: torch.Tensor) -> tuple[float, float, list[float]]:
-    """Loss and accuracy of `state` over the whole validation set in one process, and the per-item losses."""
+def full_set_evaluation(state: dict, xv: torch.Tensor, yv: torch.Tensor) -> tuple[float, float, list[float], torch.Tensor]:
+    """Loss and accuracy of `state` over the whole validation set in one process, the per-item losses and the
+    predicted classes."""
     model = tiny_transfer_model(0)
     model.load_state_dict(state)
     model.eval()
     with torch.no_grad():
         out = model(xv)
     per_item = F.cross_entropy(out, yv, reduction="none").double()
-    return float(per_item.mean()), float((out.argmax(1) == yv).double().mean()), per_item.tolist()
+    return float(per_item.mean()), float((out.argmax(1) == yv).double().mean()), per_item.tolist(), out.argmax(1)
 
 
 def test_ranks_start_from_rank_zero_weights_and_end_identical(two_ranks):
@@ -104,16 +105,38 @@ def test_each_rank_trains_on_its_own_shard_with_a_new_shuffle_every_epoch(two_ra
 def test_reduced_validation_equals_a_single_process_evaluation(two_ranks):
     (r0, r1), _ = two_ranks
     _, xv, yv = tiny_data()
-    loss, acc, per_item = full_set_evaluation(r0["state"], xv, yv)
+    loss, acc, per_item, _ = full_set_evaluation(r0["state"], xv, yv)
     for r in (r0, r1):
         last = r["values"][-1]
         assert last["valid_loss"] == pytest.approx(loss, abs=1e-6)
         assert last["accuracy"] == pytest.approx(acc, abs=1e-6)
-        assert r["validate"] == pytest.approx([loss, acc], abs=1e-6)  # learn.validate() inside the block too
+        assert r["validate"][:2] == pytest.approx([loss, acc], abs=1e-6)  # learn.validate() inside the block too
     # the check can fail: a padded split (item 0 counted twice) or rank 0's shard alone give other numbers
     padded = (sum(per_item) + per_item[0]) / (N_VALID + 1)
     rank0_only = sum(per_item[0::2]) / len(per_item[0::2])
     assert abs(padded - loss) > 1e-5 and abs(rank0_only - loss) > 1e-5
+
+
+def test_whole_set_metrics_under_ddp_equal_a_single_process_evaluation(two_ranks):
+    """F1 (fastfreeze's and torchmetrics') over the 2 ranks' shards equals the single-process value on the same
+    weights (the learner's own validate, and scikit-learn), not the value of either shard."""
+    from sklearn.metrics import f1_score
+    from torchmetrics.classification import MulticlassF1Score
+    (r0, r1), _ = two_ranks
+    dls, xv, yv = tiny_data()
+    _, _, _, predicted = full_set_evaluation(r0["state"], xv, yv)
+    whole = f1_score(yv, predicted, average="macro")
+    model = tiny_transfer_model(0)
+    model.load_state_dict(r0["state"])
+    single = Learner(model, dls, splitter=body_and_head, progress=False, device="cpu",
+                     metrics=[accuracy, F1Score(), MulticlassF1Score(num_classes=3, average="macro")]).validate()
+    assert single[2:] == pytest.approx([whole, whole], abs=1e-6)
+    for r in (r0, r1):
+        assert r["values"][-1]["f1_score"] == pytest.approx(whole, abs=1e-6)
+        assert r["values"][-1]["multiclass_f1_score"] == pytest.approx(whole, abs=1e-6)
+        assert r["validate"][2:] == pytest.approx(single[2:], abs=1e-6)
+    shard0 = f1_score(yv[0::2], predicted[0::2], average="macro")  # what rank 0 alone would report
+    assert abs(shard0 - whole) > 1e-3
 
 
 def test_training_losses_are_averaged_over_the_ranks(two_ranks):
@@ -283,8 +306,9 @@ def _worker(out: Path) -> None:
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     dls, _, _ = tiny_data()
-    learn = Learner(tiny_transfer_model(100 + rank), dls, splitter=body_and_head, metrics=accuracy,
-                    path=out / f"rank{rank}", device="cpu")
+    from torchmetrics.classification import MulticlassF1Score
+    learn = Learner(tiny_transfer_model(100 + rank), dls, splitter=body_and_head, path=out / f"rank{rank}",
+                    metrics=[accuracy, F1Score(), MulticlassF1Score(num_classes=3, average="macro")], device="cpu")
     probe = _Probe()
     learn.add_cbs([probe, _SaveEachEpoch(out / "rank0" / "models")])
     res: dict = {}

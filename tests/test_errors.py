@@ -128,18 +128,102 @@ def test_lr_list_of_the_wrong_length(dls_5_batches):
             call()
 
 
+@pytest.mark.parametrize("call", [lambda learn: learn.fit(1, lr=-1e-3), lambda learn: learn.fit(1, lr=0.0),
+                                  lambda learn: learn.fit_one_cycle(1, float("nan")),
+                                  lambda learn: learn.fit_one_cycle(1, [1e-3, float("inf"), 1e-2]),
+                                  lambda learn: learn.fine_tune(1, base_lr=-1e-3),
+                                  lambda learn: learn.fine_tune(1, base_lr=float("nan"))])
+def test_lr_that_is_not_finite_and_positive(dls_5_batches, call):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"learning rates must be finite and > 0, got .*: pass a positive lr"):
+        call(learn)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))  # refused before training
+    assert learn.recorder.losses == []
+
+
+def test_slice_with_lo_above_hi(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"has lo > hi: slice\(lo, hi\) gives the first layer group lo and the head "
+                                         r"hi, so lo must be the smaller lr: slice\(0\.0001, 0\.01\)"):
+        learn.fit_one_cycle(1, slice(1e-2, 1e-4))
+
+
+def test_numpy_array_of_lrs_is_a_list_of_lrs(dls_5_batches):
+    """fastai accepts `lr_max=np.array([...])`; the weights are those of the same lrs given as a list."""
+    def trained(lr_max):
+        learn = Learner(mlp3(), DataLoaders.from_tensors(*blobs(40), *blobs(24, seed=1), bs=8, seed=0), progress=False)
+        learn.fit_one_cycle(1, lr_max)
+        return [p.detach() for p in learn.model.parameters()]
+    as_array, as_list = trained(np.array([1e-4, 1e-3, 1e-2])), trained([1e-4, 1e-3, 1e-2])
+    assert all(torch.equal(a, b) for a, b in zip(as_array, as_list))
+
+
+def test_base_lr_that_is_not_one_number(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for base_lr in ([1e-4, 1e-3, 1e-2], slice(1e-4, 1e-2), np.array([1e-3, 1e-2, 1e-1])):
+        with pytest.raises(TypeError, match=r"base_lr is one number, the head's lr \(fine_tune spreads it over the "
+                                            r"layer groups with lr_mult or layer_decay\), or 'auto'.*"
+                                            r"learn\.fit_one_cycle\(n, lr_max=\[\.\.\.\]\)"):
+            learn.fine_tune(1, base_lr=base_lr)
+    with pytest.raises(ValueError, match="base_lr must be a positive number or 'auto', got 'fast'"):
+        learn.fine_tune(1, base_lr="fast")
+
+
+def test_lr_mult_below_one(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match=r"lr_mult must be >= 1 \(the head lr over the first group's; 1 gives every "
+                                         r"group the head's lr\), got 0\.5"):
+        learn.fine_tune(1, base_lr=1e-3, lr_mult=0.5)
+
+
+def test_epochs_that_are_not_whole_numbers(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for call in (lambda: learn.fit(1.5), lambda: learn.fit_one_cycle(2.5, 1e-3), lambda: learn.fine_tune(1.5, 1e-3)):
+        with pytest.raises(TypeError, match=r"must be a whole number of epochs \(an int\), got [12]\.5"):
+            call()
+    learn.fit(np.int64(1), 1e-3)  # numpy ints are whole numbers
+    assert len(learn.recorder.values) == 1
+
+
+def test_add_cb_takes_one_callback_object(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    seen = []
+
+    class Count(Callback):
+        def after_epoch(self):
+            seen.append(self.learn.epoch)
+    cb = Count()
+    learn.add_cb(cb)
+    learn.fit(2, 1e-3)
+    assert seen == [0, 1] and cb.learn is learn
+    learn.remove_cb(cb)
+    assert cb not in learn.cbs
+    with pytest.raises(TypeError, match=r"callbacks are objects: pass Count\(\), not the class Count"):
+        learn.add_cb(Count)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_or_infinite_loss(dls_5_batches, bad):
     class Poison(Callback):
         def after_loss(self):
             if self.learn.training and self.learn.iter == 2:
                 self.learn.loss = self.learn.loss * bad
-    learn = Learner(mlp2(), dls_5_batches, cbs=Poison(), progress=False)
-    before = [p.detach().clone() for p in learn.model.parameters()]
-    with pytest.raises(FloatingPointError, match=rf"training loss is {bad} at epoch 0, batch 2: stopped before this "
-                                                 "step touched the weights"):
-        learn.fit(1, lr=0.0)  # lr 0: the two good steps move nothing either, so the weights must be as before
-    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+    stepped = []
+
+    class Snap(Callback):
+        order = 100
+
+        def after_step(self):
+            stepped.append([p.detach().clone() for p in self.learn.model.parameters()])
+    learn = Learner(mlp2(), dls_5_batches, cbs=[Poison(), Snap()], progress=False)
+    with pytest.raises(FloatingPointError, match=rf"training diverged: the training loss is {bad} at epoch 0, batch 2 "
+                                                 r"of 'fit 1'\. The weights are all finite, and this batch's step did "
+                                                 r"not run: the learner keeps them\. Lower the learning rate"):
+        learn.fit(1, lr=1e-2)
+    assert len(stepped) == 2  # the two good steps ran, the third did not: the weights are the second step's
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), stepped[-1]))
+    assert len(learn.recorder.losses) == 2
 
 
 # -- weights and exports -------------------------------------------------------------------------------
@@ -170,6 +254,29 @@ def test_mismatched_weights_file(tmp_path, dls_5_batches):
     learn.load("plain")
 
 
+def test_truncated_weights_file(tmp_path, dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
+    file = learn.save("model")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"cannot read .*models/model\.pth: it is damaged or incomplete .*Was it cut "
+                                         r"short by an interrupted copy or save\? Write it again"):
+        learn.load("model")
+
+
+def test_load_not_strict_with_tensors_of_another_shape(tmp_path, dls_5_batches):
+    Learner(mlp2(hidden=8), dls_5_batches, path=tmp_path, progress=False).save("small")
+    learn = Learner(mlp2(hidden=16), dls_5_batches, path=tmp_path, progress=False)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"(?s)do not fit this model:.*with a different shape: 0\.0\.weight: file "
+                                         r"\(8, 4\) vs model \(16, 4\).*strict=False skips missing and extra keys, "
+                                         r"not tensors of another shape"):
+        learn.load("small", strict=False)
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), before))
+    torch.save({"0.0.weight": before[0] * 2}, tmp_path / "models" / "part.pth")  # a part that fits: loads
+    learn.load("part", strict=False)
+    assert torch.equal(learn.model[0][0].weight, before[0] * 2)
+
+
 def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches):
     learn = Learner(mlp2(), dls_5_batches, path=tmp_path, progress=False)
     file = learn.save("model")
@@ -179,3 +286,91 @@ def test_load_learner_on_something_that_is_not_an_export(tmp_path, dls_5_batches
         load_learner(tmp_path / "models")
     with pytest.raises(FileNotFoundError, match="no export at"):
         load_learner(tmp_path / "nothing")
+
+
+# -- labels from a table, tasks, metrics ----------------------------------------------------------------
+
+def labels_csv(root, text):
+    for name in ("a.png", "b.png", "c.png"):
+        save_image(root / name)
+    (root / "labels.csv").write_text(text)
+    return root
+
+
+def test_table_without_the_named_column(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nb.png,dog\nc.png,cat\n")
+    with pytest.raises(KeyError, match=r"the table has no column 'label' \(label_col='label'\); its columns are "
+                                       r"\['file', 'kind'\]: pass label_col= one of these names"):
+        ImageDataLoaders.from_csv(root, fn_col="file", label_col="label", valid_pct=0.3)
+
+
+def test_file_listed_but_absent(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nmissing.png,dog\nc.png,cat\n")
+    with pytest.raises(FileNotFoundError, match=r"(?s)1 file\(s\) listed do not exist .*check path=, folder= and "
+                                                r"suff=.*row 1 \(missing.png\) of labels.csv"):
+        ImageDataLoaders.from_csv(root)
+
+
+def test_empty_label(tmp_path):
+    root = labels_csv(tmp_path, "file,kind\na.png,cat\nb.png,\nc.png,cat\n")
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of labels.csv has an empty label"):
+        ImageDataLoaders.from_csv(root)
+
+
+def test_multi_label_item_without_a_tag(tmp_path):
+    root = labels_csv(tmp_path, "file,tags\na.png,red round\nb.png,red\nc.png,\n")
+    with pytest.raises(ValueError, match=r"row 2 \(c.png\) of labels.csv has no label: every image needs at least "
+                                         r"one tag \(pass allow_empty=True"):
+        ImageDataLoaders.from_csv(root, label_delim=" ")
+    x = np.zeros((3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"item 2 has no label: its multi-hot row is all zeros"):
+        ImageDataLoaders.from_arrays(x, np.array([[1, 0], [0, 1], [0, 0]]), valid_pct=None)
+
+
+def test_validation_column_that_is_not_boolean(tmp_path):
+    root = labels_csv(tmp_path, "file,kind,valid\na.png,cat,False\nb.png,dog,maybe\nc.png,cat,True\n")
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of labels.csv: the validation column 'valid' holds "
+                                         r"'maybe', not True/False"):
+        ImageDataLoaders.from_csv(root, valid_col="valid")
+
+
+def test_from_csv_without_pandas(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_pandas(name, *args, **kwargs):
+        if name == "pandas":
+            raise ImportError("No module named 'pandas'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    with pytest.raises(ImportError, match=r"needs pandas: pip install 'fastfreeze\[table\]'"):
+        ImageDataLoaders.from_csv(tmp_path)
+
+
+def test_metric_that_cannot_be_combined_over_processes():
+    from fastfreeze.metrics import accumulated_value
+
+    class MyMetric:
+        def reset(self):
+            pass
+
+        def update(self, probs, targ):
+            pass
+
+        def compute(self):
+            return torch.tensor([0.2, 0.4])
+    with pytest.raises(TypeError, match=r"metric my_metric \(MyMetric\) cannot be combined over processes: make it "
+                                        "a torchmetrics Metric"):
+        accumulated_value(MyMetric(), gather=lambda obj: [obj, obj])
+    learn = Learner(mlp2(), DataLoaders.from_tensors(*blobs(8), *blobs(8), bs=4), metrics=MyMetric(), progress=False)
+    with pytest.raises(TypeError, match=r"metric my_metric computed \(2,\), not one number: give it an average"):
+        learn.validate()
+
+
+def test_interpretation_of_a_learner_that_is_not_single_label():
+    from fastfreeze.interpret import ClassificationInterpretation
+    x, y = blobs(8)
+    learn = Learner(mlp2(), DataLoaders.from_tensors(x, y, x, y, bs=4), loss_func=nn.MSELoss(), progress=False)
+    with pytest.raises(ValueError, match="for single-label classifiers, and this learner's task is regression: use "
+                                         r"learn.show_results\(\)"):
+        ClassificationInterpretation.from_learner(learn)

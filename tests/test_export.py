@@ -48,7 +48,8 @@ def test_default_head_round_trip_is_bit_exact_and_needs_no_pickle(tmp_path, monk
     assert config["model"]["body"] == {"kind": "timm", "arch": "test_resnet", "timm_kwargs": {"global_pool": ""},
                                        "removed": []}
     assert config["model"]["head"] == {"kind": "default", "n_out": 3, "lin_ftrs": None, "ps": 0.5, "concat_pool": True,
-                                       "first_bn": True, "bn_final": False, "lin_first": False}
+                                       "first_bn": True, "bn_final": False, "lin_first": False, "y_range": None}
+    assert config["task"] == "single_label" and config["threshold"] is None
     assert config["body_info"] == {"num_features": learn.body_info.num_features, "pooled": False}
     assert config["vocab"] == VOCAB and config["n_out"] == 3 and config["activation"] == "softmax"
     assert config["channels_last"] is True and config["preprocessing"]["resize_method"] == "squish"
@@ -175,3 +176,54 @@ def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
 
 
 # -- bad exports ----------------------------------------------------------------------------------
+
+
+def test_exported_files_get_the_permissions_of_the_umask(tmp_path):
+    """safetensors writes model.safetensors 0600; an export is meant to be shared, so it gets what any new file
+    gets under the umask (0644 under 022), like config.json."""
+    import os
+    import stat
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False)
+    learn.build_spec = build_spec("test_resnet", n_out=3)
+    old = os.umask(0o022)
+    try:
+        folder = export_learner(learn, tmp_path / "export")
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {WEIGHTS_FILE: 0o644,
+                                                                                  CONFIG_FILE: 0o644}
+
+
+def test_multi_label_and_regression_exports_predict_like_the_learner(tmp_path):
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    tags = np.array([[1, 0, 1], [0, 1, 0]] * 4)
+    dls = ImageDataLoaders.from_arrays(x, tags, x[:4], tags[:4], size=32, bs=4, vocab=["a", "b", "c"])
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    learn.loss_func.thresh = 0.4
+    predictor = load_learner(export_learner(learn, tmp_path / "multi"))
+    assert predictor.task == "multi_label" and predictor.threshold == 0.4 and predictor.activation_name == "sigmoid"
+    for item in x[:3]:
+        labels, mask, probs = learn.predict(item)
+        labels2, mask2, probs2 = predictor.predict(item)
+        assert torch.equal(probs2, probs) and labels2 == labels and torch.equal(mask2, mask)
+    values = g.uniform(0, 1, (8, 1))
+    reg = vision_learner(ImageDataLoaders.from_arrays(x, values, size=32, bs=4), "test_resnet", pretrained=False,
+                         progress=False, y_range=(0.0, 1.0))
+    predictor = load_learner(export_learner(reg, tmp_path / "reg"))
+    config = json.loads((tmp_path / "reg" / CONFIG_FILE).read_text())
+    assert config["task"] == "regression" and config["model"]["head"]["y_range"] == [0.0, 1.0]
+    assert predictor.predict(x[0])[0] == reg.predict(x[0])[0]
+
+
+def test_a_version_1_config_reads_as_a_single_label_model(good_export, tmp_path):
+    from conftest import copy_export
+
+    def as_version_1(config):
+        config.update(format_version=1)
+        del config["task"], config["threshold"]
+        del config["model"]["head"]["y_range"]
+    predictor = load_learner(copy_export(good_export, tmp_path / "v1", as_version_1))
+    assert predictor.task == "single_label" and predictor.threshold == 0.5
+    label, index, probs = predictor.predict(np.zeros((32, 32, 3), dtype=np.uint8))
+    assert label == VOCAB[index] and index == int(probs.argmax())

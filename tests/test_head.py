@@ -174,3 +174,13 @@ def test_projection_head():
     assert small(torch.randn(5, 96)).shape == (5, 64)
     assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in head if isinstance(m, nn.Linear))
     assert head[2].weight.std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.02)  # n = 262144
+
+
+def test_y_range_ends_the_head_with_a_sigmoid_range():
+    from fastfreeze.head import SigmoidRange
+    head = create_head(8, 2, pool=False, y_range=(-1.0, 3.0))
+    assert isinstance(head[-1], SigmoidRange)
+    x = torch.tensor([[0.0, math.log(3.0)]])
+    assert head[-1](x)[0].tolist() == pytest.approx([1.0, 2.0])  # -1 + 4 * (1/2, 3/4)
+    with pytest.raises(ValueError, match="low < high"):
+        SigmoidRange(1.0, 1.0)

@@ -240,7 +240,8 @@ def test_array_flip_augmentation_flips_some_images():
 def test_array_bicubic_resize_saturates_like_an_8bit_image():
     checkerboard = ((np.indices((8, 8)).sum(0) % 2) * 255).astype(np.uint8)[None]  # (1, 8, 8), 0 and 255
     config = {"interpolation": "bicubic", "mean": (0, 0, 0), "std": (1, 1, 1)}
-    dls = ImageDataLoaders.from_arrays(checkerboard, [0], valid_pct=None, size=32, bs=1, data_config=config)
+    dls = ImageDataLoaders.from_arrays(checkerboard, [0], valid_pct=None, size=32, bs=1, data_config=config,
+                                       vocab=["black", "white"])
     xb, _ = next(iter(dls.train))
     assert xb.min() == 0 and xb.max() == 1  # bicubic overshoots past the extremes; clipped as PIL does
 
@@ -261,6 +262,25 @@ def test_array_input_errors():
         ImageDataLoaders.from_arrays(np.zeros((4, 8, 8), np.uint8), [0, 1, 0])
     with pytest.raises(ValueError, match="shape"):
         ImageDataLoaders.from_arrays(np.zeros((4, 8, 8, 5), np.uint8), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"x must be a batch of images, .* but it has 5 dimensions \(shape \(2, 4, 3, 8, "
+                                         r"8\)\): a batch of batches\? Join them first, e\.g\. x\.reshape"):
+        ImageDataLoaders.from_arrays(np.zeros((2, 4, 3, 8, 8), np.uint8), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"x holds no images \(shape \(0, 8, 8, 3\)\)"):
+        ImageDataLoaders.from_arrays(np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, int))
+    with pytest.raises(ValueError, match=r"x_valid holds no images"):
+        ImageDataLoaders.from_arrays(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], np.zeros((0, 8, 8, 3), np.uint8), [])
+
+
+def test_array_class_count_refuses_one_class_and_validation_only_classes():
+    x = np.zeros((8, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"single class \(0, 8 items\).*pass vocab= naming every class"):
+        ImageDataLoaders.from_arrays(x, np.zeros(8, int), valid_pct=None, size=8)
+    with pytest.raises(ValueError, match=r"validation label\(s\) \[2\] never occur in the training labels.*pass vocab="):
+        ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:3], [0, 1, 2], size=8)
+    dls = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, x[:3], [0, 1, 2], size=8, vocab=["a", "b", "c"])
+    assert dls.c == 3  # named by the vocab: accepted
+    split = ImageDataLoaders.from_arrays(x, np.arange(8) % 2, valid_pct=0.25, size=8)
+    assert split.c == 2  # counted on the training rows of the split
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -273,3 +293,113 @@ def test_loaders_use_the_default_batch_size_unless_given():
     assert dls.train.batch_size == 16 and len(dls.train) == 31  # 500 // 16, the partial batch dropped
     dls = ImageDataLoaders.from_arrays(x, y, valid_pct=None, size=8, bs=64)
     assert dls.train.batch_size == 64 and len(dls.train) == 7
+
+
+# ------------------------------------------------------------------------------------ tables (from_df, from_csv)
+
+def grey_files(root: Path, names_and_greys) -> None:
+    for name, grey in names_and_greys:
+        save_uniform(root / name, grey, "RGB", size=(12, 12))
+
+
+def test_from_df_valid_col_vocab_and_labels_by_hand(tmp_path):
+    import pandas as pd
+    greys = {"cats": 120, "dogs": 40, "birds": 200}
+    rows = [("c0", "cats", False), ("d0", "dogs", False), ("b0", "birds", False), ("c1", "cats", True),
+            ("d1", "dogs", False), ("b1", "birds", True)]
+    grey_files(tmp_path / "images", [(f"{n}.png", greys[c]) for n, c, _ in rows])
+    df = pd.DataFrame(rows, columns=["name", "animal", "is_valid"])
+    # fastai's meanings: the file is path/folder/<fn_col><suff>; columns by name (or position, below)
+    dls = ImageDataLoaders.from_df(df, tmp_path, fn_col="name", label_col="animal", valid_col="is_valid",
+                                   folder="images", suff=".png", size=16, bs=2, num_workers=0)
+    assert dls.task == "single_label" and dls.vocab == ["birds", "cats", "dogs"] and dls.c == 3
+    assert [p.name for p in dls.train.dataset.items] == ["c0.png", "d0.png", "b0.png", "d1.png"]
+    assert [p.name for p in dls.valid.dataset.items] == ["c1.png", "b1.png"]
+    assert dls.train.dataset.labels.tolist() == [1, 2, 0, 2] and dls.valid.dataset.labels.tolist() == [1, 0]
+    x, y = next(iter(dls.valid))
+    pixels = [denormalise(image, IMAGENET_MEAN, IMAGENET_STD).mean().item() for image in x]
+    assert [class_of_pixel(p) for p in pixels] == [dls.vocab[i] for i in y]  # the right file behind each label
+    by_position = ImageDataLoaders.from_df(df.assign(name=df.name + ".png"), tmp_path / "images", valid_col=2,
+                                           size=16, bs=2, num_workers=0)  # fn_col=0, label_col=1: fastai's defaults
+    assert by_position.vocab == dls.vocab and len(by_position.valid.dataset) == 2
+
+
+def test_from_df_valid_pct_is_a_stratified_split(tmp_path):
+    import pandas as pd
+    names = [f"{c}{i}.png" for c in "ab" for i in range(10)]
+    grey_files(tmp_path, [(n, 40) for n in names])
+    df = pd.DataFrame({"f": names, "y": [n[0] for n in names]})
+    dls = ImageDataLoaders.from_df(df, tmp_path, valid_pct=0.3, seed=1, size=16, num_workers=0)
+    valid_labels = dls.valid.dataset.labels.tolist()
+    assert len(valid_labels) == 6 and valid_labels.count(0) == valid_labels.count(1) == 3  # round(10 * 0.3) each
+    assert len(dls.train.dataset) == 14
+
+
+def test_from_csv_multi_label_with_a_delimiter(tmp_path):
+    grey_files(tmp_path / "imgs", [(f"{i}.png", 40 * i) for i in range(4)])
+    (tmp_path / "labels.csv").write_text("file,tags,valid\n0.png,shoe red,False\n1.png,red,False\n"
+                                         "2.png,shirt,True\n3.png,shirt shoe,False\n")
+    dls = ImageDataLoaders.from_csv(tmp_path, "labels.csv", folder="imgs", label_delim=" ", valid_col="valid",
+                                    size=16, num_workers=0)
+    assert dls.task == "multi_label" and dls.vocab == ["red", "shirt", "shoe"] and dls.c == 3
+    assert dls.train.dataset.labels.tolist() == [[1, 0, 1], [1, 0, 0], [0, 1, 1]]
+    assert dls.valid.dataset.labels.tolist() == [[0, 1, 0]]
+
+
+def test_from_df_tag_columns_and_regression(tmp_path):
+    import pandas as pd
+    grey_files(tmp_path, [(f"{i}.png", 40) for i in range(4)])
+    df = pd.DataFrame({"f": [f"{i}.png" for i in range(4)], "cat": [1, 0, 1, 0], "dog": [0, 1, 1, 1],
+                       "age": [1.5, 2.25, 3.0, 0.5], "v": [0, 0, 0, 1]})
+    tags = ImageDataLoaders.from_df(df, tmp_path, label_col=["cat", "dog"], valid_col="v", size=16, num_workers=0)
+    assert tags.task == "multi_label" and tags.vocab == ["cat", "dog"]
+    assert tags.train.dataset.labels.tolist() == [[1, 0], [0, 1], [1, 1]]
+    reg = ImageDataLoaders.from_df(df, tmp_path, label_col="age", valid_col="v", size=16, num_workers=0)
+    assert reg.task == "regression" and reg.c == 1 and reg.vocab is None
+    assert reg.train.dataset.labels.tolist() == [[1.5], [2.25], [3.0]]
+
+
+def test_from_df_errors_name_the_row_or_the_column(tmp_path):
+    import pandas as pd
+    grey_files(tmp_path, [("a.png", 40), ("b.png", 40)])
+    df = pd.DataFrame({"f": ["a.png", "b.png"], "y": ["x", ""]})
+    with pytest.raises(KeyError, match=r"no column 'label' \(label_col='label'\)"):
+        ImageDataLoaders.from_df(df, tmp_path, label_col="label")
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of the table has an empty label"):
+        ImageDataLoaders.from_df(df, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"row 1 \(c.png\) of the table"):
+        ImageDataLoaders.from_df(df.assign(f=["a.png", "c.png"]), tmp_path)
+    zero_row = pd.DataFrame({"f": ["a.png", "b.png"], "t1": [1, 0], "t2": [0, 0]})
+    with pytest.raises(ValueError, match="item 1 has no label: its multi-hot row is all zeros"):
+        ImageDataLoaders.from_df(zero_row, tmp_path, label_col=["t1", "t2"])
+    Path(tmp_path / "b.png").write_bytes(b"not an image")
+    dls = ImageDataLoaders.from_df(df.assign(y=["x", "z"]), tmp_path, valid_pct=None, size=16, num_workers=0)
+    with pytest.raises(ValueError, match=r"row 1 \(b.png\) of the table: cannot read image file"):
+        dls.train.dataset[1]
+
+
+def test_test_dl_on_files_and_arrays_without_labels(tmp_path):
+    dls = ImageDataLoaders.from_folder(make_folder(tmp_path), bs=4, size=32, num_workers=0)
+    files = dls.valid.dataset.items
+    dl = dls.test_dl(files)
+    batches = list(dl)
+    assert all(len(b) == 1 for b in batches)  # (x,): no labels
+    x = torch.cat([b[0] for b in batches])
+    expected = torch.stack([dls.valid.dataset[i][0] for i in range(len(files))])  # the validation transform
+    assert torch.allclose(x, expected)
+    labelled = dls.test_dl(files, labels=[dls.vocab[i] for i in dls.valid.dataset.labels])
+    assert torch.cat([b[1] for b in labelled]).tolist() == list(dls.valid.dataset.labels)
+    images = np.full((3, 10, 10), 255, dtype=np.uint8)  # white squares, as an array batch
+    array_batch = next(iter(dls.test_dl(images)))[0]
+    white = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
+    assert array_batch.shape == (3, 3, 32, 32) and torch.allclose(array_batch, white.expand(3, 3, 32, 32), atol=1e-5)
+
+
+def test_check_lists_unreadable_files_with_their_rows(tmp_path):
+    import pandas as pd
+    grey_files(tmp_path, [("a.png", 40), ("c.png", 40)])
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    df = pd.DataFrame({"f": ["a.png", "b.png", "c.png"], "y": ["x", "y", "x"]})
+    with pytest.raises(ValueError, match=r"1 unreadable image file\(s\): remove or replace them\n  row 1 \(b.png\) of "
+                                         r"labels.csv: "):
+        ImageDataLoaders.from_df(df, tmp_path, check=True, source="labels.csv", valid_pct=None)

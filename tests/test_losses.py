@@ -45,3 +45,20 @@ def test_activation_for_each_loss():
     assert torch.equal(activate("none", out), out)
     with pytest.raises(ValueError, match="unknown activation 'relu'"):
         activate("relu", out)
+
+
+def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensions():
+    from fastfreeze.losses import MultiLabelLoss, per_item_losses
+    out = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
+    ce = nn.CrossEntropyLoss()
+    # softmax (1/4, 3/4): item 0 of class 1 loses log(4/3), item 1 of class 1 loses log 4
+    assert per_item_losses(ce, out, torch.tensor([1, 1])).tolist() == pytest.approx([math.log(4 / 3), math.log(4)])
+    assert ce.reduction == "mean"
+    # BCE per tag: sigmoid(0) = 1/2, sigmoid(log 3) = 3/4; item 0 targets (1, 1): (log 2 + log 4/3) / 2
+    multi = per_item_losses(MultiLabelLoss(), out, torch.tensor([[1, 1], [0, 0]]))
+    assert multi.tolist() == pytest.approx([(math.log(2) + math.log(4 / 3)) / 2, (math.log(4) + math.log(2)) / 2])
+
+    def no_reduction_attribute(o, t):
+        return ((o - t) ** 2).mean()
+    assert per_item_losses(no_reduction_attribute, out, torch.zeros(2, 2)).tolist() == \
+        pytest.approx([math.log(3.0) ** 2 / 2] * 2)

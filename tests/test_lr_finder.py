@@ -288,7 +288,9 @@ def test_bad_arguments_are_clear_errors(dls_5_batches):
         lr_find(learn, suggest_funcs=(valley, valley))
     with pytest.raises(ValueError, match="cannot name"):
         lr_find(learn, suggest_funcs=(lambda lrs, losses, n: 1.0,))
-    learn.set_lrs(0.0)
+    with pytest.raises(ValueError, match="learning rates must be finite and > 0, got 0.0"):
+        learn.set_lrs(0.0)
+    learn.opt.param_groups[-1]["lr"] = 0.0  # written by hand, past set_lrs's check
     with pytest.raises(ValueError, match="head group's lr"):
         lr_find(learn)
     assert learn.recorder.lr_find_results is None

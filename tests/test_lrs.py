@@ -25,3 +25,26 @@ def test_lists_arrays_and_layer_decay():
         expand_lrs([1e-3, 1e-2], 3)
     with pytest.raises(ValueError, match="layer decay must be in"):
         lrs_decay(1.0, 1.5)
+
+
+@pytest.mark.parametrize("spec", [float("nan"), float("inf"), -1e-3, 0.0, [1e-3, float("nan"), 1e-2],
+                                  np.array([1e-3, -1e-2, 1e-2]), slice(-1e-3, 1e-2), slice(float("nan")),
+                                  slice(1e-4, float("inf"))])
+def test_every_lr_must_be_finite_and_positive(spec):
+    with pytest.raises(ValueError, match=r"learning rates must be finite and > 0, got .* pass a positive lr"):
+        expand_lrs(spec, 3)
+
+
+def test_a_slice_from_high_to_low_is_an_error_that_gives_the_right_order():
+    with pytest.raises(ValueError, match=r"slice\(0\.01, 0\.0001, None\) has lo > hi: .* slice\(0\.0001, 0\.01\)"):
+        expand_lrs(slice(1e-2, 1e-4), 3)
+    assert expand_lrs(slice(1e-3, 1e-3), 3) == pytest.approx([1e-3] * 3)  # lo == hi: the same lr everywhere
+
+
+def test_numpy_arrays_and_scalars_are_lists_and_numbers():
+    assert expand_lrs(np.array([1e-4, 1e-3, 1e-2]), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert expand_lrs(np.float32(0.5), 2) == [0.5, 0.5]
+    with pytest.raises(TypeError, match="an lr spec is a number, a slice"):
+        expand_lrs("fast", 3)
+    with pytest.raises(ValueError, match="learning rates must be finite and > 0, got -1.0 in lrs_decay"):
+        lrs_decay(-1.0)

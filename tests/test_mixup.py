@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from fastfreeze import Callback, DataLoaders, Learner, accuracy
 from fastfreeze.checkpoint import CheckpointCallback
 from fastfreeze.feature_cache import FeatureCache
+from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.losses import MultiLabelLoss
 from fastfreeze.mixup import CutMix, MixUp
 from conftest import blobs, mlp2, transfer_learner
 
@@ -123,8 +125,10 @@ def test_feature_cache_is_not_used_while_mixing(capsys):
 
 
 @pytest.mark.parametrize("loss,message", [
-    (nn.BCEWithLogitsLoss(), "BCEWithLogitsLoss \\(multi-label data\\)"),
-    (nn.MSELoss(), "this learner's loss is MSELoss"),
+    (nn.BCEWithLogitsLoss(), "task is multi-label \\(its loss BCEWithLogitsLoss\\)"),
+    (MultiLabelLoss(), "task is multi-label \\(its loss MultiLabelLoss\\)"),
+    (nn.MSELoss(), "task is regression \\(its loss MSELoss\\)"),
+    (nn.NLLLoss(), "this learner's loss is NLLLoss"),
     (nn.CrossEntropyLoss(label_smoothing=0.1), "smoothed twice"),
 ])
 def test_losses_that_cannot_take_mixed_targets_are_refused(loss, message):
@@ -148,3 +152,19 @@ def test_targets_and_batches_it_cannot_mix_are_refused():
         Learner(mlp2(), no_classes, cbs=MixUp(), progress=False).fit(1)
     with pytest.raises(ValueError, match="alpha must be a number >= 0"):
         MixUp(-1)
+
+
+@pytest.mark.parametrize("cb", [MixUp(0.4), CutMix(1.0)])
+def test_multi_label_and_regression_data_are_refused_whatever_the_loss(cb):
+    """The data's task decides (tasks.task_of): multi-hot rows or float targets are refused even with a
+    cross-entropy loss given by hand."""
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    tags = np.array([[1, 0, 1], [0, 1, 0]] * 4)
+    values = np.linspace(0.0, 1.0, 8).astype(np.float32)
+    for y, task in ((tags, "multi-label"), (values, "regression")):
+        dls = ImageDataLoaders.from_arrays(x, y, x[:4], y[:4], size=16, bs=4)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+        learn = Learner(model, dls, loss_func=nn.CrossEntropyLoss(), cbs=cb, progress=False)
+        with pytest.raises(ValueError, match=f"{type(cb).__name__} mixes single-label classes; this learner's task "
+                                             f"is {task}"):
+            learn.fit(1)

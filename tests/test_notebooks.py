@@ -74,3 +74,7 @@ def test_notebook_runs(path: Path, kernel_path: Path, tmp_path: Path, monkeypatc
             pytest.skip(f"{path.name} needs Fashion-MNIST: {' '.join(error.evalue.split())}")
         pytest.fail(f"{path.name}: a cell failed\n{error}", pytrace=False)
     print(f"{path.name} ran in {time.perf_counter() - start:.1f} s")
+    stderr = [out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+              if out.get("name") == "stderr"]
+    assert not [text for text in stderr if "IProgress not found" in text], \
+        f"{path.name}: tqdm's 'IProgress not found' warning reached the notebook"

@@ -66,3 +66,13 @@ def test_squish_of_a_uniform_grey_image_is_its_normalised_value():
     assert check_resize_method("crop") == "crop"
     with pytest.raises(ValueError, match="resize_method must be one of"):
         preprocess_image(np.zeros((4, 4), np.uint8), config, "stretch")
+
+
+def test_denormalize_undoes_the_normalisation_and_clips():
+    from fastfreeze.preprocess import denormalize
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.5, 1.0)}
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0], x[0, 1], x[0, 2] = 1.0, -0.5, 3.0  # 0.5 + 0.25, 0.5 - 0.25, 0.5 + 3 (clipped to 1)
+    images = denormalize(x, config)
+    assert images.shape == (1, 2, 2, 3)
+    assert images[0, 0, 0].tolist() == pytest.approx([0.75, 0.25, 1.0])

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.ranks import (ShardSampler, batches_per_epoch, broadcast_object, is_rank_zero, on_rank_zero,
-                              rank, shard_train_loader, shard_valid_loader, sum_across_ranks, world_size)
+from fastfreeze.ranks import (ShardSampler, batches_per_epoch, broadcast_object, gather_across_ranks, is_rank_zero,
+                              on_rank_zero, rank, shard_train_loader, shard_valid_loader, sum_across_ranks, world_size)
 from conftest import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item
@@ -20,6 +20,7 @@ def tiny_data() -> tuple[DataLoaders, torch.Tensor, torch.Tensor]:
 def test_one_process_is_rank_zero_of_one_and_collectives_return_their_input():
     assert (rank(), world_size(), is_rank_zero()) == (0, 1, True)
     assert broadcast_object({"lr": 0.1}) == {"lr": 0.1} and sum_across_ranks([1.5, 2.0]) == [1.5, 2.0]
+    assert gather_across_ranks((1, "a")) == [(1, "a")]  # every rank's value, in rank order: this one's alone
     assert on_rank_zero(lambda a, b: a + b, 2, b=3) == 5
     dls, _, _ = tiny_data()
     assert batches_per_epoch(dls.train) == len(dls.train) == N_TRAIN // BS

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastfreeze import DataLoaders, Learner, accuracy
+from fastfreeze import Callback, DataLoaders, Learner, accuracy
 from fastfreeze.checkpoint import CheckpointCallback
 from fastfreeze.recorder import DebiasedEMA
 from conftest import blobs, mlp2
@@ -24,6 +24,7 @@ def test_progress_table_printed(dls_5_batches, capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "train_loss" in line)
     assert header.split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert header.startswith("epoch") and "\u2588" not in out and "\r" not in out  # no bar glyph in a log
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1"]
     assert float(rows[1][1]) == pytest.approx(learn.recorder.values[1]["train_loss"], abs=1e-6)
@@ -111,3 +112,51 @@ def test_the_rank_reduction_hook_receives_the_sums_and_the_recorder_divides():
     assert row["valid_loss"] == pytest.approx(row_alone["valid_loss"] / 2, rel=1e-9)
     assert row["accuracy"] == pytest.approx(row_alone["accuracy"] / 2, rel=1e-9)
     assert row_alone["accuracy"] > 0
+
+
+@pytest.mark.parametrize("event,order,steps_taken", [("after_backward", 0, 2), ("after_step", 100, 3),
+                                                    ("after_batch", 0, 3)])
+def test_an_interrupted_batch_is_recorded_exactly_when_its_step_reached_the_weights(event, order, steps_taken):
+    """Ctrl-C in a callback at batch 2: interrupted in after_backward, the batch's step never ran; in after_step
+    (after the Recorder's) or after_batch (even before the Recorder's), it did. The history holds exactly the
+    steps whose updates are in the weights."""
+    weights_after_step = []
+
+    class Snap(Callback):
+        order = 99
+
+        def after_step(self):
+            weights_after_step.append([p.detach().clone() for p in self.learn.model.parameters()])
+
+    class Interrupt(Callback):
+        def at(self, name):
+            if name == event and self.learn.training and self.learn.iter == 2:
+                raise KeyboardInterrupt
+
+        def after_backward(self):
+            self.at("after_backward")
+
+        def after_step(self):
+            self.at("after_step")
+
+        def after_batch(self):
+            self.at("after_batch")
+    interrupter = Interrupt()
+    interrupter.order = order
+    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=[Snap(), interrupter])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, lr=1e-2)
+    assert len(weights_after_step) == steps_taken
+    assert len(learn.recorder.losses) == len(learn.recorder.lrs) == steps_taken
+    assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), weights_after_step[-1]))
+
+
+def test_the_last_lr_sweep_is_kept_by_a_checkpoint(tmp_path):
+    """A resumed command-line run still draws lr_find.png: the sweep 'auto' made before the first checkpoint."""
+    learn = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path)
+    learn.lr_find(num_it=10)
+    sweep = learn.recorder.lr_find_results
+    learn.fit(1, lr=1e-2, cbs=CheckpointCallback())
+    resumed = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path)
+    resumed.fit(1, lr=1e-2, resume_from="checkpoint")
+    assert resumed.recorder.lr_find_results == sweep and len(sweep["lrs"]) == 10

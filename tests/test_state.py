@@ -1,6 +1,9 @@
 """Training state: the state-dict check names everything that does not fit, files are written atomically and by
-rank 0 only, random states come back exactly, checkpoints are recognised by their format."""
+rank 0 only (stale temporaries removed, permissions from the umask), damaged files are named, random states come
+back exactly, checkpoints are recognised by their format."""
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -8,8 +11,8 @@ import torch
 
 import fastfreeze.state
 from fastfreeze import DataLoaders
-from fastfreeze.state import (check_state_dict, read_checkpoint, rng_states, save_torch, set_rng_states, write_file,
-                              write_files)
+from fastfreeze.state import (check_state_dict, load_torch, read_checkpoint, rng_states, save_figure, save_torch,
+                              set_rng_states, temporary_folder, temporary_name, write_file, write_files)
 from conftest import blobs
 
 
@@ -80,3 +83,85 @@ def test_read_checkpoint_refuses_other_files(tmp_path):
         read_checkpoint(tmp_path / "old.pth")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_check_state_dict_not_strict_skips_missing_and_extra_keys_but_not_shapes():
+    expected = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    check_state_dict(expected, {"a": torch.ones(2), "extra": torch.ones(1)}, "f.pth", strict=False)  # fits enough
+    with pytest.raises(ValueError, match=r"1 keys with a different shape: b: file \(4,\) vs model \(3,\)") as error:
+        check_state_dict(expected, {"b": torch.ones(4), "extra": torch.ones(1)}, "f.pth", strict=False)
+    assert "missing" not in str(error.value) and "does not have" not in str(error.value)
+
+
+def test_a_stale_temporary_file_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model.pth"
+    temporary_name(target).write_bytes(b"left by a write that was killed")
+    save_torch({"v": torch.ones(2)}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+    assert torch.equal(load_torch(target)["v"], torch.ones(2))
+
+
+def test_an_interrupted_set_never_mixes_old_and_new_files_and_its_leftovers_go_next_time(tmp_path, monkeypatch):
+    def fill_with(text):
+        def fill(tmp):
+            for name in ("weights.bin", "config.json"):
+                (tmp / name).write_text(f"{text} {name}")
+            return ["weights.bin", "config.json"]
+        return fill
+    folder = write_files(tmp_path / "export", fill_with("old"))
+    real_replace, calls = os.replace, []
+
+    def killed_after_the_first_rename(src, dst):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(dst)
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_files(folder, fill_with("new"))
+    # the new weights are in, and the old config (which would describe them wrongly) is gone
+    assert sorted(p.name for p in folder.iterdir()) == ["weights.bin"]
+    assert (folder / "weights.bin").read_text() == "new weights.bin"
+    monkeypatch.setattr(os, "replace", real_replace)
+    temporary_folder(folder).mkdir()  # as a SIGKILL would leave it
+    (temporary_folder(folder) / "weights.bin").write_text("half")
+    write_files(folder, fill_with("newer"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert [(folder / n).read_text() for n in ("weights.bin", "config.json")] == ["newer weights.bin",
+                                                                                 "newer config.json"]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask, mode):
+    """safetensors writes its file 0600 whatever the umask; every file fastfreeze writes gets what open() would
+    give it (0o666 & ~umask)."""
+    def private(path):
+        path.write_text("x")
+        os.chmod(path, 0o600)
+    old = os.umask(umask)
+    try:
+        write_file(tmp_path / "one", private)
+        write_files(tmp_path / "set", lambda tmp: private(tmp / "f") or ["f"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "one").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "set" / "f").stat().st_mode) == mode
+
+
+def test_a_damaged_file_is_an_error_naming_it(tmp_path):
+    file = save_torch({"v": torch.ones(100)}, tmp_path / "model.pth")
+    file.write_bytes(file.read_bytes()[:200])  # cut short, as by an interrupted copy
+    with pytest.raises(ValueError, match=r"cannot read .*model\.pth: it is damaged or incomplete .* Write it again"):
+        load_torch(file)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot read .*empty\.pth"):
+        read_checkpoint(tmp_path / "empty.pth")
+
+
+def test_save_figure_writes_the_format_of_the_suffix(tmp_path):
+    import matplotlib.pyplot as plt
+    figure = plt.figure()
+    assert save_figure(figure, tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert save_figure(figure, tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+    plt.close(figure)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.svg"]

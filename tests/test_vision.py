@@ -193,3 +193,48 @@ def test_predict_takes_images_and_paths(tmp_path):
     xv, _ = next(iter(dls.valid))
     preds, _ = learn.get_preds()
     torch.testing.assert_close(learn.predict(xv[0])[2], preds[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the three tasks
+
+def test_multi_label_data_gets_bce_sigmoid_and_predict_above_the_threshold():
+    from fastfreeze.losses import MultiLabelLoss
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]] * 4, dtype=np.float64)  # multi-hot floats
+    dls = ImageDataLoaders.from_arrays(x, y, x[:4], y[:4], size=32, bs=4, vocab=["red", "round", "shiny"])
+    assert dls.task == "multi_label" and dls.c == 3
+    torch.manual_seed(0)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    assert isinstance(learn.loss_func, MultiLabelLoss) and learn.model.head[-1].out_features == 3
+    learn.fit(1, lr=1e-3)  # int64 targets reach BCE as floats
+    probs, targs = learn.get_preds()
+    learn.model.eval()
+    with torch.no_grad():
+        raw = learn.model(torch.cat([b[0] for b in dls.valid]))
+    assert torch.allclose(probs, torch.sigmoid(raw), atol=1e-6) and targs.tolist() == y[:4].tolist()
+    for thresh in (0.3, 0.5, 0.7):
+        learn.loss_func.thresh = thresh
+        labels, mask, p = learn.predict(x[0])
+        assert torch.allclose(p, probs[0], atol=1e-5)
+        assert labels == [name for name, q in zip(dls.vocab, probs[0].tolist()) if q > thresh]
+        assert mask.tolist() == [q > thresh for q in probs[0].tolist()]
+
+
+def test_regression_data_gets_mse_and_y_range_bounds_the_outputs():
+    g = np.random.default_rng(0)
+    x = g.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = g.uniform(2.0, 5.0, (16, 2))
+    dls = ImageDataLoaders.from_arrays(x, y, x[:4], y[:4], size=32, bs=4)
+    assert dls.task == "regression" and dls.c == 2
+    torch.manual_seed(0)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False, y_range=(2.0, 5.0))
+    assert isinstance(learn.loss_func, nn.MSELoss)
+    learn.fit(1, lr=1e-3)
+    preds, targs = learn.get_preds()
+    assert preds.shape == (4, 2) and bool(((preds > 2.0) & (preds < 5.0)).all())
+    value, values, _ = learn.predict(x[0])
+    assert value == pytest.approx(preds[0].tolist(), abs=1e-5)
+    assert learn.validate()[0] == pytest.approx(float(((preds - targs) ** 2).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="y_range applies to the default head"):
+        vision_learner(dls, "test_resnet", pretrained=False, head=[nn.Linear(48, 2)], y_range=(0, 1))

@@ -77,3 +77,28 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
     learn = make(tmp_path, TensorBoardCallback())
     with pytest.raises(ImportError, match="TensorBoardCallback needs the tensorboard package"):
         learn.fit(1)
+
+
+def test_whole_set_metrics_and_accumulated_batches_are_logged(tmp_path):
+    """A whole-set metric (F1Score, computed once per validation) gets its CSV column and TensorBoard tag, equal
+    to scikit-learn's macro F1 of the model's validation predictions; under accumulation (2 batches a step) every
+    batch's loss is in the event file and the CSV step column counts batches."""
+    pytest.importorskip("tensorboard", reason="TensorBoardCallback needs tensorboard (pip install tensorboard)")
+    from sklearn.metrics import f1_score
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from fastfreeze import F1Score
+    dls = DataLoaders.from_tensors(*blobs(40), *blobs(24, seed=1), bs=8, seed=0)
+    learn = Learner(mlp2(), dls, metrics=[accuracy, F1Score()], path=tmp_path,
+                    cbs=[CSVLogger(), TensorBoardCallback()], progress=False)
+    learn.fit(1, lr=1e-2, accum_steps=2)
+    xv, yv = dls.valid.dataset.tensors
+    learn.model.eval()
+    expected = f1_score(yv.numpy(), learn.model(xv).argmax(1).numpy(), average="macro")
+    with open(tmp_path / "history.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["f1_score"]) == pytest.approx(expected, abs=1e-12) and row["step"] == "5"
+    events = EventAccumulator(str(tmp_path / "runs"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("valid/f1_score")] == pytest.approx([expected], rel=1e-6)
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(5))  # 5 batches, 3 optimizer steps
+    assert learn.step_iter == 3

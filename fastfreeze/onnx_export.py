@@ -6,7 +6,8 @@ torch's exporter (`torch.onnx.export`, the `torch.export`-based one), its input 
 `(batch, C, H, W)` whose batch size may vary (`dynamic_batch`), its output the model's raw outputs (logits for
 a classifier: apply the activation named in the metadata). The file's metadata (`metadata_props`) carries
 what serving needs besides the graph: `vocab` (JSON list of class names), `activation` ('softmax',
-'sigmoid' or 'none'), `data_config` (JSON: input size, mean, std, interpolation, crop) and `resize_method`.
+'sigmoid' or 'none'), `task` ('single_label', 'multi_label' or 'regression', `tasks.py`) and `threshold`
+(JSON: the probability above which a multi-label tag is reported, null otherwise), `data_config` (JSON: input size, mean, std, interpolation, crop) and `resize_method`.
 
 With `verify=True` (the default) the written file is run by onnxruntime on the example batch (real images
 from the validation set when there is one) and its outputs compared with the PyTorch model's: a difference
@@ -25,16 +26,19 @@ import torch
 from .loop import BaseLearner
 from .losses import activation_for
 from .state import write_file
+from .tasks import MULTI_LABEL, task_of
 from .version import __version__
 
 
 def onnx_metadata(learn: BaseLearner) -> dict[str, str]:
     """The metadata written into the ONNX file (module docstring), as strings."""
     vocab = getattr(learn.dls, "vocab", None)
+    task = task_of(learn.loss_func, learn.dls)
     data_config = getattr(learn, "data_config", None) or getattr(learn.dls, "data_config", None)
     return {"producer": f"fastfreeze {__version__}",
             "vocab": json.dumps(None if vocab is None else [str(v) for v in vocab]),
-            "activation": activation_for(learn.loss_func),
+            "activation": activation_for(learn.loss_func), "task": task,
+            "threshold": json.dumps(float(getattr(learn.loss_func, "thresh", 0.5)) if task == MULTI_LABEL else None),
             "data_config": json.dumps(None if not data_config else {k: list(v) if isinstance(v, tuple) else v
                                                                     for k, v in data_config.items()}),
             "resize_method": str(getattr(learn.dls, "resize_method", "crop"))}

@@ -45,6 +45,7 @@ def test_onnx_metadata_says_how_to_use_the_outputs(exported):
     learn, file = exported
     meta = {p.key: p.value for p in onnx.load(str(file)).metadata_props}
     assert json.loads(meta["vocab"]) == [str(d) for d in range(10)] and meta["activation"] == "softmax"
+    assert meta["task"] == "single_label" and json.loads(meta["threshold"]) is None
     assert json.loads(meta["data_config"])["input_size"] == [3, 32, 32] and meta["resize_method"] == "squish"
 
 
@@ -53,3 +54,16 @@ def test_missing_exporter_packages_are_a_clear_error(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if onnxscript were not installed
     with pytest.raises(ImportError, match="to_onnx needs onnx and onnxscript"):
         exported[0].to_onnx("never.onnx")
+
+
+def test_metadata_of_a_multi_label_learner_carries_its_threshold():
+    from fastfreeze import Learner
+    from fastfreeze.losses import MultiLabelLoss
+    from fastfreeze.onnx_export import onnx_metadata
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    tags = np.array([[1, 0, 1], [0, 1, 0]] * 4)
+    dls = ImageDataLoaders.from_arrays(x, tags, x[:4], tags[:4], size=16, bs=4, vocab=["a", "b", "c"])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    meta = onnx_metadata(Learner(model, dls, loss_func=MultiLabelLoss(thresh=0.3), progress=False))
+    assert (meta["task"], json.loads(meta["threshold"]), meta["activation"]) == ("multi_label", 0.3, "sigmoid")
+    assert json.loads(meta["vocab"]) == ["a", "b", "c"]

@@ -28,6 +28,7 @@ setup(
     packages=find_packages(include=["fastfreeze", "fastfreeze.*"]),
     install_requires=words("requirements"),
     extras_require={"dev": words("dev_requirements"), "lite": words("lite_requirements"),
-                    "table": words("table_requirements")},
+                    "table": words("table_requirements"), "tensorboard": words("tensorboard_requirements"),
+                    "onnx": words("onnx_requirements")},
     entry_points={"console_scripts": words("console_scripts")},
 )

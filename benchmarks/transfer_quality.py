@@ -9,7 +9,9 @@ stratified 2,000 images of the official test split. Two regimes: 50 and 500 trai
   training images only);
 - fastai: fastai's recipe as fastai runs it on a timm model: the body in ONE layer group, base_lr 2e-3;
 - groups@lr: fastfreeze's timm stage groups at a fixed base_lr;
-- auto: fastfreeze's defaults (stage groups, base_lr='auto').
+- auto: fastfreeze's defaults (stage groups, base_lr='auto');
+- mixup, cutmix, ls, ema: the defaults plus one regulariser (`REGULARISERS`): MixUp(0.4), CutMix(1.0),
+  label smoothing 0.1 (`nn.CrossEntropyLoss(label_smoothing=0.1)`), EMA() (validated on the average).
 
 A third regime, `digits`, checks that the rules were not fitted to Fashion-MNIST: scikit-learn's 8x8
 handwritten digits, 30 training images per class, E = 5, validation a fixed stratified 700 of the rest.
@@ -34,8 +36,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from fastfreeze import ImageDataLoaders, accuracy, vision_learner
+from fastfreeze import EMA, CutMix, ImageDataLoaders, MixUp, accuracy, vision_learner
 from fastfreeze.data import seeded_loader
 from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
 
@@ -46,7 +49,11 @@ REGIMES = {"small": {"per_class": 50, "epochs": 5, "dataset": "fashion-mnist"},
            # handwritten digits (1,797 images); validation: a fixed stratified 700, training from the rest
            "digits": {"per_class": 30, "epochs": 5, "dataset": "digits"}}
 FIXED_LRS = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")
-ALL_ROWS = ("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto",)
+# the defaults plus one regulariser: row -> (extra vision_learner arguments, callbacks of the learner)
+REGULARISERS = {"mixup": lambda: ({}, [MixUp(0.4)]), "cutmix": lambda: ({}, [CutMix(1.0)]),
+                "ls": lambda: ({"loss_func": nn.CrossEntropyLoss(label_smoothing=0.1)}, []),
+                "ema": lambda: ({}, [EMA()])}
+ALL_ROWS = ("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto",) + tuple(REGULARISERS)
 DEFAULT_OUT = Path(__file__).with_name("transfer_quality_results.jsonl")
 
 
@@ -104,11 +111,12 @@ def run_probe(dls: ImageDataLoaders) -> dict:
 
 def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    kwargs = {}
+    kwargs, cbs = REGULARISERS[row]() if row in REGULARISERS else ({}, [])
     if row == "fastai":  # fastai gives a timm model two groups: the whole body, and the head
         kwargs["splitter"] = lambda m: [m.body, m.head]
-    learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, metrics=accuracy, progress=False, **kwargs)
-    base_lr = 2e-3 if row == "fastai" else ("auto" if row == "auto" else float(row.split("@")[1]))
+    learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, metrics=accuracy, progress=False, cbs=cbs, **kwargs)
+    base_lr = 2e-3 if row == "fastai" else ("auto" if row == "auto" or row in REGULARISERS
+                                            else float(row.split("@")[1]))
     valid, learn.dls.valid = learn.dls.valid, None  # validate once, at the end
     start = time.perf_counter()
     # every row sees the same batches in the same order
@@ -116,8 +124,8 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
         learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
     seconds = time.perf_counter() - start
     learn.dls.valid = valid
-    result = {"accuracy": learn.validate()[1], "seconds": seconds, "groups": learn.n_groups}
-    if row == "auto":
+    result = {"accuracy": learn.validate()[1], "seconds": seconds, "groups": learn.n_groups}  # EMA: on the average
+    if row == "auto" or row in REGULARISERS:
         info = learn.auto_lr
         result.update(base_lr=info["base_lr"], valley=info["valley"], minimum=info["minimum"],
                       choice_seconds=info["seconds"], choice_fraction=info["seconds"] / seconds)
@@ -147,7 +155,7 @@ def run(regime: str, seeds: list[int], rows: list[str], out: Path, bs: Optional[
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"{regime:5s} seed {seed} {row:12s} accuracy {result['accuracy']:.4f}  "
-                  f"{result['seconds']:.0f} s" + (f"  base_lr {result['base_lr']:.2e}" if row == "auto" else ""),
+                  f"{result['seconds']:.0f} s" + (f"  base_lr {result['base_lr']:.2e}" if "base_lr" in result else ""),
                   flush=True)
 
 
@@ -160,7 +168,8 @@ def report(out: Path) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def order(row: str) -> tuple:
-        named = {"probe": 0, "fastai": 1, "auto": 3, "auto-5x100": 4, "auto-unscaled": 5, "auto-geomean": 6}
+        named = {"probe": 0, "fastai": 1, "auto": 3, "auto-5x100": 4, "auto-unscaled": 5, "auto-geomean": 6,
+                 **{r: 3 + (i + 1) / 10 for i, r in enumerate(REGULARISERS)}}
         return (named[row], 0.0) if row in named else (2, float(row.split("@")[1]))
 
     for regime, cfg in REGIMES.items():
@@ -175,7 +184,7 @@ def report(out: Path) -> str:
             acc = [r["accuracy"] for r in rs]
             spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
             notes = ""
-            if row.startswith("auto"):
+            if row.startswith("auto") or row in REGULARISERS:
                 notes = "base_lr " + ", ".join(f"{r['base_lr']:.1e}" for r in rs) + \
                         f"; choosing took {100 * statistics.mean(r['choice_fraction'] for r in rs):.1f}% of fine_tune"
             if row == "probe":
@@ -184,7 +193,9 @@ def report(out: Path) -> str:
                     "auto-geomean": "first 'auto' rule (geometric mean of valley and minimum), superseded",
                     "auto-unscaled": "second 'auto' rule (one sweep, no batch-size scaling), superseded",
                     "auto-5x100": "third 'auto' rule (median of 5 sweeps of 100 steps), superseded: cost",
-                    "probe": "linear probe"}.get(row, f"stage groups, base_lr {row.split('@')[-1]}")
+                    "probe": "linear probe", "mixup": "default + MixUp(0.4)", "cutmix": "default + CutMix(1.0)",
+                    "ls": "default + label smoothing 0.1", "ema": "default + EMA() (validated on the average)",
+                    }.get(row, f"stage groups, base_lr {row.split('@')[-1]}")
             label = ("digits " if cfg["dataset"] == "digits" else "") + f"{cfg['per_class']}/class, E={cfg['epochs']}"
             lines.append(f"| {label} | {bs} | {name} | "
                          f"{statistics.mean(acc):.4f}{spread} | {len(acc)} | "

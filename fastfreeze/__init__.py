@@ -17,21 +17,26 @@ from .compile import CompileCallback
 from .data import DataLoaders
 from .distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
 from .divergence import DivergenceGuard
-from .export import export_learner
+from .ema import EMA
+from .export import export_learner, push_to_hub
 from .export_format import InvalidExportError
 from .feature_cache import FeatureCache
 from .finetune import fine_tune
+from .grad_clip import GradientClip
 from .groups import body_groups, group_names, layer_groups
 from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .image_data import ImageDataLoaders
 from .interpret import ClassificationInterpretation, show_results
 from .learner import Learner
+from .loggers import CSVLogger, TensorBoardCallback
 from .loop import BaseLearner
 from .losses import MultiLabelLoss, SupervisedContrastiveLoss
 from .lr_finder import minimum, slide, steep, valley
 from .lrs import expand_lrs, lrs_decay
 from .metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric, accuracy,
                       accuracy_multi, error_rate, top_k, top_k_accuracy)
+from .mixup import CutMix, MixUp
+from .onnx_export import to_onnx
 from .optim import adamw
 from .predictor import Predictor, load_learner
 from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
@@ -64,4 +69,5 @@ __all__ = [
     "APScoreMulti", "BalancedAccuracy", "F1Score", "F1ScoreMulti", "RocAuc", "WholeSetMetric", "accuracy_multi",
     "MultiLabelLoss", "ClassificationInterpretation", "show_results", "tta", "tta_views", "SINGLE_LABEL",
     "MULTI_LABEL", "REGRESSION",
+    "EMA", "MixUp", "CutMix", "GradientClip", "CSVLogger", "TensorBoardCallback", "push_to_hub", "to_onnx",
 ]

@@ -62,10 +62,13 @@ def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = 
 
 
 def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEEP_NUM_IT,
-                   verbose: bool = True) -> float:
-    """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
+                   verbose: bool = True, accum_steps: int = 1) -> float:
+    """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details.
+    `accum_steps`: the training accumulates that many batches per step, so a step sees `accum_steps` times the
+    loader's batch size (the batch size the rule scales to)."""
     start = time.perf_counter()
-    train_bs = getattr(learn.dls.train, "batch_size", None)
+    loader_bs = getattr(learn.dls.train, "batch_size", None)
+    train_bs = loader_bs * accum_steps if loader_bs else loader_bs
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
         torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
         if isinstance(learn.model, TransferModel):
@@ -81,7 +84,7 @@ def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEE
             sweep = runs[0][1]
         else:
             frozen_before = learn.frozen_groups
-            bs = train_bs  # the sweep runs on the training batches themselves: no scaling
+            bs = loader_bs  # the sweep runs on the training batches themselves
             how = "lr_find of the learner with all groups but the last frozen"
             _refreeze(learn, max(learn.n_groups - 1, 0))
             try:

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from .hub import HUB_PREFIXES
 from .preprocess import with_input_size
 
 InputSize = Union[int, tuple[int, int, int]]
@@ -189,7 +190,7 @@ def create_timm_body(arch: str, pretrained: bool = False, check_unused: bool = T
     if "num_classes" in timm_kwargs:
         raise ValueError("create_timm_body always builds the model with num_classes=0 (the head is separate): "
                          "do not pass num_classes")
-    if not arch.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(arch):
+    if not arch.startswith((*HUB_PREFIXES, "local-dir:")) and not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('.')[0]}*")[:8]
         hint = f" Close names: {', '.join(close)}." if close else " See timm.list_models('*name*')."
         raise ValueError(f"timm has no architecture named {arch!r}.{hint}")

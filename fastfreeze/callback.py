@@ -5,14 +5,14 @@ each event it reaches (see `EVENTS` for the order in one fit, and docs/callbacks
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import BaseLearner
 
 EVENTS = (
     "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
-    "after_backward", "after_step", "after_batch", "after_train", "before_validate", "after_validate",
+    "after_backward", "before_step", "after_step", "after_batch", "after_train", "before_validate", "after_validate",
     "after_epoch", "after_fit",
     "after_cancel_batch", "after_cancel_train", "after_cancel_validate", "after_cancel_epoch", "after_cancel_fit",
 )
@@ -44,8 +44,12 @@ class Callback:
     Callbacks run in increasing `order` (schedulers 10, Recorder 50, ProgressCallback 60, user default 0
     runs first). Read the learner's state (`learn.epoch`, `learn.iter`, `learn.xb`, `learn.yb`,
     `learn.pred`, `learn.loss`, `learn.training`, `learn.opt`) and raise a Cancel*Exception to stop early.
+
+    A callback holding training state that a checkpoint must keep (EMA weights) names it `state_key` and
+    defines `state_dict()` and `load_state_dict(state)`: `learn.state_dict()` carries it (docs/callbacks.md).
     """
     order: int = 0
+    state_key: Optional[str] = None
     learn: "BaseLearner"
 
     def __repr__(self) -> str:

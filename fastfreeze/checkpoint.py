@@ -10,13 +10,13 @@
 
 A checkpoint is `learn.state_dict()` (written by `learn.save_checkpoint`): the model, the optimizer
 (moments and hyper-parameters), the GradScaler, the loop state (phase label, epochs done of how many,
-training step, the freeze state, the `fine_tune` phase and its base_lr), the Recorder's history and smoothing
-state, the torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling
-generator. Exact resume also needs the same data in the same order: a DataLoader with
-`persistent_workers=True` keeps its workers' random state out of reach, so random augmentation in workers is
-reproduced only for data that seeds each item from its epoch and index (`ImageDataLoaders`, `seeds.py`), or
-with `num_workers=0` or non-persistent workers; a resume that cannot be exact warns once
-(docs/reproducibility.md).
+training batch and optimizer step, `accum_steps`, the freeze state, the `fine_tune` phase and its base_lr),
+the Recorder's history and smoothing state, the state of callbacks that keep one (an `EMA`'s average), the
+torch/CUDA/NumPy/Python random states and the state of the training DataLoader's shuffling generator. Exact
+resume also needs the same data in the same order: a DataLoader with `persistent_workers=True` keeps its
+workers' random state out of reach, so random augmentation in workers is reproduced only for data that seeds
+each item from its epoch and index (`ImageDataLoaders`, `seeds.py`), or with `num_workers=0` or
+non-persistent workers; a resume that cannot be exact warns once (docs/reproducibility.md).
 
 Files are written through `state.write_file` (a temporary name, then renamed; rank 0 only), so an interrupt
 never leaves a half-written file, and read with `state.load_torch` (`torch.load(weights_only=True)`): no code

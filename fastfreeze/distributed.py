@@ -224,6 +224,7 @@ class DistributedCallback(Callback):
         learn.dls = self._sharded_dls
         if learn.start_epoch:  # resuming: the Learner counted steps with the unsharded length
             learn.train_iter = learn.start_epoch * len(train)
+            learn.step_iter = learn.start_epoch * learn.steps_per_epoch()
         self._wrap()
 
     def _shuffle_seed(self) -> int:

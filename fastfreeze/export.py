@@ -36,11 +36,17 @@ The export is verified before it is put in place: it is written to a temporary f
 `load_learner`, and its outputs compared with the learner's on a fixed input (`verify=False` skips this).
 Like every file fastfreeze writes, it goes through `state.write_files`: rank 0 only, never half-written.
 The format itself lives in `export_format`, loading in `predictor`.
+
+`push_to_hub(learn, 'org/name')` (also `learn.push_to_hub`) uploads that folder, with a model card, to a
+Hugging Face Hub model repository; `load_learner('hf-hub:org/name')` loads it back (see `hub`). A body built
+from a Hub name (`vision_learner(dls, 'hf-hub:timm/...')`) is exported as the timm architecture and arguments
+its Hub config names, so the export loads without the Hub.
 """
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -53,10 +59,12 @@ from .body import TransferModel
 from .device import as_model_input
 from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, Factory,
                             InvalidExportError, check_config, factory_name, layer_spec, plain_json)
+from .hub import hub_repo_id, model_card, timm_model_config, upload_folder
 from .loop import BaseLearner
 from .losses import activation_for
 from .predictor import Predictor, load_learner
 from .preprocess import with_input_size
+from .ranks import is_rank_zero
 from .state import write_files
 from .tasks import MULTI_LABEL, task_of
 from .version import __version__
@@ -70,6 +78,10 @@ def _body_spec(learn: BaseLearner, build: dict[str, Any], timm_kwargs: Optional[
                 "kwargs": plain_json(dict(factory_kwargs or {}), "factory_kwargs"),
                 "input_size": [int(s) for s in learn.data_config["input_size"]]}
     arch = build.get("arch") or info.arch
+    kwargs = dict(build.get("timm_kwargs", {}) if timm_kwargs is None else timm_kwargs)
+    if hub_repo_id(arch) is not None:  # a Hub model: the timm architecture and arguments its config.json names
+        _, arch, model_args = timm_model_config(arch)
+        kwargs = {**model_args, **kwargs}
     is_timm_body = type(info.body).__module__.startswith("timm.")
     if not (isinstance(arch, str) and is_timm_body and timm.is_model(arch)):
         raise InvalidExportError(
@@ -77,7 +89,6 @@ def _body_spec(learn: BaseLearner, build: dict[str, Any], timm_kwargs: Optional[
             "rebuild it. Pass factory=<the function that builds the model you gave vision_learner, e.g. "
             "torchvision.models.resnet18> and factory_kwargs=<its arguments, e.g. {'weights': None}>; "
             "load_learner then needs the same factory=")
-    kwargs = dict(build.get("timm_kwargs", {}) if timm_kwargs is None else timm_kwargs)
     bad = [k for k in kwargs if k in FORBIDDEN_TIMM_KWARGS]
     if bad:
         raise InvalidExportError(f"timm_kwargs {bad} cannot be exported: the weights come from the export itself")
@@ -219,3 +230,25 @@ def _example_input(learn: BaseLearner, predictor: "Predictor") -> Optional[torch
         return None
     with torch.random.fork_rng(devices=[]):  # starting a DataLoader draws a seed from the global RNG
         return next(iter(valid))[0][:2].cpu()
+
+
+def push_to_hub(learn: BaseLearner, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
+                commit_message: str = "Upload fastfreeze export", timm_kwargs: Optional[dict[str, Any]] = None,
+                factory: Optional[Factory] = None, factory_kwargs: Optional[dict[str, Any]] = None) -> Optional[str]:
+    """Export `learn` (`export_learner`, verified) with a model card (`README.md`: architecture, layer groups,
+    preprocessing, the Recorder's per-epoch history) and upload the folder to the Hub model repository
+    `repo_id` ('owner/name', created if needed). `token`: default the one `huggingface-cli login` saved, or
+    `HF_TOKEN`. Returns the commit's URL (None on ranks other than 0, which upload nothing). Load it back with
+    `load_learner('hf-hub:owner/name')`."""
+    hub_repo_id(f"hf-hub:{repo_id}")  # a clear error for a malformed id, before exporting
+    if "@" in repo_id:
+        raise ValueError(f"push_to_hub takes a repository id 'owner/name' without a revision, got {repo_id!r}")
+    if not is_rank_zero():
+        return None
+    with tempfile.TemporaryDirectory(prefix="fastfreeze-hub-") as tmp:
+        folder = export_learner(learn, Path(tmp) / "export", timm_kwargs=timm_kwargs, factory=factory,
+                                factory_kwargs=factory_kwargs)
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        card = model_card(repo_id, config, learn.groups_table(), learn.recorder.values)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        return upload_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)

@@ -117,6 +117,9 @@ def cache_blocker(learn: BaseLearner, allow_augment: bool = False) -> Optional[s
     if learn.norm == "train":
         return ("norm='train' trains the body's normalization layers in a frozen fit, so its features change; "
                 "create the Learner with norm='frozen' to cache them")
+    mixing = [type(cb).__name__ for cb in learn.cbs if getattr(cb, "mixes_inputs", False)]
+    if mixing:  # a callback that mixes the images of each batch (MixUp, CutMix): features cannot be mixed instead
+        return f"{mixing[0]} mixes the images of every training batch, which cached features cannot reproduce"
     for which in ("train", "valid"):
         dl = getattr(learn.dls, which)
         if dl is None:

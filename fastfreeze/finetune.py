@@ -36,7 +36,7 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
 
     Discriminative lrs: `slice(head_lr/lr_mult, head_lr)` over all groups, or with `layer_decay=d`
     `head_lr * d**(G-1-i)` for group i (layer-wise lr decay) in place of the slice.
-    Extra keyword arguments (moms, div_final, wd, cbs) go to every phase. Phases are labelled in the
+    Extra keyword arguments (moms, div_final, wd, cbs, accum_steps, clip_grad) go to every phase. Phases are labelled in the
     Recorder ('frozen', 'unfrozen', 'unfrozen from group k', or a custom strategy's labels).
 
     `cache_features`: 'auto' runs the frozen body once and trains the head on its cached features in frozen
@@ -55,7 +55,7 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     if resume_from is not None:
         first_phase, base_lr = _resume_point(learn, resume_from, base_lr)
     if isinstance(base_lr, str):
-        base_lr = choose_base_lr(learn)
+        base_lr = choose_base_lr(learn, accum_steps=kwargs.get("accum_steps", 1))
     feature_cache_for(learn, cache_features, 0)  # reject a bad value before any training
     plan = resolve_strategy(strategy, freeze_epochs)
     phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))

@@ -14,11 +14,12 @@ import torch.nn as nn
 from .compile import CompileSpec, compile_callback
 from .data import DataLoaders
 from .distributed import distributed
-from .export import export_learner
+from .export import export_learner, push_to_hub
 from .finetune import fine_tune
 from .interpret import show_results
 from .loop import BaseLearner
 from .lr_finder import lr_find
+from .onnx_export import to_onnx
 from .schedule import fit_one_cycle
 from .tta import tta
 
@@ -32,13 +33,15 @@ class Learner(BaseLearner):
     a compiled graph): True, a mode string, or a dict of `CompileCallback` options (see `compile`).
 
     Methods beyond the core's: `fit_one_cycle` (schedule.py), `fine_tune` (finetune.py), `lr_find`
-    (lr_finder.py), `export` (export.py), `distributed` (distributed.py), `tta` (tta.py), `show_results`
-    (interpret.py).
+    (lr_finder.py), `export` and `push_to_hub` (export.py), `to_onnx` (onnx_export.py), `distributed`
+    (distributed.py), `tta` (tta.py), `show_results` (interpret.py).
     """
     fit_one_cycle = fit_one_cycle
     fine_tune = fine_tune
     lr_find = lr_find
     export = export_learner
+    push_to_hub = push_to_hub
+    to_onnx = to_onnx
     distributed = distributed
     tta = tta
     show_results = show_results

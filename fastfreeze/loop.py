@@ -3,12 +3,15 @@ by layer group, the one training loop (`fit`) with its callback events, evaluati
 
 The loop reads top to bottom in this file: `fit` → `_do_epoch` → `_do_train` / `_do_validate` → `_do_batch`
 → `_backward_and_step`, with callback events around every stage (see `callback.EVENTS`, docs/callbacks.md).
+With `accum_steps=n` the optimizer steps once every n training batches (gradient accumulation); `step_iter`
+counts those steps, and schedules follow it (docs/schedules.md).
 This module imports no feature (schedules, `fine_tune`, `lr_find`, export, DDP...): those are functions of
 a learner, in their own modules, that `learner.Learner` binds as methods.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +25,7 @@ from .callback import (Callback, CancelBatchException, CancelEpochException, Can
 from .data import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .divergence import DivergenceGuard
+from .grad_clip import GradientClip
 from .groups import group_names
 from .losses import activate, activation_for
 from .lrs import LrSpec, expand_lrs
@@ -82,8 +86,8 @@ class BaseLearner:
             default of `vision_learner` for spatial bodies).
     """
     # the loop's own state: what `state_dict` saves and `load_state_dict` puts back (checkpoints, lr_find)
-    LOOP_STATE = ("phase", "n_fits", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "training",
-                  "frozen_groups", "recalibrated_for", "fine_tune_state")
+    LOOP_STATE = ("phase", "n_fits", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "step_iter",
+                  "accum_steps", "training", "frozen_groups", "recalibrated_for", "fine_tune_state")
 
     def __init__(self, model: nn.Module, dls: DataLoaders, loss_func: Optional[Callable] = None,
                  splitter: Optional[Callable[[nn.Module], Sequence[Any]]] = None,
@@ -114,6 +118,8 @@ class BaseLearner:
         self.phase = "fit"
         self.n_fits = 0
         self.n_epoch, self.start_epoch, self.epoch, self.iter, self.train_iter = 0, 0, 0, 0, 0
+        self.step_iter = 0  # optimizer steps in this fit (train_iter counts batches)
+        self.accum_steps = 1  # training batches per optimizer step (gradient accumulation)
         self.training = False
         self.frozen_groups = 0
         self.recalibrated_for: Optional[int] = None  # frozen_groups when BatchNorm was last recalibrated
@@ -301,7 +307,8 @@ class BaseLearner:
     # the training loop
     # ---------------------------------------------------------------------------------------------
     def fit(self, n_epoch: int, lr: Optional[LrSpec] = None, wd: Optional[float] = None, cbs: Callbacks = None,
-            phase: Optional[str] = None, start_epoch: int = 0, resume_from: Optional[Union[str, Path]] = None) -> None:
+            phase: Optional[str] = None, start_epoch: int = 0, resume_from: Optional[Union[str, Path]] = None,
+            accum_steps: int = 1, clip_grad: Optional[float] = None) -> None:
         """Train for `n_epoch` epochs, validating after each.
 
         `lr` (float, slice or one per group) and `wd` are written into every param group first;
@@ -309,10 +316,16 @@ class BaseLearner:
         `start_epoch` skips epochs already done: schedules continue from that point.
         `resume_from` (a checkpoint written during this same fit by `save_checkpoint` / `CheckpointCallback`)
         restores the model, optimizer, freeze state, random states and history, and goes on after its epoch.
+        `accum_steps`: one optimizer step (and weight decay) every `accum_steps` training batches, on the mean of
+        their gradients (the epoch's last step takes what is left); every batch's loss is recorded.
+        `clip_grad`: clip the gradients' global norm to this value before each step (`grad_clip.GradientClip`).
         """
         n_epoch = check_epochs(n_epoch)
         if not 0 <= start_epoch <= n_epoch:
             raise ValueError(f"start_epoch must be in [0, {n_epoch}], got {start_epoch}")
+        self._check_accum_steps(accum_steps)
+        if clip_grad is not None:
+            cbs = callback_list(cbs) + [GradientClip(clip_grad)]
         if lr is not None:
             self.set_lrs(lr)
         if wd is not None:
@@ -321,16 +334,19 @@ class BaseLearner:
                 g["wd"] = wd
         self.n_fits += 1
         self.phase = phase or f"fit {self.n_fits}"
+        self.accum_steps = accum_steps
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
-        if resume_from is not None:
-            start_epoch = self._resume(self.file_path(resume_from), n_epoch)
-            if start_epoch == n_epoch:
-                return  # the checkpoint was written at the end of this fit: nothing left to do
-        if self.norm == "recalibrate" and self.frozen_groups and self.recalibrated_for != self.frozen_groups:
-            self.recalibrate_norm()
-        self.n_epoch, self.start_epoch = n_epoch, start_epoch
-        self.train_iter = start_epoch * len(self.dls.train) if start_epoch else 0
-        with self.added_cbs(cbs):
+        with self.added_cbs(cbs):  # before a resume: the fit's callbacks get their checkpointed state back
+            if resume_from is not None:
+                start_epoch = self._resume(self.file_path(resume_from), n_epoch)
+                if start_epoch == n_epoch:
+                    return  # the checkpoint was written at the end of this fit: nothing left to do
+            if self.norm == "recalibrate" and self.frozen_groups and self.recalibrated_for != self.frozen_groups:
+                self.recalibrate_norm()
+            self.n_epoch, self.start_epoch = n_epoch, start_epoch
+            self.train_iter = start_epoch * len(self.dls.train) if start_epoch else 0
+            self.step_iter = start_epoch * self.steps_per_epoch() if start_epoch else 0
+            self.opt.zero_grad(set_to_none=True)  # no gradient left over from an interrupted accumulation
             try:
                 self._event("before_fit")
                 for self.epoch in range(start_epoch, n_epoch):
@@ -397,21 +413,62 @@ class BaseLearner:
             self._event("after_cancel_batch")
 
     def _backward_and_step(self) -> None:
-        """Backward, then one optimizer step. Weight decay is applied inside the step (a step pre-hook,
-        `optim.DecoupledWeightDecay`), so with fp16 a step the GradScaler skips decays nothing either."""
+        """Backward, then one optimizer step when this batch ends an accumulation (every batch when
+        `accum_steps` is 1). Under accumulation each batch's loss is divided by the number of batches its step
+        takes, so the step sees the mean gradient. `before_step` comes after the GradScaler has unscaled the
+        gradients (fp16): gradient clipping there sees the true ones. Weight decay is applied inside the step (a
+        step pre-hook, `optim.DecoupledWeightDecay`), so with fp16 a step the GradScaler skips decays nothing
+        either."""
+        n_batches = self._accumulated_batches()
+        loss = self.loss if n_batches == 1 else self.loss / n_batches
         if self.scaler is not None:
-            self.scaler.scale(self.loss).backward()
+            self.scaler.scale(loss).backward()
         else:
-            self.loss.backward()
+            loss.backward()
         self._event("after_backward")
+        if not self._ends_accumulation():
+            return
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
+        self._event("before_step")
+        if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
             self.opt.step()
+        self.step_iter += 1
         self._event("after_step")
         self.opt.zero_grad(set_to_none=True)
+
+    # -- gradient accumulation: which batches step, and how many batches each step takes
+    def _check_accum_steps(self, accum_steps: int) -> None:
+        if not isinstance(accum_steps, int) or isinstance(accum_steps, bool) or accum_steps < 1:
+            raise ValueError(f"accum_steps must be a positive int (training batches per optimizer step), got "
+                             f"{accum_steps!r}")
+        if accum_steps > 1:
+            try:
+                len(self.dls.train)
+            except TypeError:
+                raise TypeError("accum_steps > 1 needs a training set with a length (len(dls.train)), to know "
+                                "where an epoch's last step falls; wrap it in a torch DataLoader") from None
+
+    def steps_per_epoch(self, n_batches: Optional[int] = None) -> int:
+        """Optimizer steps in an epoch of `n_batches` training batches (default `len(dls.train)`):
+        `ceil(n_batches / accum_steps)`."""
+        return math.ceil((len(self.dls.train) if n_batches is None else n_batches) / self.accum_steps)
+
+    def _ends_accumulation(self) -> bool:
+        """The optimizer steps after every `accum_steps`-th training batch of an epoch, and after its last."""
+        if self.accum_steps == 1:
+            return True
+        return (self.iter + 1) % self.accum_steps == 0 or self.iter + 1 == len(self.dls.train)
+
+    def _accumulated_batches(self) -> int:
+        """How many training batches the step this batch belongs to takes (fewer for the epoch's last step)."""
+        if self.accum_steps == 1:
+            return 1
+        first = self.iter - self.iter % self.accum_steps
+        return min(self.accum_steps, len(self.dls.train) - first)
 
     def _check_targets(self, y: Any) -> None:
         """A class label outside the model's outputs gives a clear error instead of cross-entropy's
@@ -559,13 +616,15 @@ class BaseLearner:
     # ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to go on training exactly: the model's and the optimizer's state, the GradScaler's,
-        the loop state (`LOOP_STATE`), the Recorder (history and smoothing) and the random states (torch, CUDA,
-        NumPy, Python, the training loader's shuffling). The tensors are the live ones: copy them
-        (`state.to_cpu_copy`) to keep a snapshot."""
+        the loop state (`LOOP_STATE`), the Recorder (history and smoothing), the state of callbacks that keep
+        one (`Callback.state_key`, e.g. EMA weights) and the random states (torch, CUDA, NumPy, Python, the
+        training loader's shuffling). The tensors are the live ones: copy them (`state.to_cpu_copy`) to keep a
+        snapshot."""
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "loop": {name: getattr(self, name) for name in self.LOOP_STATE},
                 "recorder": self.recorder.state_dict(),
+                "callbacks": {cb.state_key: cb.state_dict() for cb in self.cbs if cb.state_key is not None},
                 "rng": rng_states(self.dls.train)}
 
     def load_state_dict(self, state: dict[str, Any], resume: bool = False, source: str = "the state dict") -> None:
@@ -582,7 +641,18 @@ class BaseLearner:
         for name in self.LOOP_STATE:
             setattr(self, name, loop[name])
         self.recorder.load_state_dict(state["recorder"], resume=resume)
+        self._load_callback_states(state["callbacks"], source)
         set_rng_states(self.dls.train, state["rng"])
+
+    def _load_callback_states(self, saved: dict[str, Any], source: str) -> None:
+        """Give each callback with a `state_key` its saved state; a state without its callback, or the reverse,
+        is an error (the run would silently differ from the one that was saved)."""
+        mine = {cb.state_key: cb for cb in self.cbs if cb.state_key is not None}
+        if set(mine) != set(saved):
+            raise ValueError(f"{source} holds the state of the callbacks {sorted(saved)}, but this learner has "
+                             f"{sorted(mine)}: resume with the same callbacks (in the Learner or the fit's cbs)")
+        for key, cb in mine.items():
+            cb.load_state_dict(saved[key])
 
     def file_path(self, name: Union[str, Path]) -> Path:
         """`path/model_dir/name.pth` for a bare name, else `name` itself (a file path)."""
@@ -628,7 +698,8 @@ class BaseLearner:
         n_batches = batches_per_epoch(self.dls.train)  # this process's share under DDP
         done = min(self.epoch + 1, self.n_epoch)
         state = self.state_dict()
-        state["loop"].update(start_epoch=done, epoch=done, train_iter=done * n_batches, training=False)
+        state["loop"].update(start_epoch=done, epoch=done, train_iter=done * n_batches, training=False,
+                             step_iter=done * self.steps_per_epoch(n_batches))
         state.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, n_batches=n_batches,
                      n_groups=self.n_groups)
         return save_torch(state, self.file_path(name))
@@ -644,6 +715,9 @@ class BaseLearner:
         if state["n_groups"] != self.n_groups:
             raise ValueError(f"{file} was written by a learner with {state['n_groups']} layer groups; this one has "
                              f"{self.n_groups}: build the learner as before")
+        if loop["accum_steps"] != self.accum_steps:
+            raise ValueError(f"{file} was written during a fit with accum_steps={loop['accum_steps']}, not "
+                             f"{self.accum_steps}: resume with the same call and arguments")
         if state["n_batches"] != batches_per_epoch(self.dls.train):
             raise ValueError(f"{file} was written with {state['n_batches']} training batches per epoch; the data now "
                              f"gives {batches_per_epoch(self.dls.train)}: resume on the same data and batch size")

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .device import as_model_input
 from .export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError, build_model, check_config
+from .hub import download_files, hub_repo_id
 from .losses import activate
 from .preprocess import preprocess_image
 from .state import check_state_dict
@@ -47,11 +48,15 @@ def load_learner(path: Union[str, Path], device: Union[str, torch.device] = "cpu
                  factory: Optional[Callable[..., nn.Module]] = None) -> "Predictor":
     """Rebuild an exported model, load its weights strictly, and return a `Predictor` on `device`.
 
+    `path`: an export folder, or `'hf-hub:owner/name[@revision]'` for one pushed to the Hugging Face Hub
+    (`learn.push_to_hub`), downloaded into the Hub cache or read from it (`HF_HUB_OFFLINE=1`; see `hub`).
     Needs nothing but fastfreeze (and timm): no training code, no data, no pickle. `factory`: the function the
     model was exported with `factory=`, for a body timm does not build by name (see the module docstring).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    if hub_repo_id(path) is not None:
+        path = download_files(str(path), [CONFIG_FILE, WEIGHTS_FILE])
     folder = _export_folder(path)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))

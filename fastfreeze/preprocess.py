@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .hub import hub_repo_id, timm_model_config
+
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 # timm's defaults for a model that says nothing of its preprocessing (timm.data.resolve_data_config's own)
 IMAGENET_DATA_CONFIG: dict[str, Any] = {
@@ -54,7 +56,8 @@ def resolve_data_config(arch: Union[str, nn.Module, None] = None,
     """The preprocessing timm uses for `arch`: a dict with `input_size`, `interpolation`, `mean`, `std`,
     `crop_pct`, `crop_mode`.
 
-    `arch` is a timm model name (its `pretrained_cfg` is read from timm's registry: nothing is downloaded),
+    `arch` is a timm model name (its `pretrained_cfg` is read from timm's registry: nothing is downloaded; for a
+    Hub name 'hf-hub:org/name', from its config.json in the Hub cache, downloaded if needed),
     a model (timm's resolution on it, or on its first sub-module carrying a `pretrained_cfg`, e.g. a timm body
     inside a bigger model), or None (ImageNet defaults: 224 px, bicubic, crop_pct 0.875, ImageNet mean/std).
     `size` (an int or `(height, width)`) overrides the input size; crop_pct is kept.
@@ -72,10 +75,14 @@ def resolve_data_config(arch: Union[str, nn.Module, None] = None,
 
 @lru_cache(maxsize=None)
 def _timm_name_config(name: str) -> tuple[tuple[str, Any], ...]:
-    """Cached per name; a tuple of items so the cache cannot be mutated by callers."""
+    """Cached per name; a tuple of items so the cache cannot be mutated by callers. A Hub name
+    ('hf-hub:org/name') reads the `pretrained_cfg` of its config.json (from the Hub cache, or downloaded)."""
+    if hub_repo_id(name) is not None:
+        config = timm.data.resolve_data_config(pretrained_cfg=timm_model_config(name)[0])
+        return tuple((key, config[key]) for key in DATA_CONFIG_KEYS)
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}: see timm.list_models() for the names, or pass "
-                         f"data_config=... to give the preprocessing directly")
+        raise ValueError(f"unknown timm model {name!r}: see timm.list_models() for the names, pass a Hub name "
+                         f"('hf-hub:org/name'), or pass data_config=... to give the preprocessing directly")
     pretrained_cfg = timm.get_pretrained_cfg(name)
     if pretrained_cfg is not None:
         config = timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict())

@@ -58,9 +58,10 @@ class DebiasedEMA:
 class Recorder(Callback):
     """Keeps the history of every fit on this learner, phase by phase (fastai forgets all but the last fit).
 
-    Per training step (recorded in `after_step`, as soon as the step has changed the weights): `losses`,
+    Per training batch (recorded in `after_step`, as soon as the step has changed the weights): `losses`,
     `smooth_losses` (`DebiasedEMA`, beta 0.98, reset at every fit), `lrs` and `moms` (one value per layer
-    group), `phases` (the label of the fit it belongs to).
+    group), `phases` (the label of the fit it belongs to). Under gradient accumulation (`accum_steps=n`) a
+    step takes several batches: each of their losses is recorded at that step, with the step's lrs.
     Per epoch: `values`, a list of dicts with phase, epoch, train_loss (the smoothed loss at the end of
     the epoch), valid_loss (size-weighted mean), each metric, time in seconds and the step it ended at.
     Loss values are kept on the device and read back once per epoch, so recording adds no
@@ -100,6 +101,7 @@ class Recorder(Callback):
         self.lr_find_results: Optional[dict[str, Any]] = None
         self.pending_losses: list[torch.Tensor] = []   # this epoch's losses, still on the device
         self.pending_smooth: list[torch.Tensor] = []
+        self.unstepped: list[torch.Tensor] = []  # losses of the batches the next optimizer step will take
         self.last_validation: list[float] = []
         self.metric_objs: list[Any] = []
         self._restored = False
@@ -146,25 +148,31 @@ class Recorder(Callback):
             self.smoother.reset()
         self._restored = False
         self.learn.smooth_loss = torch.tensor(float("nan"))
+        self.unstepped = []
 
     def before_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
         self.last_validation = []
 
+    def after_backward(self) -> None:
+        """A training batch's loss waits here until the optimizer step that takes its gradient."""
+        if self.learn.loss is not None:
+            self.unstepped.append(self.learn.loss.detach().float())
+
     def after_step(self) -> None:
         """Record the training step just taken, right after the optimizer step: a batch interrupted before its
         step is not in the history, one interrupted later (in `after_batch`) is, as its step is in the weights."""
-        if self.learn.loss is None:
-            return
-        loss = self.learn.loss.detach().float()
-        smooth = self.smoother.update(loss)
-        self.learn.smooth_loss = smooth
-        self.pending_losses.append(loss)
-        self.pending_smooth.append(smooth)
         groups = self.learn.opt.param_groups
-        self.lrs.append([g["lr"] for g in groups])
-        self.moms.append([momentum_of(g) for g in groups])
-        self.phases.append(self.learn.phase)
+        lrs, moms = [g["lr"] for g in groups], [momentum_of(g) for g in groups]
+        for loss in self.unstepped:
+            smooth = self.smoother.update(loss)
+            self.learn.smooth_loss = smooth
+            self.pending_losses.append(loss)
+            self.pending_smooth.append(smooth)
+            self.lrs.append(list(lrs))
+            self.moms.append(list(moms))
+            self.phases.append(self.learn.phase)
+        self.unstepped = []
 
     def after_train(self) -> None:
         """Under DDP: this epoch's recorded losses become their mean over the ranks (one collective)."""

@@ -25,7 +25,7 @@ from .data import loader_generators
 from .ranks import is_rank_zero
 
 CHECKPOINT_FORMAT = "fastfreeze-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: the loop state in one dict, the Recorder's smoothing state
+CHECKPOINT_VERSION = 3  # 2: the loop state in one dict, the Recorder's smoothing state; 3: optimizer steps, accumulation, callback states
 SHOWN_KEYS = 10
 PathLike = Union[str, Path]
 

@@ -117,3 +117,13 @@ def test_the_head_sweep_uses_batches_of_64_whatever_the_training_batch_size():
     assert info["sweep_bs"] == 64 and "batches of 64" in info["how"] and info["train_bs"] == 16
     assert len(info["minimums"]) == N_SWEEPS and info["minimum"] == sorted(info["minimums"])[N_SWEEPS // 2]
     assert info["base_lr"] == pytest.approx(min(max(info["minimum"] * 0.5, MIN_AUTO_LR), MAX_AUTO_LR))
+
+
+def test_under_accumulation_the_rule_scales_to_the_batch_a_step_sees():
+    """Batches of 16, 2 per optimizer step: a step sees 32 items, so the 'minimum' is scaled by sqrt(32/64)."""
+    learn = transfer_learner()
+    choose_base_lr(learn, verbose=False, num_it=20, accum_steps=2)
+    info = learn.auto_lr
+    assert info["train_bs"] == 32 and info["sweep_bs"] == 64
+    expected = min(max(info["minimum"] * math.sqrt(32 / 64), MIN_AUTO_LR), MAX_AUTO_LR)
+    assert info["base_lr"] == pytest.approx(expected)

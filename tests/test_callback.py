@@ -20,8 +20,8 @@ def test_event_order(dls_5_batches):
     learn.fit(1)
     ev = log.events
     assert ev[:4] == ["before_fit", "before_epoch", "before_train", "before_batch"]
-    assert ev[4:9] == ["after_pred", "after_loss", "after_backward", "after_step", "after_batch"]
-    assert ev.count("after_step") == 5  # 5 training batches
+    assert ev[4:10] == ["after_pred", "after_loss", "after_backward", "before_step", "after_step", "after_batch"]
+    assert ev.count("after_step") == ev.count("before_step") == 5  # 5 training batches
     assert ev.count("after_batch") == 5 + 2  # + 2 validation batches (24 items, valid bs 16)
     i = ev.index("after_train")
     assert ev[i + 1] == "before_validate" and ev[-3:] == ["after_validate", "after_epoch", "after_fit"]

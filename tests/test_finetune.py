@@ -3,7 +3,7 @@ freeze_epochs=0, keyword arguments reaching every phase."""
 import numpy as np
 import pytest
 
-from fastfreeze import Learner
+from fastfreeze import Callback, Learner
 from conftest import RecordParams, mlp2, one_cycle_oracle
 
 
@@ -50,3 +50,31 @@ def test_wd_and_moms_kwargs_reach_both_phases(dls_5_batches):
     learn.fine_tune(1, base_lr=2e-3, wd=0.1, moms=(0.9, 0.8, 0.9), cbs=rec)
     assert all(g["wd"] == 0.1 for g in learn.opt.param_groups)
     assert rec.moms[0][0] == pytest.approx(0.9) and rec.moms[5][0] == pytest.approx(0.9)
+
+
+def test_accum_steps_reaches_both_phases(dls_5_batches):
+    """With 2 batches per step each 5-batch epoch has 3 steps; the frozen phase's one-cycle (pct_start 0.99)
+    and the unfrozen one's run over optimizer steps, each batch at its step's lr."""
+    learn = make(mlp2(), dls_5_batches)
+    rec = RecordParams()
+    steps = []
+    learn.fine_tune(1, base_lr=2e-3, accum_steps=2, cbs=[rec, StepCounter(steps)])
+    assert steps == [3, 3] and len(learn.recorder.losses) == 10
+    step_of_batch = [0, 0, 1, 1, 2]
+    f_lr, _ = one_cycle_oracle(3, 2e-3, pct_start=0.99)
+    u_lr, _ = one_cycle_oracle(3, 1e-3, div=5.0, pct_start=0.3)
+    np.testing.assert_allclose(np.array(rec.lrs)[:5, 1], f_lr[step_of_batch], rtol=1e-5)
+    np.testing.assert_allclose(np.array(rec.lrs)[5:, 1], u_lr[step_of_batch], rtol=1e-5)
+
+
+class StepCounter(Callback):
+    """The optimizer steps of each fit."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def before_fit(self):
+        self.counts.append(0)
+
+    def after_step(self):
+        self.counts[-1] += 1

@@ -319,3 +319,75 @@ def test_save_and_load_roundtrip(tmp_path, dls_5_batches):
     assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), saved))
     with pytest.raises(FileNotFoundError, match="nope"):
         learn.load("nope")
+
+
+# -- gradient accumulation ------------------------------------------------------------------------
+
+def no_batch_stats_mlp() -> nn.Sequential:
+    """Two layer groups and no BatchNorm or Dropout: a batch of 16 and two of 8 give the same gradients."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Sequential(nn.Linear(4, 16), nn.ReLU()), nn.Linear(16, 3))
+
+
+def test_accumulating_two_batches_of_8_equals_one_batch_of_16():
+    x, y = blobs(48)
+    xv, yv = blobs(24, seed=1)
+    # the same seeded shuffle: batches 2k and 2k+1 of 8 hold the items of batch k of 16
+    big = Learner(no_batch_stats_mlp(), DataLoaders.from_tensors(x, y, xv, yv, bs=16, seed=0), progress=False)
+    small = Learner(no_batch_stats_mlp(), DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0), progress=False)
+    big.fit_one_cycle(2, 1e-2)
+    small.fit_one_cycle(2, 1e-2, accum_steps=2)
+    for a, b in zip(big.model.parameters(), small.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # every batch's loss is recorded; the first step's two halves average to the big batch's loss (same weights)
+    assert len(small.recorder.losses) == 12 and len(big.recorder.losses) == 6
+    assert (small.recorder.losses[0] + small.recorder.losses[1]) / 2 == pytest.approx(big.recorder.losses[0], abs=1e-6)
+    # the schedule counts optimizer steps: both batches of a step run at that step's lr, the one-cycle of 6 steps
+    assert small.recorder.lrs[0::2] == small.recorder.lrs[1::2] == big.recorder.lrs
+    from conftest import one_cycle_oracle
+    import numpy as np
+    np.testing.assert_allclose([r[-1] for r in big.recorder.lrs], one_cycle_oracle(6, 1e-2)[0], rtol=1e-6)
+    assert (small.train_iter, small.step_iter, big.step_iter) == (12, 6, 6)
+
+
+def test_accumulation_steps_after_every_nth_batch_and_at_the_end_of_the_epoch(dls_5_batches):
+    """5 batches with accum_steps=2: steps after batches 2, 4 and 5, on the mean gradient of the batches each
+    takes; checked against plain SGD written out by hand (no weight decay, fixed lr)."""
+    model = no_batch_stats_mlp()
+    expected = no_batch_stats_mlp()
+    sgd = lambda groups, lr: torch.optim.SGD(groups, lr=lr)  # noqa: E731
+    steps = []
+
+    class CountSteps(Callback):
+        def after_step(self):
+            steps.append(self.learn.iter)
+    learn = Learner(model, dls_5_batches, opt_func=sgd, wd=0.0, cbs=CountSteps(), progress=False)
+    order = [(xb.clone(), yb.clone()) for xb, yb in DataLoaders.from_tensors(*blobs(40), bs=8, seed=0).train]
+    learn.fit(1, lr=0.1, accum_steps=2)
+    assert steps == [1, 3, 4] and learn.step_iter == 3
+    for group in (order[0:2], order[2:4], order[4:5]):
+        expected.zero_grad()
+        for xb, yb in group:
+            (nn.functional.cross_entropy(expected(xb), yb) / len(group)).backward()
+        with torch.no_grad():
+            for p in expected.parameters():
+                p -= 0.1 * p.grad
+    for a, b in zip(learn.model.parameters(), expected.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_accum_steps_must_be_a_positive_int(dls_5_batches, bad):
+    learn = Learner(mlp2(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError, match="accum_steps must be a positive int"):
+        learn.fit(1, accum_steps=bad)
+
+
+def test_accumulation_needs_a_training_set_with_a_length():
+    class NoLength:
+        def __iter__(self):
+            yield from DataLoaders.from_tensors(*blobs(16), bs=8).train
+    learn = Learner(mlp2(), DataLoaders(NoLength()), progress=False)
+    learn.fit(1, accum_steps=1)  # fine without accumulation
+    with pytest.raises(TypeError, match="accum_steps > 1 needs a training set with a length"):
+        learn.fit(1, accum_steps=2)

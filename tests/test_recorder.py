@@ -151,6 +151,28 @@ def test_an_interrupted_batch_is_recorded_exactly_when_its_step_reached_the_weig
     assert all(torch.equal(p, q) for p, q in zip(learn.model.parameters(), weights_after_step[-1]))
 
 
+def test_under_accumulation_the_losses_of_a_step_are_recorded_with_it():
+    """5 batches, 2 per step: interrupted in after_batch of batch 2 (the first batch of the second step), the
+    history holds the losses of batches 0 and 1, whose step is in the weights, and not batch 2's, whose
+    gradient never reached them; each loss as the batch computed it (not divided by accum_steps)."""
+    seen = []
+
+    class Losses(Callback):
+        def after_loss(self):
+            if self.learn.training:
+                seen.append(float(self.learn.loss.detach()))
+
+        def after_batch(self):
+            if self.learn.training and self.learn.iter == 2:
+                raise KeyboardInterrupt
+    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=Losses())
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, lr=1e-2, accum_steps=2)
+    assert len(seen) == 3 and learn.step_iter == 1
+    assert learn.recorder.losses == pytest.approx(seen[:2], rel=1e-7)
+    assert len(learn.recorder.lrs) == len(learn.recorder.phases) == 2
+
+
 def test_the_last_lr_sweep_is_kept_by_a_checkpoint(tmp_path):
     """A resumed command-line run still draws lr_find.png: the sweep 'auto' made before the first checkpoint."""
     learn = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path)

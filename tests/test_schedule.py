@@ -88,3 +88,16 @@ def test_fit_one_cycle_auto_peaks_at_the_chosen_base_lr(dls_5_batches):
     learn.fit_one_cycle(2, "auto", cbs=rec)
     base_lr = learn.auto_lr["base_lr"]
     np.testing.assert_allclose(np.array(rec.lrs)[:, 1], one_cycle_oracle(10, base_lr)[0], rtol=1e-5)
+
+
+def test_one_cycle_under_accumulation_counts_optimizer_steps(dls_5_batches):
+    """5 batches per epoch, 2 per step: steps take batches (1, 2), (3, 4), (5): 3 steps per epoch, 6 in all;
+    each batch runs at its step's lr and momentum, the one-cycle over 6 steps."""
+    learn = make(mlp2(), dls_5_batches)
+    rec = RecordParams()
+    learn.fit_one_cycle(2, 1e-3, cbs=rec, accum_steps=2)
+    exp_lr, exp_mom = one_cycle_oracle(6, 1e-3)
+    step_of_batch = [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+    np.testing.assert_allclose(np.array(rec.lrs)[:, 1], exp_lr[step_of_batch], rtol=1e-6)
+    np.testing.assert_allclose(np.array(rec.moms)[:, 1], exp_mom[step_of_batch], rtol=1e-6)
+    assert learn.steps_per_epoch() == 3 and learn.step_iter == 6 and learn.train_iter == 10

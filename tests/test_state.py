@@ -79,7 +79,7 @@ def test_read_checkpoint_refuses_other_files(tmp_path):
     with pytest.raises(ValueError, match="is not a fastfreeze checkpoint"):
         read_checkpoint(tmp_path / "plain.pth")
     torch.save({"format": "fastfreeze-checkpoint", "version": 1}, tmp_path / "old.pth")
-    with pytest.raises(ValueError, match="format version 1; this fastfreeze reads version 2"):
+    with pytest.raises(ValueError, match="format version 1; this fastfreeze reads version 3"):
         read_checkpoint(tmp_path / "old.pth")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         read_checkpoint(tmp_path / "missing.pth")

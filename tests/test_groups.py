@@ -259,6 +259,13 @@ def test_a_model_without_coarse_groups_has_its_blocks_merged_to_six_groups():
         names[0] + names[1] + names[2], *names[3:]]
     assert timm_groups(Matched(coarse_raises=True), "fine") == [["stem.weight"], *BLOCK_NAMES]
 
+    class NoUsableGroups(Matched):  # no coarse grouping, and the fine one puts everything in one group
+        def group_matcher(self, coarse=False):
+            if coarse:
+                raise NotImplementedError("no coarse grouping")
+            return dict(everything=r"^(?:stem|blocks)")
+    assert timm_groups(NoUsableGroups()) is None and timm_groups(NoUsableGroups(), "fine") is None
+
 
 def test_matchers_that_place_every_name_or_too_few_groups():
     from fastfreeze.groups import timm_groups

@@ -61,16 +61,28 @@ def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = 
     return 2e-3
 
 
+def training_features(learn: BaseLearner, max_items: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body features `choose_base_lr` sweeps on, on the CPU: up to `max_items` training items in the loader's
+    order for seed 0, any random augmentation drawn from seed 0; the global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
+            return body_features(learn, learn.dls.train, max_items, storage="cpu")
+
+
 def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEEP_NUM_IT,
-                   verbose: bool = True) -> float:
-    """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details."""
+                   verbose: bool = True, features: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> float:
+    """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details.
+    `features`: this learner's `training_features(learn, max_items)`, when already computed."""
     start = time.perf_counter()
     train_bs = getattr(learn.dls.train, "batch_size", None)
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
         torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
         if isinstance(learn.model, TransferModel):
-            with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
-                feats, targs = body_features(learn, learn.dls.train, max_items, storage="cpu")
+            if features is None:
+                with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
+                    features = body_features(learn, learn.dls.train, max_items, storage="cpu")
+            feats, targs = features
             bs = max(2, min(SWEEP_BS, len(targs) // 2)) if len(targs) >= 4 else len(targs)
             how = (f"the median of {N_SWEEPS} lr_find sweeps of the head on cached body features of "
                    f"{len(targs)} training items, batches of {bs}")

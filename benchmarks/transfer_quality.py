@@ -158,13 +158,13 @@ def check_row(row: str) -> str:
 
 
 def code_version() -> str:
-    """The commit of the code measured (with '+' when the checkout has uncommitted changes)."""
+    """The commit of the code measured (with '+' when the library's code has uncommitted changes)."""
     try:
         git = ["git", "-C", str(Path(__file__).parent)]
         commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "../fastfreeze"],
+                               capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -242,10 +242,13 @@ def compare_defaults(out: Path) -> str:
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     lines = ["| regime | probe | before ('auto' + fastai's recipe) | default (probe first) | default - probe "
              "(mean; worst seed) | default - before | decision | seconds before / default | probe fit, % of "
-             "fine_tune |", "|---|---|---|---|---|---|---|---|---|"]
+             "fine_tune | code measured (probe / before / default) |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def last(rows: list[dict]) -> dict[int, dict]:  # the latest record of each seed
         return {r["seed"]: r for r in rows}
+
+    def codes(rows: dict[int, dict]) -> str:  # the commits the rows were measured on
+        return ", ".join(sorted({r.get("code", "?") for r in rows.values()})) or "–"
 
     def cell(rows: dict[int, dict]) -> str:
         acc = [r["accuracy"] for r in rows.values()]
@@ -274,7 +277,8 @@ def compare_defaults(out: Path) -> str:
         probe_share = f"{100 * mean(r['probe_fraction'] for r in default.values()):.1f}"
         label = ("digits " if cfg["dataset"] == "digits" else "Fashion-MNIST ") + f"{cfg['per_class']}/class"
         lines.append(f"| {label} | {cell(probe) if probe else '–'} | {cell(before) if before else '–'} | "
-                     f"{cell(default)} | {vs_probe} | {vs_before} | {decision} | {seconds} | {probe_share} |")
+                     f"{cell(default)} | {vs_probe} | {vs_before} | {decision} | {seconds} | {probe_share} | "
+                     f"{' / '.join(codes(rows) for rows in (probe, before, default))} |")
     return "\n".join(lines)
 
 

@@ -85,6 +85,7 @@ def test_demo_on_tiny_settings(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["evaluated_on"].startswith("official Fashion-MNIST test split (50 of its 10000")
     assert 1e-4 <= results["base_lr"] <= 3e-2  # chosen by 'auto'
+    assert results["probe_kept"] is True and results["decision"].startswith("4 training images per class")
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
     assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
     assert 0 <= results["tta_accuracy"] <= 1

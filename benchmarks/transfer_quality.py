@@ -9,19 +9,25 @@ stratified 2,000 images of the official test split. Two regimes: 50 and 500 trai
   training images only);
 - fastai: fastai's recipe as fastai runs it on a timm model: the body in ONE layer group, base_lr 2e-3;
 - groups@lr: fastfreeze's timm stage groups at a fixed base_lr;
-- auto: fastfreeze's defaults (stage groups, base_lr='auto');
-- mixup, cutmix, ls, ema: the defaults plus one regulariser (`REGULARISERS`): MixUp(0.4), CutMix(1.0),
+- auto: fastfreeze's default before issue 17 (stage groups, base_lr chosen by `choose_base_lr`, then fastai's
+  recipe); run as `fine_tune(base_lr=choose_base_lr(learn))`, which is what `base_lr='auto'` did;
+- default: `fine_tune(epochs)` as it is now: fastai's recipe from 25 images per class, a probe of the head on
+  cached features below (see docs/few-shot.md); the record says which, and what the probe fit cost;
+- mixup, cutmix, ls, ema: the `auto` row plus one regulariser (`REGULARISERS`): MixUp(0.4), CutMix(1.0),
   label smoothing 0.1 (`nn.CrossEntropyLoss(label_smoothing=0.1)`), EMA() (validated on the average).
 
 A third regime, `digits`, checks that the rules were not fitted to Fashion-MNIST: scikit-learn's 8x8
 handwritten digits, 30 training images per class, E = 5, validation a fixed stratified 700 of the rest.
+Few images per class (issue 17): `fashion10`, `fashion20`, `digits10`, `digits20` (10 or 20 training images
+per class, E = 5, validation as above).
 
 Each finished run is appended to a JSON-lines file, so a long benchmark can be run in pieces:
 
     python benchmarks/transfer_quality.py --regime small --seeds 0 1 2
     python benchmarks/transfer_quality.py --regime large --seeds 0 --rows probe fastai groups@2e-3 groups@1e-2 auto
     python benchmarks/transfer_quality.py --regime digits --seeds 0 1 2 --rows probe groups@2e-3 groups@1e-2 groups@2e-2 auto
-    python benchmarks/transfer_quality.py --report          # the table from the file
+    python benchmarks/transfer_quality.py --regime fashion10 --seeds 0 1 2 --rows probe auto default
+    python benchmarks/transfer_quality.py --report          # the tables from the file
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import contextlib
 import io
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -39,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import EMA, CutMix, ImageDataLoaders, MixUp, accuracy, vision_learner
+from fastfreeze.auto_lr import choose_base_lr
 from fastfreeze.data import seeded_loader
 from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
 
@@ -47,13 +55,19 @@ REGIMES = {"small": {"per_class": 50, "epochs": 5, "dataset": "fashion-mnist"},
            "large": {"per_class": 500, "epochs": 3, "dataset": "fashion-mnist"},
            # a second data set, to check that the rules were not fitted to Fashion-MNIST: scikit-learn's 8x8
            # handwritten digits (1,797 images); validation: a fixed stratified 700, training from the rest
-           "digits": {"per_class": 30, "epochs": 5, "dataset": "digits"}}
+           "digits": {"per_class": 30, "epochs": 5, "dataset": "digits"},
+           # few images per class (issue 17): one frozen epoch then 5 unfrozen, as in the small regime
+           "fashion10": {"per_class": 10, "epochs": 5, "dataset": "fashion-mnist"},
+           "fashion20": {"per_class": 20, "epochs": 5, "dataset": "fashion-mnist"},
+           "digits10": {"per_class": 10, "epochs": 5, "dataset": "digits"},
+           "digits20": {"per_class": 20, "epochs": 5, "dataset": "digits"}}
 FIXED_LRS = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")
 # the defaults plus one regulariser: row -> (extra vision_learner arguments, callbacks of the learner)
 REGULARISERS = {"mixup": lambda: ({}, [MixUp(0.4)]), "cutmix": lambda: ({}, [CutMix(1.0)]),
                 "ls": lambda: ({"loss_func": nn.CrossEntropyLoss(label_smoothing=0.1)}, []),
                 "ema": lambda: ({}, [EMA()])}
-ALL_ROWS = ("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto",) + tuple(REGULARISERS)
+ALL_ROWS = (("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto", "default")
+            + tuple(REGULARISERS))
 DEFAULT_OUT = Path(__file__).with_name("transfer_quality_results.jsonl")
 
 
@@ -115,20 +129,28 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
     if row == "fastai":  # fastai gives a timm model two groups: the whole body, and the head
         kwargs["splitter"] = lambda m: [m.body, m.head]
     learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, metrics=accuracy, progress=False, cbs=cbs, **kwargs)
-    base_lr = 2e-3 if row == "fastai" else ("auto" if row == "auto" or row in REGULARISERS
-                                            else float(row.split("@")[1]))
     valid, learn.dls.valid = learn.dls.valid, None  # validate once, at the end
     start = time.perf_counter()
     # every row sees the same batches in the same order
     with contextlib.redirect_stdout(io.StringIO()), seeded_loader(dls.train, seed):
-        learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
+        if row == "auto" or row in REGULARISERS:  # base_lr from the head sweep, then fastai's recipe
+            learn.fine_tune(epochs, base_lr=choose_base_lr(learn), freeze_epochs=1)
+        elif row == "default":  # the default since issue 17: probe first, then fine-tune or keep the probe
+            learn.fine_tune(epochs, freeze_epochs=1)
+        else:
+            base_lr = 2e-3 if row == "fastai" else float(row.split("@")[1])
+            learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
     seconds = time.perf_counter() - start
     learn.dls.valid = valid
     result = {"accuracy": learn.validate()[1], "seconds": seconds, "groups": learn.n_groups}  # EMA: on the average
-    if row == "auto" or row in REGULARISERS:
+    if row in ("auto", "default") or row in REGULARISERS:
         info = learn.auto_lr
         result.update(base_lr=info["base_lr"], valley=info["valley"], minimum=info["minimum"],
                       choice_seconds=info["seconds"], choice_fraction=info["seconds"] / seconds)
+    if row == "default":
+        decided = learn.fine_tune_choice
+        result.update(fine_tuned=not decided.probe_kept, reason=decided.reason, probe_seconds=decided.probe_seconds,
+                      probe_fraction=decided.probe_seconds / seconds)
     return result
 
 
@@ -143,15 +165,29 @@ def check_row(row: str) -> str:
     raise argparse.ArgumentTypeError(f"{row!r} is not a row: one of {', '.join(ALL_ROWS)} or groups@<lr>")
 
 
+def code_version() -> str:
+    """The commit of the code measured (with '+' when the library's code has uncommitted changes)."""
+    try:
+        git = ["git", "-C", str(Path(__file__).parent)]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "../fastfreeze"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run(regime: str, seeds: list[int], rows: list[str], out: Path, bs: Optional[int] = None) -> None:
     cfg = REGIMES[regime]
+    code = code_version()
     for seed in seeds:
         dls = make_dls(regime, seed, bs)
         for row in rows:
             result = run_probe(dls) if row == "probe" else run_fine_tune(dls, row, cfg["epochs"], seed)
             record = {"regime": regime, "per_class": cfg["per_class"], "epochs": cfg["epochs"], "seed": seed,
                       "row": row, "bs": dls.train.batch_size, "torch_threads": torch.get_num_threads(),
-                      "device": "cuda" if torch.cuda.is_available() else "cpu", **result}
+                      "device": "cuda" if torch.cuda.is_available() else "cpu", "code": code, **result}
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"{regime:5s} seed {seed} {row:12s} accuracy {result['accuracy']:.4f}  "
@@ -168,8 +204,8 @@ def report(out: Path) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def order(row: str) -> tuple:
-        named = {"probe": 0, "fastai": 1, "auto": 3, "auto-5x100": 4, "auto-unscaled": 5, "auto-geomean": 6,
-                 **{r: 3 + (i + 1) / 10 for i, r in enumerate(REGULARISERS)}}
+        named = {"probe": 0, "fastai": 1, "default": 3, "auto": 4, "auto-5x100": 5, "auto-unscaled": 6,
+                 "auto-geomean": 7, **{r: 4 + (i + 1) / 10 for i, r in enumerate(REGULARISERS)}}
         return (named[row], 0.0) if row in named else (2, float(row.split("@")[1]))
 
     for regime, cfg in REGIMES.items():
@@ -187,9 +223,15 @@ def report(out: Path) -> str:
             if row.startswith("auto") or row in REGULARISERS:
                 notes = "base_lr " + ", ".join(f"{r['base_lr']:.1e}" for r in rs) + \
                         f"; choosing took {100 * statistics.mean(r['choice_fraction'] for r in rs):.1f}% of fine_tune"
+            if row == "default":
+                kept = sum(not r["fine_tuned"] for r in rs)
+                notes = (f"probe kept {kept} of {len(rs)}" if kept else "fine-tuned (fastai's recipe)") + \
+                        f"; the probe took {100 * statistics.mean(r['probe_fraction'] for r in rs):.1f}% of fine_tune"
             if row == "probe":
                 notes = "C " + ", ".join(f"{r['C']:.2g}" for r in rs)
-            name = {"fastai": "fastai recipe (body = 1 group, 2e-3)", "auto": "fastfreeze default ('auto')",
+            name = {"fastai": "fastai recipe (body = 1 group, 2e-3)",
+                    "default": "fastfreeze default (probe first, since issue 17)",
+                    "auto": "'auto' lr + fastai's recipe (the default before issue 17)",
                     "auto-geomean": "first 'auto' rule (geometric mean of valley and minimum), superseded",
                     "auto-unscaled": "second 'auto' rule (one sweep, no batch-size scaling), superseded",
                     "auto-5x100": "third 'auto' rule (median of 5 sweeps of 100 steps), superseded: cost",
@@ -200,6 +242,53 @@ def report(out: Path) -> str:
             lines.append(f"| {label} | {bs} | {name} | "
                          f"{statistics.mean(acc):.4f}{spread} | {len(acc)} | "
                          f"{statistics.mean(r['seconds'] for r in rs):.0f} | {notes} |")
+    return "\n".join(lines)
+
+
+def compare_defaults(out: Path) -> str:
+    """Per regime with `default` rows: the probe, the default before issue 17 ('auto') and the default since
+    (mean ± sd over seeds), the worst seed of the default against the probe of the same seed, and what the
+    default cost against the old one (seconds, and the probe fit as a share of the default's fine_tune)."""
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    lines = ["| regime | probe | before ('auto' + fastai's recipe) | default (probe first) | default - probe "
+             "(mean; worst seed) | default - before | decision | seconds before / default | probe fit, % of "
+             "fine_tune | code measured (probe / before / default) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def last(rows: list[dict]) -> dict[int, dict]:  # the latest record of each seed
+        return {r["seed"]: r for r in rows}
+
+    def codes(rows: dict[int, dict]) -> str:  # the commits the rows were measured on
+        return ", ".join(sorted({r.get("code", "?") for r in rows.values()})) or "–"
+
+    def cell(rows: dict[int, dict]) -> str:
+        acc = [r["accuracy"] for r in rows.values()]
+        return f"{statistics.mean(acc):.4f}" + (f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else "") + \
+            f" ({len(acc)})"
+
+    for regime, cfg in REGIMES.items():
+        mine = [r for r in records if r["regime"] == regime]
+        probe, before, default = (last([r for r in mine if r["row"] == row]) for row in ("probe", "auto", "default"))
+        if not default:
+            continue
+        mean = statistics.mean
+        vs_probe = vs_before = "–"
+        seeds = sorted(set(default) & set(probe))
+        if seeds:
+            gaps = [default[s]["accuracy"] - probe[s]["accuracy"] for s in seeds]
+            vs_probe = f"{100 * (mean(default[s]['accuracy'] for s in seeds) - mean(probe[s]['accuracy'] for s in seeds)):+.2f}" \
+                       f"; {100 * min(gaps):+.2f}"
+        both = sorted(set(default) & set(before))
+        if both:
+            vs_before = f"{100 * (mean(default[s]['accuracy'] for s in both) - mean(before[s]['accuracy'] for s in both)):+.2f}"
+        kept = sum(not r["fine_tuned"] for r in default.values())
+        decision = f"probe kept ({kept}/{len(default)})" if kept else "fine-tuned"
+        seconds = (f"{mean(r['seconds'] for r in before.values()):.0f} / " if before else "– / ") + \
+                  f"{mean(r['seconds'] for r in default.values()):.0f}"
+        probe_share = f"{100 * mean(r['probe_fraction'] for r in default.values()):.1f}"
+        label = ("digits " if cfg["dataset"] == "digits" else "Fashion-MNIST ") + f"{cfg['per_class']}/class"
+        lines.append(f"| {label} | {cell(probe) if probe else '–'} | {cell(before) if before else '–'} | "
+                     f"{cell(default)} | {vs_probe} | {vs_before} | {decision} | {seconds} | {probe_share} | "
+                     f"{' / '.join(codes(rows) for rows in (probe, before, default))} |")
     return "\n".join(lines)
 
 
@@ -216,6 +305,8 @@ def main() -> None:
     if not args.report:
         run(args.regime, args.seeds, args.rows, args.out, args.bs)
     print(report(args.out))
+    print()
+    print(compare_defaults(args.out))
 
 
 if __name__ == "__main__":

@@ -61,19 +61,32 @@ def pick_base_lr(valley_lr: float, minimum_lr: float, train_bs: Optional[int] = 
     return 2e-3
 
 
+def training_features(learn: BaseLearner, max_items: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body features `choose_base_lr` sweeps on, on the CPU: up to `max_items` training items in the loader's
+    order for seed 0, any random augmentation drawn from seed 0; the global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
+            return body_features(learn, learn.dls.train, max_items, storage="cpu")
+
+
 def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEEP_NUM_IT,
-                   verbose: bool = True, accum_steps: int = 1) -> float:
+                   verbose: bool = True, accum_steps: int = 1,
+                   features: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> float:
     """Pick `base_lr` for `fine_tune` (see the module docstring); records `learn.auto_lr` with the details.
     `accum_steps`: the training accumulates that many batches per step, so a step sees `accum_steps` times the
-    loader's batch size (the batch size the rule scales to)."""
+    loader's batch size (the batch size the rule scales to). `features`: this learner's
+    `training_features(learn, max_items)`, when already computed."""
     start = time.perf_counter()
     loader_bs = getattr(learn.dls.train, "batch_size", None)
     train_bs = loader_bs * accum_steps if loader_bs else loader_bs
     with torch.random.fork_rng(devices=[learn.device] if learn.device.type == "cuda" else []):
         torch.manual_seed(0)  # the choice depends on the data and the weights only, not on the RNG stream
         if isinstance(learn.model, TransferModel):
-            with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
-                feats, targs = body_features(learn, learn.dls.train, max_items, storage="cpu")
+            if features is None:
+                with seeded_loader(learn.dls.train, 0):  # the same sample of items whatever the shuffling state
+                    features = body_features(learn, learn.dls.train, max_items, storage="cpu")
+            feats, targs = features
             bs = max(2, min(SWEEP_BS, len(targs) // 2)) if len(targs) >= 4 else len(targs)
             how = (f"the median of {N_SWEEPS} lr_find sweeps of the head on cached body features of "
                    f"{len(targs)} training items, batches of {bs}")

@@ -109,8 +109,11 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
         tta_accuracy = float((tta_probs.argmax(1) == tta_targs).float().mean())
         print(f"test-time augmentation ({args.tta} views, {time.perf_counter() - tta_start:.0f} s): accuracy "
               f"{tta_accuracy:.4f}, plain {after[1]:.4f}")
-    learn.recorder.plot_loss(path=out / "loss.png")
-    learn.recorder.plot_sched(path=out / "lr_schedule.png")
+    choice = getattr(learn, "fine_tune_choice", None)
+    probe_kept = choice is not None and choice.probe_kept
+    if not probe_kept:  # a kept probe ran no epoch: no loss or lr curve to draw
+        learn.recorder.plot_loss(path=out / "loss.png")
+        learn.recorder.plot_sched(path=out / "lr_schedule.png")
     if learn.recorder.lr_find_results is not None:
         learn.recorder.plot_lr_find(path=out / "lr_find.png")
     model_file = _save_model(learn, out)
@@ -119,10 +122,12 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
                "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", base_lr), "epochs": args.epochs,
                "freeze_epochs": args.freeze_epochs, "model": str(model_file),
+               "probe_kept": probe_kept, "decision": choice.reason if choice is not None else None,
                "tta_accuracy": tta_accuracy, "tta_views": args.tta,
                "most_confused": [list(pair) for pair in interp.most_confused()[:5]]}
     write_file(out / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
-    print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}")
+    kept = " (probe kept: the head fitted on cached body features, the body not trained)" if probe_kept else ""
+    print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}{kept}")
     print("most confused (actual, predicted, count): " +
           ", ".join(f"{a} as {p} {n}" for a, p, n in interp.most_confused()[:5]))
     print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); plots (confusion matrix, "

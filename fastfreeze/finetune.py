@@ -13,6 +13,7 @@ import numpy as np
 from .auto_lr import choose_base_lr
 from .callback import callback_list
 from .feature_cache import feature_cache_for
+from .linear_probe import choose_fine_tune
 from .loop import BaseLearner, check_epochs
 from .lrs import check_lrs, expand_lrs
 from .schedule import fit_one_cycle
@@ -27,7 +28,10 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     """Fine-tune in phases, one `fit_one_cycle` per phase, `freeze_to` between them (see `strategies`).
 
     `base_lr='auto'` (default) first picks base_lr from an lr sweep of the head (`auto_lr`, docs/auto-lr.md);
-    a number is used as given. The default (`strategy=None`) is fastai's recipe (docs/schedules.md):
+    a number is used as given. With 'auto' and no strategy, a single-label classifier on a body + head with
+    fewer than 25 training images per class gets its head fitted as a probe on the cached body features
+    instead, and no epoch runs (`linear_probe`, docs/few-shot.md); `learn.fine_tune_choice` records which.
+    The default (`strategy=None`) is otherwise fastai's recipe (docs/schedules.md):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
     `freeze_epochs=0` skips phase 1. Other strategies: 'freeze', 'no_freeze', ('freeze_unfreeze', e),
@@ -54,14 +58,18 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     first_phase = 0
     if resume_from is not None:
         first_phase, base_lr = _resume_point(learn, resume_from, base_lr)
-    if isinstance(base_lr, str):
-        base_lr = choose_base_lr(learn, accum_steps=kwargs.get("accum_steps", 1))
     feature_cache_for(learn, cache_features, 0)  # reject a bad value before any training
+    learn.fine_tune_choice = None
+    accum_steps = kwargs.get("accum_steps", 1)
+    if isinstance(base_lr, str) and strategy is None:  # the default: fastai's recipe, or a probe (few images)
+        base_lr, strategy = choose_fine_tune(learn, accum_steps=accum_steps)
+    elif isinstance(base_lr, str):
+        base_lr = choose_base_lr(learn, accum_steps=accum_steps)
     plan = resolve_strategy(strategy, freeze_epochs)
     phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))
     for phase in phases:  # check them all before training starts
         _check_phase(learn, phase, plan)
-    if first_phase >= len(phases):
+    if resume_from is not None and first_phase >= len(phases):
         raise ValueError(f"{resume_from} was written in phase {first_phase} of a fine_tune, but this one has "
                          f"{len(phases)} phases: resume with the same arguments")
     try:

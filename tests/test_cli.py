@@ -94,6 +94,7 @@ def test_demo_on_tiny_settings_learns(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["evaluated_on"].startswith("official Fashion-MNIST test split (200 of its 10000")
     assert results["accuracy_before"] < 0.2 and results["accuracy"] > 0.3
+    assert results["probe_kept"] is True and results["decision"].startswith("10 training images per class")
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
     assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
     assert 0 <= results["tta_accuracy"] <= 1

@@ -93,7 +93,7 @@ def choose_base_lr(learn: BaseLearner, max_items: int = 2048, num_it: int = SWEE
             features = TensorDataset(feats.float(), targs)
             runs = [_head_sweep(learn, features, bs, seed, num_it) for seed in range(N_SWEEPS)]
             minimums = [found.minimum for found, _ in runs]
-            valley_lr, minimum_lr = _median([found.valley for found, _ in runs]), _median(minimums)
+            valley_lr, minimum_lr = finite_median([found.valley for found, _ in runs]), finite_median(minimums)
             sweep = runs[0][1]
         else:
             frozen_before = learn.frozen_groups
@@ -132,8 +132,9 @@ def _head_sweep(learn: BaseLearner, features: TensorDataset, bs: int, seed: int,
     return suggestions, head_learner.recorder.lr_find_results
 
 
-def _median(values: list[float]) -> float:
-    """The median of the finite values (NaN when there are none)."""
+def finite_median(values: list[Optional[float]]) -> float:
+    """The median of the finite values (NaN when there are none); of an even number of them, the geometric mean
+    of the middle two (lrs are compared on a log scale)."""
     finite = sorted(v for v in values if v is not None and math.isfinite(v))
     if not finite:
         return float("nan")

@@ -67,10 +67,8 @@ def timm_groups(body: nn.Module, level: str = "coarse") -> Optional[list[list[st
     groups = [list(grouped[k]) for k in sorted(grouped)]
     if _UNMATCHED in groups[-1]:  # the parameters timm's matcher did not place share the sentinel's group
         unmatched = [n for n in groups.pop() if n != _UNMATCHED]
-        if groups:
+        if groups:  # none left: the matcher placed nothing, which counts as no matcher (below)
             groups[-1].extend(unmatched)
-        elif unmatched:
-            groups.append(unmatched)
     else:  # a matcher that places every name somewhere
         groups = [[n for n in g if n != _UNMATCHED] for g in groups]
         groups = [g for g in groups if g]

@@ -40,9 +40,9 @@ def expand_lrs(lr: LrSpec, n_groups: int) -> list[float]:
         if n_groups == 1:
             return [float(hi)]
         return [float(lo * (hi / lo) ** (i / (n_groups - 1))) for i in range(n_groups)]
-    if isinstance(lr, str) or lr is None:
+    if isinstance(lr, (str, bool, np.bool_)) or lr is None:  # True is no lr (numpy would read it as 1.0)
         raise TypeError(f"an lr spec is a number, a slice, a list or array of numbers, or lrs_decay(...); got {lr!r}")
-    if isinstance(lr, (int, float, np.floating, np.integer)) and not isinstance(lr, bool):
+    if isinstance(lr, (int, float, np.floating, np.integer)):
         return check_lrs([lr], lr) * n_groups
     try:
         lrs = [float(x) for x in np.asarray(lr, dtype=float).reshape(-1)]

@@ -24,7 +24,7 @@ def _timm_norm_types() -> tuple[type[nn.Module], ...]:
         import timm.layers as tl
     except ImportError:  # pragma: no cover - timm is a declared dependency
         return ()
-    names = ("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d", "FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+    names = ("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d", "FrozenBatchNormAct2d")
     return tuple(getattr(tl, n) for n in names if isinstance(getattr(tl, n, None), type))
 
 

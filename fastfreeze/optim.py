@@ -68,7 +68,6 @@ class DecoupledWeightDecay:
         self.params = [list(g) for g in params]  # per param group: the parameters that are decayed
         self.handle = opt.register_step_pre_hook(self)
 
-    @torch.no_grad()
     def __call__(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         found_inf = getattr(opt, "found_inf", None)
         for group, decayed in zip(opt.param_groups, self.params):
@@ -82,4 +81,5 @@ class DecoupledWeightDecay:
                 factor: Any = 1 - rate * (1 - found_inf.clamp(max=1).to(params[0].device, params[0].dtype))
             else:
                 factor = 1 - rate
-            torch._foreach_mul_(params, factor)
+            with torch.no_grad():  # a `with`, not a decorator: the mutation check skips decorated functions
+                torch._foreach_mul_(params, factor)

@@ -26,6 +26,20 @@ ensure_fashion_mnist() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or set"
-    echo "FASTFREEZE_DATA to a folder with the four *-ubyte.gz files (tests that need it are skipped)."
+    echo "FASTFREEZE_DATA to a folder with the four *-ubyte.gz files (tests that need it are skipped; under CI=true"
+    echo "they fail, naming it: the 4 notebooks, the demo test and the real-data test)."
+  fi
+}
+
+# A C++ compiler for torch.compile's default backend on the CPU (tests/test_compile.py): g++ from the system.
+ensure_cxx() {
+  if command -v "${CXX:-g++}" >/dev/null || command -v c++ >/dev/null || command -v clang++ >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing the Debian package g++ (torch.compile's C++ backend)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+  else
+    echo "no C++ compiler: run 'sudo apt-get install g++' (the torch.compile test is skipped; under CI=true it fails)."
   fi
 }

@@ -4,5 +4,6 @@
 FASTFREEZE_EXTRAS=dev
 source "$(dirname "$0")/env.sh"
 ensure_fashion_mnist
+ensure_cxx
 cd "$repo"
 "$py" -m pytest -q --durations=15 "$@"

@@ -20,6 +20,7 @@ from fastfreeze import (Callback, DataLoaders, ImageDataLoaders, Learner, Transf
                         vision_learner)
 from fastfreeze.export import export_learner  # noqa: E402
 from fastfreeze.export_format import CONFIG_FILE, WEIGHTS_FILE, build_spec  # noqa: E402
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401 (CI: no silent skips)
 
 
 def blobs(n: int, n_classes: int = 3, dim: int = 4, seed: int = 0, spread: float = 0.5):

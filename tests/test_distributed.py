@@ -29,6 +29,23 @@ def tiny_transfer_model(seed: int) -> TransferModel:
     return TransferModel(body, nn.Linear(16, 3))
 
 
+def no_bn_model() -> TransferModel:
+    """No BatchNorm: each rank would normalise its own half-batch, so only a model without it computes the
+    same gradients on 2 ranks as on one."""
+    torch.manual_seed(7)
+    return TransferModel(nn.Sequential(nn.Linear(4, 16), nn.ReLU()), nn.Linear(16, 3))
+
+
+def same_global_batch_fit(learn: Learner) -> None:
+    """Plain SGD (not Adam, which would hide a gradient summed instead of averaged) with momentum and weight
+    decay, a one-cycle schedule, both groups training."""
+    learn.fit_one_cycle(2, slice(1e-2, 1e-1), wd=0.1)
+
+
+def sgd(param_groups, lr):
+    return torch.optim.SGD(param_groups, lr=lr, momentum=0.9)
+
+
 def tiny_data() -> tuple[DataLoaders, torch.Tensor, torch.Tensor]:
     x, y = blobs(N_TRAIN, spread=1.5)
     xv, yv = blobs(N_VALID, seed=1, spread=1.5)
@@ -148,6 +165,24 @@ def test_training_losses_are_averaged_over_the_ranks(two_ranks):
     assert r1["recorded_losses"] == pytest.approx(mean, abs=1e-6)
     assert r0["own_losses"] != pytest.approx(r1["own_losses"], abs=1e-4)  # the shards' losses did differ
     assert [v["train_loss"] for v in r0["values"]] == [v["train_loss"] for v in r1["values"]]
+
+
+def test_two_processes_train_exactly_as_one_process_with_the_same_global_batch(two_ranks):
+    """2 ranks with batches of 4 unshuffled items (rank r reads items r, r+2, r+4, r+6 of each 8) average their
+    gradients: the same steps as one process with batches of 8. Checked against a single-process run here."""
+    (r0, r1), _ = two_ranks
+    x, y = blobs(N_TRAIN, spread=1.5)
+    learn = Learner(no_bn_model(), DataLoaders.from_tensors(x, y, bs=BS, shuffle=False), opt_func=sgd,
+                    splitter=body_and_head, progress=False, device="cpu")
+    assert len(learn.dls.train) == N_TRAIN // BS
+    same_global_batch_fit(learn)
+    single = learn.model.state_dict()
+    initial = no_bn_model().state_dict()
+    for r in (r0, r1):
+        assert r["same_batch_steps"] == 2 * N_TRAIN // BS
+        for k, v in single.items():
+            torch.testing.assert_close(r["same_batch_state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+            assert (v - initial[k]).abs().max() > 1e-2, k  # every tensor moved well beyond the tolerance
 
 
 def test_only_rank_zero_shows_the_bar_and_writes_files(two_ranks):
@@ -334,6 +369,14 @@ def _worker(out: Path) -> None:
         # parameters only: the forward of that first batch did update BatchNorm's running statistics
         res["mismatch_weights_unchanged"] = all(torch.equal(p, res["state"][k])
                                                 for k, p in learn.model.named_parameters())
+    # the same global batch as one process with batches of BS: per-rank batches of BS / 2, no shuffle
+    x, y = blobs(N_TRAIN, spread=1.5)
+    same = Learner(no_bn_model(), DataLoaders.from_tensors(x, y, bs=BS // 2, shuffle=False), opt_func=sgd,
+                   splitter=body_and_head, progress=False, device="cpu")
+    with distributed(same):
+        same_global_batch_fit(same)
+    res["same_batch_state"] = {k: v.clone() for k, v in same.model.state_dict().items()}
+    res["same_batch_steps"] = len(same.recorder.losses)
     res["epochs"] = probe.epochs[:2]
     res["valid_items"] = probe.valid_items[:3]
     res["bar_after"] = any(isinstance(c, ProgressCallback) for c in learn.cbs)

@@ -178,6 +178,21 @@ def test_a_head_of_other_layers_cannot_be_exported(tmp_path):
 # -- bad exports ----------------------------------------------------------------------------------
 
 
+def test_learn_export_writes_what_load_learner_reads_back(tmp_path):
+    """`learn.export(path)` (the method users call): the safetensors file holds the model's state tensor for
+    tensor (read here with safetensors itself), and the rebuilt model predicts exactly as the learner."""
+    from safetensors.torch import load_file
+    learn = trained(vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False))
+    folder = learn.export(tmp_path / "export")
+    assert folder == tmp_path / "export"
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    state = learn.model.state_dict()
+    assert sorted(weights) == sorted(state)
+    assert all(torch.equal(weights[k], v.cpu()) for k, v in state.items())
+    assert json.loads((folder / CONFIG_FILE).read_text())["vocab"] == VOCAB
+    assert_predicts_like(load_learner(folder), learn, images())
+
+
 def test_exported_files_get_the_permissions_of_the_umask(tmp_path):
     """safetensors writes model.safetensors 0600; an export is meant to be shared, so it gets what any new file
     gets under the umask (0644 under 022), like config.json."""

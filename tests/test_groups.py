@@ -217,3 +217,114 @@ def test_bad_arguments():
         body_groups(nn.Sequential(nn.ReLU()))
     with pytest.raises(TypeError):
         layer_groups(body)  # not a TransferModel
+
+
+# -- timm matchers of every shape, on small hand-made models (sizes chosen so that merges can be worked out) ---
+class Matched(nn.Module):
+    """A stem of 8 parameters and 5 blocks of 2, 4, 8, 16, 32 (weights only), with a timm-style group_matcher:
+    `coarse_raises` models timm's RDNet (no coarse grouping), `matcher` replaces the whole matcher."""
+
+    def __init__(self, coarse_raises=False, matcher=None, n_blocks=5):
+        super().__init__()
+        self.stem = nn.Linear(2, 4, bias=False)
+        self.blocks = nn.ModuleList(nn.Linear(1, 2 ** (i + 1), bias=False) for i in range(n_blocks))
+        self.coarse_raises, self.matcher = coarse_raises, matcher
+
+    def group_matcher(self, coarse=False):
+        if self.matcher is not None:
+            return self.matcher
+        if coarse and self.coarse_raises:
+            raise NotImplementedError("no coarse grouping")
+        return dict(stem=r"^stem", blocks=r"^blocks" if coarse else r"^blocks\.(\d+)")
+
+
+BLOCK_NAMES = [[f"blocks.{i}.weight"] for i in range(5)]
+
+
+def test_timm_groups_default_level_is_coarse_and_fine_is_per_block():
+    from fastfreeze.groups import timm_groups
+    body = Matched()
+    assert timm_groups(body) == timm_groups(body, "coarse") == [["stem.weight"], [n[0] for n in BLOCK_NAMES]]
+    assert timm_groups(body, "fine") == [["stem.weight"], *BLOCK_NAMES]
+
+
+def test_a_model_without_coarse_groups_has_its_blocks_merged_to_six_groups():
+    """Sizes 8 | 2, 4, 8, 16, 32: 6 groups, no merge; with two more blocks (64, 128): 8 groups, merged twice,
+    smallest neighbours first: 2+4 = 6 (the smallest sum), then 8+6 = 14 (stem and the merged pair)."""
+    from fastfreeze.groups import timm_groups
+    assert timm_groups(Matched(coarse_raises=True)) == [["stem.weight"], *BLOCK_NAMES]
+    names = [["stem.weight"]] + [[f"blocks.{i}.weight"] for i in range(7)]
+    assert timm_groups(Matched(coarse_raises=True, n_blocks=7), "fine") == names
+    assert timm_groups(Matched(coarse_raises=True, n_blocks=7)) == [
+        names[0] + names[1] + names[2], *names[3:]]
+    assert timm_groups(Matched(coarse_raises=True), "fine") == [["stem.weight"], *BLOCK_NAMES]
+
+    class NoUsableGroups(Matched):  # no coarse grouping, and the fine one puts everything in one group
+        def group_matcher(self, coarse=False):
+            if coarse:
+                raise NotImplementedError("no coarse grouping")
+            return dict(everything=r"^(?:stem|blocks)")
+    assert timm_groups(NoUsableGroups()) is None and timm_groups(NoUsableGroups(), "fine") is None
+
+
+def test_matchers_that_place_every_name_or_too_few_groups():
+    from fastfreeze.groups import timm_groups
+
+    def by_prefix(name):  # a callable matcher, as some timm models have: unknown names go to group -1 (first)
+        return 0 if name.startswith("stem") else (int(name.split(".")[1]) + 1 if name.startswith("blocks") else -1)
+    # every name placed: the sentinel's own group (-1) is dropped, the others stay as they are
+    assert timm_groups(Matched(matcher=by_prefix)) == [["stem.weight"], *BLOCK_NAMES]
+    two = dict(stem=r"^stem", blocks=r"^blocks")  # exactly two groups: kept
+    assert timm_groups(Matched(matcher=two), "fine") == [["stem.weight"], [n[0] for n in BLOCK_NAMES]]
+    one = dict(stem=r"^(?:stem|blocks)")  # one group: no use as a split, so no matcher
+    assert timm_groups(Matched(matcher=one)) is None
+    nothing = dict(stem=r"^nothing_matches")
+    assert timm_groups(Matched(matcher=nothing)) is None
+
+
+def test_max_groups_reaches_generic_splits_and_layer_groups():
+    from fastfreeze.groups import DEFAULT_MAX_GROUPS
+    deep = nn.Sequential(*[nn.Linear(2, 2) for _ in range(14)])  # no matcher: the generic split
+    assert len(body_groups(deep)) == DEFAULT_MAX_GROUPS["coarse"] == 6
+    assert len(body_groups(deep, "fine")) == DEFAULT_MAX_GROUPS["fine"] == 12
+    assert body_groups(deep, max_groups=1) == [[n for n, _ in deep.named_parameters()]]
+    assert generic_groups(deep, max_groups=1) == [[n for n, _ in deep.named_parameters()]]
+    model = TransferModel(deep, nn.Linear(2, 3))
+    groups = layer_groups(model, max_groups=2)
+    assert len(groups) == 3 and [id(p) for p in groups[-1]] == [id(p) for p in model.head.parameters()]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"max_groups must be at least 1, got {bad}"):
+            body_groups(deep, max_groups=bad)
+        with pytest.raises(ValueError, match=f"max_groups must be at least 1, got {bad}"):
+            generic_groups(deep, max_groups=bad)
+
+
+@pytest.mark.parametrize("rest,split", [(7, True), (8, False), (12, False)])
+def test_a_child_is_split_only_when_it_holds_more_than_half_of_the_parameters(rest, split):
+    """`big` holds 8 parameters in two sub-layers; `rest` 7, 8 or 12: more than half, exactly half, 40%."""
+    body = nn.Sequential()
+    body.add_module("big", nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)))
+    body.add_module("rest", nn.Linear(rest, 1, bias=False))
+    expected = [["big.0.weight"], ["big.1.weight"]] if split else [["big.0.weight", "big.1.weight"]]
+    assert generic_groups(body) == expected + [["rest.weight"]]
+
+
+def test_a_modules_own_parameters_are_a_unit_before_its_children():
+    class WithOwn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+            self.embed = nn.Linear(3, 3)
+            self.out = nn.Linear(3, 3)
+            self.out.weight = self.embed.weight  # tied: listed once, where it first appears
+    assert generic_groups(WithOwn()) == [["scale"], ["embed.weight", "embed.bias"], ["out.bias"]]
+
+
+def test_group_names_shorten_long_groups_and_name_empty_ones():
+    body = nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)])
+    groups = [list(body[:4].parameters()), list(body[4:5].parameters()), list(body[5].parameters())]
+    assert group_names(body, groups) == ["0 ... 3 (4 parts)", "4", "5"]
+    three = [list(body[:3].parameters()), list(body[3:].parameters())]
+    assert group_names(body, three) == ["0, 1, 2", "3, 4, 5"]
+    assert group_names(body, three, max_parts=2) == ["0 ... 2 (3 parts)", "3 ... 5 (3 parts)"]
+    assert group_names(body, [[], list(body.parameters())]) == ["(empty)", "0 ... 5 (6 parts)"]

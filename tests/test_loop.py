@@ -40,6 +40,27 @@ def test_splitter_missing_or_repeated_parameter_is_an_error(dls_5_batches):
         Learner(model, dls_5_batches, splitter=lambda m: [m, nn.Linear(2, 2)], progress=False)
 
 
+def test_splitter_errors_name_the_parameters(dls_5_batches):
+    model = mlp3()
+    with pytest.raises(ValueError, match=r"parameter '0.0.weight' is in layer groups 0 and 1: every parameter must be "
+                                         r"in exactly one group"):
+        Learner(model, dls_5_batches, splitter=lambda m: [m[0], m[0], m[1], m[2]], progress=False)
+    with pytest.raises(ValueError, match=r"^2 parameters are in no layer group \(2.weight, 2.bias\): the splitter"):
+        Learner(model, dls_5_batches, splitter=lambda m: [m[0], m[1]], progress=False)
+    deep = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)], nn.Linear(4, 3))  # 12 parameters
+    with pytest.raises(ValueError, match=r"^10 parameters are in no layer group \(0.weight, 0.bias, 1.weight, 1.bias, "
+                                         r"2.weight, 2.bias, 3.weight, 3.bias and 2 more\)"):
+        Learner(deep, dls_5_batches, splitter=lambda m: [m[5]], progress=False)
+    nine = nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)], nn.Linear(4, 4, bias=False), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"^9 parameters are in no layer group \(0.weight, 0.bias, 1.weight, 1.bias, "
+                                         r"2.weight, 2.bias, 3.weight, 3.bias and 1 more\)"):
+        Learner(nine, dls_5_batches, splitter=lambda m: [m[5]], progress=False)
+    eight = nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)], nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"^8 parameters are in no layer group \(0.weight, 0.bias, 1.weight, 1.bias, "
+                                         r"2.weight, 2.bias, 3.weight, 3.bias\): the splitter"):
+        Learner(eight, dls_5_batches, splitter=lambda m: [m[4]], progress=False)
+
+
 def test_splitter_with_parameter_lists(dls_5_batches):
     model = mlp3()
     learn = Learner(model, dls_5_batches, progress=False,
@@ -102,6 +123,36 @@ def test_freeze_to_every_valid_index(dls_5_batches, n):
     for i, (group, b) in enumerate(zip(learn.layer_groups, before)):
         unchanged = all(torch.equal(p, q) for p, q in zip(group, b))
         assert unchanged == (i < k)
+
+
+def test_freeze_to_takes_an_int(dls_5_batches):
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    for n in (1.0, True, "1"):
+        with pytest.raises(TypeError, match="freeze_to takes an int group index"):
+            learn.freeze_to(n)
+
+
+def test_freeze_drops_the_gradients_of_frozen_parameters_only(dls_5_batches):
+    """Gradients left by a backward before freezing: frozen parameters lose theirs (no step may use them),
+    trainable ones keep theirs."""
+    learn = Learner(mlp3(), dls_5_batches, train_bn=False, progress=False)
+    x, _ = next(iter(dls_5_batches.train))
+    learn.model(x).sum().backward()
+    learn.freeze()
+    assert all(p.grad is None for g in learn.layer_groups[:2] for p in g)
+    assert all(p.grad is not None for p in learn.layer_groups[2])
+
+
+def test_frozen_modules_are_the_largest_wholly_frozen_ones(dls_5_batches):
+    model = mlp3()
+    learn = Learner(model, dls_5_batches, progress=False)
+    assert learn.frozen_modules() == []
+    learn.freeze_to(1)
+    assert learn.frozen_modules() == [model[0]]
+    learn.freeze()
+    assert learn.frozen_modules() == [model[0], model[1]]
+    learn.freeze_to(0)
+    assert learn.frozen_modules() == []
 
 
 @pytest.mark.parametrize("n", [3, 7, -4])

@@ -47,6 +47,40 @@ def test_activation_for_each_loss():
         activate("relu", out)
 
 
+def supcon_by_hand(z, labels, t):
+    """The formula of losses.SupervisedContrastiveLoss written out with Python floats."""
+    unit = [[v / math.hypot(*row) for v in row] for row in z]
+    sim = [[sum(a * b for a, b in zip(u, w)) for w in unit] for u in unit]
+    per_anchor = []
+    for i in range(len(z)):
+        others = [a for a in range(len(z)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if positives:
+            log_denominator = math.log(sum(math.exp(sim[i][a] / t) for a in others))
+            per_anchor.append(-sum(sim[i][p] / t - log_denominator for p in positives) / len(positives))
+    return sum(per_anchor) / len(per_anchor)
+
+
+def test_supervised_contrastive_loss_default_temperature_several_positives_and_lone_anchors():
+    """Anchor 0 has two positives, anchor 3 none (it is left out of the mean); the default temperature 0.1."""
+    z = [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.5]]
+    labels = [0, 0, 0, 1]
+    expected = supcon_by_hand(z, labels, 0.1)
+    loss = SupervisedContrastiveLoss()(torch.tensor(z), torch.tensor(labels))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert SupervisedContrastiveLoss(0.1).temperature == SupervisedContrastiveLoss().temperature == 0.1
+
+
+def test_supervised_contrastive_loss_computes_in_float32_for_half_precision_embeddings():
+    """Embeddings exactly representable in bfloat16; the loss in float32 matches the formula to 1e-6, where
+    bfloat16 arithmetic would be off by about 1e-2."""
+    z = [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.5], [0.5, -2.0]]
+    labels = [0, 0, 1, 1, 0]
+    loss = SupervisedContrastiveLoss(0.5)(torch.tensor(z, dtype=torch.bfloat16), torch.tensor(labels))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(supcon_by_hand(z, labels, 0.5), rel=1e-6)
+
+
 def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensions():
     from fastfreeze.losses import MultiLabelLoss, per_item_losses
     out = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
@@ -62,3 +96,21 @@ def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensio
         return ((o - t) ** 2).mean()
     assert per_item_losses(no_reduction_attribute, out, torch.zeros(2, 2)).tolist() == \
         pytest.approx([math.log(3.0) ** 2 / 2] * 2)
+
+
+def test_per_item_losses_call_a_loss_without_reduction_on_each_item_alone():
+    """Items of different losses: (1, 2) against (0, 0) gives (1 + 4) / 2, (3, 5) against (1, 1) gives
+    (4 + 16) / 2; a slice of two items, or of two targets, would mix them."""
+    from fastfreeze.losses import per_item_losses
+
+    def squared_error(o, t):
+        assert o.shape == t.shape == (1, 2)
+        return ((o - t) ** 2).mean()
+    out = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    assert per_item_losses(squared_error, out, torch.tensor([[0.0, 0.0], [1.0, 1.0]])).tolist() == [2.5, 10.0]
+
+
+def test_multi_label_loss_threshold():
+    from fastfreeze.losses import MultiLabelLoss
+    assert MultiLabelLoss().thresh == 0.5 and MultiLabelLoss(thresh=0.3).thresh == 0.3
+    assert MultiLabelLoss(pos_weight=torch.tensor([2.0])).pos_weight.tolist() == [2.0]

@@ -303,3 +303,72 @@ def test_the_progress_bar_is_back_after_the_sweep(dls_5_batches):
         warnings.simplefilter("ignore")
         lr_find(learn, num_it=20)
     assert len(learn.cbs) == n_cbs and learn.dls.train is dls_5_batches.train
+
+
+def window_of(lrs_w, losses_w):
+    """A sweep whose window (num_it 9: no point dropped at the start; the last 5 always are) is exactly the given
+    points."""
+    return list(lrs_w) + [1.0] * 5, list(losses_w) + [9.0] * 5
+
+
+def too_short_message(n, name, needed):
+    return (f"lr_find: the sweep window holds {n} points, '{name}' needs at least {needed}: no suggestion (nan). "
+            "Raise num_it, or lower end_lr if the sweep diverged early.")
+
+
+def test_steep_divides_by_the_log_lr_step_on_an_uneven_sweep():
+    """Slopes against ln(lr): -1 / ln 10 = -0.43, -0.2 / ln 1.1 = -2.10, -0.8 / ln(100 / 11) = -0.36: the
+    steepest is the small drop over the short step (the lr 1e-3), not the largest drop."""
+    lrs, losses = window_of([1e-4, 1e-3, 1.1e-3, 1e-2], [5.0, 4.0, 3.8, 3.0])
+    assert steep(lrs, losses, 9) == 1e-3
+
+
+def test_the_shortest_windows_each_suggestion_takes_and_the_warning_below():
+    lrs, losses = window_of([1e-3, 1e-2], [2.0, 1.0])
+    assert steep(lrs, losses, 9) == 1e-3  # two points: one slope
+    assert slide(lrs, losses, 9, lr_diff=1) == 1e-3  # a window of one step, already flat
+    lrs4, losses4 = window_of([1e-4, 1e-3, 1e-2, 1e-1], [4.0, 3.0, 2.0, 1.0])
+    assert slide(lrs4, losses4, 9, lr_diff=3) == 1e-4  # n = lr_diff + 1: the window is the whole sweep
+    one_lr, one_loss = window_of([1e-3], [2.0])
+    for func, kwargs, needed in ((steep, {}, 2), (slide, {"lr_diff": 0}, 2), (slide, {"lr_diff": 3}, 4)):
+        with pytest.warns(UserWarning) as record:
+            assert math.isnan(func(one_lr, one_loss, 9, **kwargs))
+        assert [str(w.message) for w in record] == [too_short_message(1, func.__name__, needed)]
+    with pytest.warns(UserWarning) as record:
+        assert math.isnan(slide(lrs4, losses4, 9, lr_diff=4))
+    assert [str(w.message) for w in record] == [too_short_message(4, "slide", 5)]
+
+
+def test_minimum_on_one_point_and_on_none():
+    lrs, losses = window_of([1e-3], [2.0])
+    assert minimum(lrs, losses, 9) == 1e-4
+    with pytest.warns(UserWarning) as record:
+        assert math.isnan(minimum([1.0] * 5, [9.0] * 5, 9))  # the last 5 points dropped: nothing left
+    assert [str(w.message) for w in record] == [too_short_message(0, "minimum", 1)]
+
+
+def test_slide_reaches_the_first_point_and_stops_at_a_difference_equal_to_thresh():
+    """Losses 0, 1, 4, 9: np.gradient gives 1, 2, 4, 5 (one-sided at the ends). With lr_diff 1 the window
+    pairs (2, 3), (1, 2), (0, 1) differ by 1, 2, 1: with thresh 0.5 every window differs and the first point
+    is the suggestion; with thresh 1 the first window's difference is not more than thresh: its left end."""
+    lrs, losses = window_of([1e-4, 1e-3, 1e-2, 1e-1], [0.0, 1.0, 4.0, 9.0])
+    assert slide(lrs, losses, 9, lr_diff=1, thresh=0.5) == 1e-4
+    assert slide(lrs, losses, 9, lr_diff=1, thresh=1.0) == 1e-2
+
+
+def test_valley_by_hand_on_short_curves():
+    """length[i]: the longest strictly decreasing run ending at i; end: the first point of the largest length;
+    start = end - length[end] (or end when nothing decreases); idx = start + (end-start)//3 + (end-start)//6,
+    clipped at 0."""
+    lrs = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    # 6 points going down: lengths 1..6, end 5, start -1, idx -1 + 6//3 + 6//6 = 2
+    assert valley(*window_of(lrs, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]), 9) == 1e-4
+    # lengths 1, 2, 3, 4, 4: end is the first 4 (point 3), start -1, idx -1 + 1 + 0 = 0
+    assert valley(*window_of(lrs[:5], [6.0, 5.0, 4.0, 3.0, 3.5]), 9) == 1e-6
+    # lengths 1, 2, 2, 2: end 1, start -1, idx max(-1 + 0 + 0, 0) = 0
+    assert valley(*window_of(lrs[:4], [3.0, 2.0, 2.5, 2.6]), 9) == 1e-6
+    assert valley(*window_of(lrs[:3], [2.0, 2.0, 2.0]), 9) == 1e-6  # flat: end 0, idx 0
+    assert valley(*window_of([1e-3], [2.0]), 9) == 1e-3  # one point
+    with pytest.warns(UserWarning) as record:
+        assert math.isnan(valley([1.0] * 5, [9.0] * 5, 9))
+    assert [str(w.message) for w in record] == [too_short_message(0, "valley", 1)]

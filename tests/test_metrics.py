@@ -14,6 +14,8 @@ TARG = torch.tensor([1, 2, 0, 1])        # right, wrong (2 ranked 3rd), wrong (0
 def test_accuracy_error_rate_and_top_k_by_hand():
     assert accuracy(PRED, TARG).item() == pytest.approx(0.5)
     assert error_rate(PRED, TARG).item() == pytest.approx(0.5)
+    assert accuracy(PRED[:3], TARG[:3]).item() == pytest.approx(1 / 3)  # not symmetric: 1 right of 3
+    assert error_rate(PRED[:3], TARG[:3]).item() == pytest.approx(2 / 3)
     assert top_k_accuracy(PRED, TARG, k=2).item() == pytest.approx(0.5)  # the two misses are ranked third
     assert top_k_accuracy(PRED, TARG, k=3).item() == pytest.approx(1.0)
     assert top_k(2).__name__ == "top_2_accuracy" and top_k(2)(PRED, TARG).item() == pytest.approx(0.5)

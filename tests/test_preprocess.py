@@ -4,10 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
+from PIL import Image
 
-from fastfreeze.preprocess import (IMAGENET_DATA_CONFIG, check_resize_method, image_layout, preprocess_image,
-                                   resolve_data_config, with_input_size)
+from fastfreeze.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input, check_resize_method,
+                                   choose_config, image_layout, image_transform, interpolate_mode, open_image,
+                                   preprocess_image, resolve_data_config, to_rgb, with_input_size)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,6 +69,231 @@ def test_squish_of_a_uniform_grey_image_is_its_normalised_value():
     assert check_resize_method("crop") == "crop"
     with pytest.raises(ValueError, match="resize_method must be one of"):
         preprocess_image(np.zeros((4, 4), np.uint8), config, "stretch")
+
+
+# ------------------------------------------------------------------ the array path against PIL on real photos
+# Real, non-uniform photographs (shipped with scikit-image): a wrong filter, a missing antialias, swapped channels
+# or a flip moves most pixels by many grey levels. PIL works in 8 bits, rounding after each pass (and clipping
+# bicubic's overshoot between its horizontal and vertical passes), so it differs from the float computation by a
+# rounding step for bilinear and, for bicubic, by a little more at the sharpest edges.
+PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def pil_input(image: np.ndarray, size: int, interpolation: str, mean, std) -> torch.Tensor:
+    """The model input worked out with PIL: resize the whole uint8 image, scale to [0, 1], grey to three channels,
+    normalise per channel."""
+    resized = np.asarray(Image.fromarray(image).resize((size, size), PIL_FILTERS[interpolation]), dtype=np.float64)
+    if resized.ndim == 2:
+        resized = np.repeat(resized[..., None], 3, axis=2)
+    x = (resized / 255 - np.array(mean)) / np.array(std)
+    return torch.from_numpy(x).permute(2, 0, 1).float()
+
+
+def real_photo(name: str) -> np.ndarray:
+    return np.ascontiguousarray(getattr(skimage.data, name)())
+
+
+def assert_like_pil(ours: torch.Tensor, ref: torch.Tensor, std, interpolation: str) -> None:
+    grey_levels = (ours - ref).abs() * torch.tensor(std).view(-1, 1, 1) * 255  # differences in 8-bit grey levels
+    if interpolation == "bilinear":
+        assert float(grey_levels.max()) <= 1.01  # one rounding step
+    else:
+        assert float(grey_levels.mean()) <= 0.5 and float(grey_levels.flatten().quantile(0.99)) <= 2.5
+        assert float(grey_levels.max()) <= 16
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [20, 48])
+def test_array_resize_matches_pil_on_real_photos(interpolation, size):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    config = with_input_size({"interpolation": interpolation, "mean": mean, "std": std}, size)
+    photos = np.stack([real_photo("astronaut")[56:456], real_photo("coffee")[:, 44:556]])  # two 400 x 512 photos
+    ours = batch_to_model_input(torch.from_numpy(photos), "hwc", config)
+    assert ours.shape == (2, 3, size, size)
+    for x, photo in zip(ours, photos):
+        assert_like_pil(x, pil_input(photo, size, interpolation, mean, std), std, interpolation)
+    # channels first, float 0-1: the same images
+    floats = torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(batch_to_model_input(floats, "chw", config), ours, atol=1e-5, rtol=0)
+
+
+def test_array_upsampling_of_a_small_grey_image_matches_pil():
+    """Fashion-MNIST's case: a 28 x 28 grey image brought up to 64 px, grey repeated in the three channels."""
+    small = np.asarray(Image.fromarray(real_photo("camera")).resize((28, 28), Image.BILINEAR))
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.5)
+    config = with_input_size({"interpolation": "bicubic", "mean": mean, "std": std}, 64)
+    ours = batch_to_model_input(torch.from_numpy(small.copy())[None], "hw", config)[0]
+    ref = pil_input(small, 64, "bicubic", mean, std)
+    grey_levels = (ours - ref).abs() * torch.tensor(std).view(-1, 1, 1) * 255
+    assert float(grey_levels.max()) <= 1.01
+    assert float((ref[0] - ref[0].mean()).abs().mean()) > 0.3  # a real image: far from uniform
+
+
+def test_array_flip_mask_flips_exactly_the_chosen_images():
+    photos = np.stack([real_photo("chelsea")[:, :300], real_photo("chelsea")[:, 100:400]])
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    config = with_input_size({"interpolation": "bilinear", "mean": mean, "std": std}, 32)
+    ours = batch_to_model_input(torch.from_numpy(photos), "hwc", config, flip=torch.tensor([True, False]))
+    assert_like_pil(ours[0], pil_input(np.ascontiguousarray(photos[0][:, ::-1]), 32, "bilinear", mean, std), std,
+                    "bilinear")
+    assert_like_pil(ours[1], pil_input(photos[1], 32, "bilinear", mean, std), std, "bilinear")
+
+
+def test_one_array_item_squished_and_cropped_like_pil():
+    """`preprocess_image` of one uint8 photo: 'squish' resizes the whole image, 'crop' is timm's evaluation
+    transform, which is PIL's resize of the shorter side to size / crop_pct and a centre crop."""
+    photo = real_photo("coffee")  # 400 x 600
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    config = with_input_size({"interpolation": "bilinear", "mean": mean, "std": std, "crop_pct": 0.8}, 40)
+    assert_like_pil(preprocess_image(photo, config, "squish"), pil_input(photo, 40, "bilinear", mean, std), std,
+                    "bilinear")
+    shorter = 50  # 40 / 0.8
+    resized = Image.fromarray(photo).resize((75, shorter), Image.BILINEAR)  # 600 x 400 keeps its 3:2 ratio
+    left, top = 18, 5  # centred: (75 - 40) / 2 = 17.5 rounds to 18 (torchvision's CenterCrop), (50 - 40) / 2
+    cropped = np.asarray(resized, dtype=np.float64)[top:top + 40, left:left + 40] / 255
+    ref = torch.from_numpy((cropped - np.array(mean)) / np.array(std)).permute(2, 0, 1).float()
+    torch.testing.assert_close(preprocess_image(photo, config, "crop"), ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ one image: transforms, modes, layouts, ranges
+def test_training_transform_is_timms_random_resized_crop_and_flip_only():
+    """The documented training augmentation (docs: image_data): a random resized crop with scale 0.08-1 and
+    ratio 3/4-4/3 at the config's interpolation, a horizontal flip, then scale and normalise; no colour
+    jitter, auto-augment or random erasing. A dict changes timm's options; augment=False is the evaluation
+    transform."""
+    import torchvision.transforms as T
+    config = with_input_size({"interpolation": "bilinear", "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}, 24)
+    steps = image_transform(config, training=True).transforms
+    assert [type(s).__name__ for s in steps] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip",
+                                                "MaybeToTensor", "Normalize"]
+    crop, flip, _, normalise = steps
+    assert crop.size == (24, 24) and crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((0.75, 4 / 3), rel=1e-3)
+    assert crop.interpolation == T.InterpolationMode.BILINEAR and flip.p == 0.5
+    assert normalise.mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and normalise.std.tolist() == pytest.approx(
+        [0.4, 0.5, 0.6])
+    custom = image_transform(config, training=True, augment={"scale": (0.5, 1.0)}).transforms
+    assert custom[0].scale == (0.5, 1.0) and len(custom) == 4
+    evaluation = [type(s).__name__ for s in image_transform(config, training=True, augment=False).transforms]
+    assert evaluation == [type(s).__name__ for s in image_transform(config).transforms] == [
+        "Resize", "CenterCrop", "MaybeToTensor", "Normalize"]
+
+
+def test_sixteen_bit_and_other_modes_become_8_bit_rgb():
+    grey16 = Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16))  # mode I;16
+    assert grey16.mode.startswith("I;16")
+    assert np.asarray(to_rgb(grey16)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    grey32 = Image.fromarray(np.array([[257 * 7, 257 * 200]], dtype=np.int32))  # mode I
+    assert np.asarray(to_rgb(grey32)).tolist() == [[[7] * 3, [200] * 3]]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0
+    assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    rgba = Image.fromarray(np.array([[[1, 2, 3, 0]]], dtype=np.uint8))
+    assert to_rgb(rgba).mode == "RGB" and np.asarray(to_rgb(rgba)).tolist() == [[[1, 2, 3]]]
+    rgb = Image.new("RGB", (1, 1))
+    assert to_rgb(rgb) is rgb
+
+
+def test_open_image_names_a_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_image(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image file .*bad\.png: .*remove or replace it"):
+        open_image(tmp_path / "bad.png")
+    Image.new("L", (3, 2), 9).save(tmp_path / "grey.png")
+    image = open_image(tmp_path / "grey.png")
+    assert image.mode == "RGB" and image.size == (3, 2) and np.asarray(image).max() == 9
+
+
+def test_image_layouts_of_every_shape():
+    assert image_layout((1, 8, 8)) == image_layout((4, 8, 8)) == "chw"
+    assert image_layout((8, 8, 1)) == image_layout((8, 8, 4)) == "hwc"
+    assert image_layout((1, 8, 1)) == "chw" and image_layout((1, 8, 1), channels_first_if_ambiguous=False) == "hwc"
+    for bad in ((2, 8, 8), (8,), (1, 3, 8, 8)):
+        with pytest.raises(ValueError, match="cannot read an image of shape"):
+            image_layout(bad)
+
+
+def test_pixel_types_and_ranges():
+    shared = np.zeros((2, 4, 4), dtype=np.uint8)
+    assert np.shares_memory(as_image_tensor(shared).numpy(), shared)  # not copied
+    read_only = np.zeros((2, 4, 4), dtype=np.uint8)
+    read_only.flags.writeable = False
+    assert as_image_tensor(read_only).dtype == torch.uint8  # copied, no warning about a read-only array
+    assert as_image_tensor(np.array([[0, 255]], dtype=np.int16)).dtype == torch.uint8
+    assert as_image_tensor(np.array([[0.0, 1.0]])).dtype == torch.float32  # float64 to float32
+    assert as_image_tensor(torch.tensor([[0.5]], dtype=torch.float16)).dtype == torch.float16
+    for bad, error, message in [
+            (np.array([[-1, 3]], dtype=np.int16), ValueError, r"integer images must hold values 0-255, found -1\.\.3"),
+            (np.array([[0, 256]]), ValueError, r"found 0\.\.256"),
+            (np.array([[0.0, 1.5]]), ValueError, r"float images must hold values in \[0, 1\], found 0\.\.1\.5"),
+            (np.array([[-0.5, 0.5]]), ValueError, r"found -0\.5\.\.0\.5"),
+            (np.array([[float("nan")]]), ValueError, r"found nan\.\.nan"),
+            (np.zeros((0, 4, 4)), ValueError, "got no images"),
+            (np.zeros((2, 2), dtype=bool), TypeError, "images must be uint8 .* or float .*, not torch.bool"),
+            (np.zeros((2, 2), dtype=np.complex64), TypeError, "not torch.complex64")]:
+        with pytest.raises(error, match=message):
+            as_image_tensor(bad)
+
+
+def test_interpolation_names_become_torch_modes():
+    assert [interpolate_mode(n) for n in ("bicubic", "lanczos", "nearest", "bilinear", "box", "hamming")] == [
+        "bicubic", "bicubic", "nearest-exact", "bilinear", "bilinear", "bilinear"]
+
+
+def test_batches_in_every_layout_without_resizing_are_the_normalised_pixels():
+    """At the input size there is nothing to resize: (x / 255 - mean) / std exactly, worked out here, in every
+    layout, with alpha dropped and grey repeated."""
+    mean, std = (0.5, 0.25, 0.125), (0.5, 0.25, 2.0)
+    config = with_input_size({"mean": mean, "std": std}, (2, 3))
+    rgba = np.arange(2 * 2 * 3 * 4, dtype=np.uint8).reshape(2, 2, 3, 4) * 5  # (N, H, W, C)
+    expected = (torch.from_numpy(rgba[..., :3]).permute(0, 3, 1, 2).double() / 255
+                - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(std,
+                                                                              dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(batch_to_model_input(torch.from_numpy(rgba), "hwc", config).double(), expected,
+                               atol=1e-6, rtol=0)
+    chw = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()
+    torch.testing.assert_close(batch_to_model_input(chw, "chw", config).double(), expected, atol=1e-6, rtol=0)
+    grey = torch.from_numpy(rgba[..., 0])
+    out = batch_to_model_input(grey, "hw", config)
+    for c in range(3):
+        torch.testing.assert_close(out[:, c].double(), (grey.double() / 255 - mean[c]) / std[c], atol=1e-6, rtol=0)
+
+
+def test_sizes_and_configs():
+    assert with_input_size({}, (20, 30))["input_size"] == (3, 20, 30)
+    for bad in (0, (0, 5), (5, -1)):
+        with pytest.raises(ValueError, match="size must be positive"):
+            with_input_size({}, bad)
+    given = choose_config("test_resnet", 40, {"mean": (0.1, 0.2, 0.3), "interpolation": "bilinear"})
+    assert given["mean"] == (0.1, 0.2, 0.3) and given["input_size"] == (3, 40, 40) and given["std"] == IMAGENET_STD
+    assert choose_config("test_resnet", 40, None) == resolve_data_config("test_resnet", 40)
+    with pytest.raises(TypeError, match="arch must be a timm model name, an nn.Module or None, not int"):
+        resolve_data_config(3)
+    plain = resolve_data_config(torch.nn.Linear(2, 2), 24)  # no pretrained_cfg anywhere: timm's defaults
+    assert plain == with_input_size(IMAGENET_DATA_CONFIG, 24)
+
+
+def test_one_item_of_every_kind_in_crop_mode_is_the_pil_evaluation_transform(tmp_path):
+    """A grey array, an RGBA array and a float tensor give what PIL's image of the same pixels gives."""
+    import torchvision.transforms as T
+    config = with_input_size({"interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                              "crop_pct": 0.8}, 16)
+    by_hand = T.Compose([T.Resize(20, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(16), T.ToTensor(),
+                         T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    photo = np.ascontiguousarray(skimage.data.chelsea()[:60, :90])
+    grey = np.ascontiguousarray(photo[..., 0])
+    torch.testing.assert_close(preprocess_image(grey, config), by_hand(Image.fromarray(grey).convert("RGB")))
+    torch.testing.assert_close(preprocess_image(grey[..., None], config), by_hand(Image.fromarray(grey).convert("RGB")))
+    rgba = np.concatenate([photo, np.full((60, 90, 1), 7, np.uint8)], axis=2)
+    torch.testing.assert_close(preprocess_image(rgba, config), by_hand(Image.fromarray(photo)))
+    chw = torch.from_numpy(photo).permute(2, 0, 1).contiguous()
+    torch.testing.assert_close(preprocess_image(chw, config), by_hand(Image.fromarray(photo)))
+    floats = chw.float() / 255  # a float tensor: resized as a tensor (antialiased), not through PIL's 8 bits
+    assert float((preprocess_image(floats, config) - by_hand(Image.fromarray(photo))).abs().max()) < 0.05
+    with pytest.raises(TypeError, match="cannot preprocess a list: pass a file path, a PIL image, or an array"):
+        preprocess_image([[0, 1]], config)
 
 
 def test_denormalize_undoes_the_normalisation_and_clips():

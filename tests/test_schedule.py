@@ -1,7 +1,9 @@
 """Learning rate and momentum of every group at every step, against docs/schedules.md, worked out here."""
 import numpy as np
+import pytest
 
-from fastfreeze import Learner
+from fastfreeze import Callback, Learner
+from fastfreeze.schedule import ParamScheduler, one_cycle_scheduler
 from conftest import RecordParams, mlp2, mlp3, one_cycle_oracle
 
 
@@ -35,6 +37,57 @@ def test_fit_one_cycle_slice_three_groups(dls_5_batches):
         exp_lr, exp_mom = one_cycle_oracle(15, peak)
         np.testing.assert_allclose(lrs[:, g], exp_lr, rtol=1e-5)
         np.testing.assert_allclose(np.array(rec.moms)[:, g], exp_mom, rtol=1e-5)
+
+
+def test_fit_one_cycle_defaults_to_the_learners_lr_and_passes_div_final_on(dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, lr=3e-3, progress=False)
+    rec = RecordParams()
+    learn.fit_one_cycle(2, cbs=rec)
+    np.testing.assert_allclose(np.array(rec.lrs)[:, 1], one_cycle_oracle(10, 3e-3)[0], rtol=1e-5)
+    rec = RecordParams()
+    learn.fit_one_cycle(2, 1e-2, div_final=100.0, cbs=rec)
+    np.testing.assert_allclose(np.array(rec.lrs)[:, 1], one_cycle_oracle(10, 1e-2, div_final=100.0)[0], rtol=1e-5)
+
+
+class KeepScheduler(Callback):
+    def before_fit(self):
+        self.scheduler = next(cb for cb in self.learn.cbs if isinstance(cb, ParamScheduler))
+
+
+def test_one_cycle_ends_at_lr_over_1e5_and_starts_at_lr_over_25_by_default(dls_5_batches):
+    """The ends of the cycle (position 0 and 1, docs/schedules.md), which a fit's steps never reach exactly."""
+    keep = KeepScheduler()
+    Learner(mlp2(), dls_5_batches, progress=False).fit_one_cycle(1, 1e-2, cbs=keep)
+    direct = one_cycle_scheduler([1e-2])
+    for scheduler in (keep.scheduler, direct):
+        lr_sched, mom_sched = scheduler.lr_scheds[0], scheduler.mom_sched
+        # abs=0: pytest's default absolute tolerance (1e-12) would accept 1e-2 / 100001 for 1e-2 / 1e5 = 1e-7
+        assert (lr_sched(0.0), lr_sched(0.25), lr_sched(1.0)) == pytest.approx((1e-2 / 25, 1e-2, 1e-2 / 1e5), rel=1e-9,
+                                                                               abs=0)
+        assert (mom_sched(0.0), mom_sched(0.25), mom_sched(1.0)) == pytest.approx((0.95, 0.85, 0.95), rel=1e-12)
+
+
+def test_one_cycle_without_momentum_and_the_pct_start_range(dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, progress=False)
+    rec = RecordParams()
+    learn.fit_one_cycle(1, 1e-2, moms=None, cbs=rec)
+    assert np.array(rec.moms).tolist() == [[0.9, 0.9]] * 5  # AdamW's own beta1, untouched
+    rec = RecordParams()
+    learn.fit_one_cycle(2, 1e-2, pct_start=1.0, cbs=rec)  # warm-up only
+    np.testing.assert_allclose(np.array(rec.lrs)[:, 1], one_cycle_oracle(10, 1e-2, pct_start=1.0)[0], rtol=1e-5)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"pct_start must be in \(0, 1\], got {bad}"):
+            learn.fit_one_cycle(1, 1e-2, pct_start=bad)
+    with pytest.raises(TypeError, match="an lr spec is a number, a slice, .* got 'fast'"):
+        learn.fit_one_cycle(1, "fast")  # only 'auto' picks an lr
+
+
+def test_fit_one_cycle_auto_peaks_at_the_chosen_base_lr(dls_5_batches):
+    learn = Learner(mlp2(), dls_5_batches, progress=False)
+    rec = RecordParams()
+    learn.fit_one_cycle(2, "auto", cbs=rec)
+    base_lr = learn.auto_lr["base_lr"]
+    np.testing.assert_allclose(np.array(rec.lrs)[:, 1], one_cycle_oracle(10, base_lr)[0], rtol=1e-5)
 
 
 def test_one_cycle_under_accumulation_counts_optimizer_steps(dls_5_batches):

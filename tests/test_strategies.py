@@ -7,7 +7,8 @@ import pytest
 
 from fastfreeze import Callback, Learner
 from fastfreeze.lrs import lrs_decay
-from fastfreeze.strategies import Phase, Strategy
+from fastfreeze.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
+                                   discriminative, resolve_strategy)
 from conftest import mlp3
 
 BATCHES = 5  # per epoch, dls_5_batches
@@ -205,3 +206,83 @@ def test_bad_layer_decay_and_phase_kwarg(dls_5_batches):
         learn.fine_tune(1, layer_decay=1.5)
     with pytest.raises(ValueError, match="labels its phases"):
         learn.fine_tune(1, phase="x")
+
+
+# -- each strategy's arguments: the valid edges and the exact messages of the invalid ones -------------------
+@pytest.mark.parametrize("spec,message", [
+    (("freeze_unfreeze", -1), "the unfreeze epoch of 'freeze_unfreeze' must be an int >= 0, got -1"),
+    (("freeze_unfreeze", 1.5), "the unfreeze epoch of 'freeze_unfreeze' must be an int >= 0, got 1.5"),
+    (("freeze_unfreeze", True), "the unfreeze epoch of 'freeze_unfreeze' must be an int >= 0, got True"),
+    (("gradual", 0), "the epochs per step of 'gradual' must be an int >= 1, got 0"),
+    (("unfreeze_milestones", ((1, -2), 1)), "an unfreeze milestone must be an int >= 0, got -2"),
+    (("unfreeze_milestones", ((1, 2), 0)),
+     "the number of body groups of 'unfreeze_milestones' must be an int >= 1, got 0"),
+    (("unfreeze_milestones", (1, 2, 3)), "'unfreeze_milestones' takes ((e1, e2), k), got (1, 2, 3)"),
+    (("unfreeze_milestones", 3), "'unfreeze_milestones' takes ((e1, e2), k), got 3"),
+    (["gradual", 1], "unknown fine_tune strategy ['gradual', 1]: use None (fastai's recipe), 'freeze', 'no_freeze', "
+                     "('freeze_unfreeze', e), ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a Strategy "
+                     "object"),
+])
+def test_strategy_argument_errors_say_which_argument_and_what_it_got(spec, message):
+    with pytest.raises(ValueError) as error:
+        resolve_strategy(spec)
+    assert str(error.value) == message
+
+
+def test_strategy_constructor_and_fine_tune_argument_errors(dls_5_batches):
+    with pytest.raises(ValueError) as error:
+        UnfreezeMilestones((1, 2, 3), 1)
+    assert str(error.value) == "unfreeze_milestones takes ((e1, e2), k), got milestones (1, 2, 3)"
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ValueError) as error:
+            FastaiFineTune(bad)
+        assert str(error.value) == f"freeze_epochs must be an int >= 0, got {bad!r}"
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    with pytest.raises(ValueError) as error:
+        learn.fine_tune(-1, base_lr=BASE, strategy="freeze")
+    assert str(error.value) == "epochs must be >= 0, got -1"  # fine_tune checks its epochs first
+    with pytest.raises(ValueError) as error:  # a strategy's phases check them too, for callers of their own
+        list(resolve_strategy("freeze").phases(learn, -1, BASE, discriminative()))
+    assert str(error.value) == "epochs must be an int >= 0, got -1"
+    for kwargs, message in [(dict(lr_mult=0.5), "lr_mult must be >= 1 (the head lr over the first group's; 1 gives every "
+                             "group the head's lr), got 0.5"),
+                            (dict(layer_decay=0), "layer_decay must be in (0, 1] (e.g. 0.75), got 0")]:
+        with pytest.raises(ValueError) as error:
+            learn.fine_tune(1, base_lr=BASE, **kwargs)
+        assert str(error.value) == message
+    assert learn.recorder.phases == []
+
+
+def phases_of(strategy, epochs=4):
+    learn = Learner(mlp3(), None, progress=False)  # 3 layer groups
+    return [(p.epochs, p.freeze_to, p.label) for p in strategy.phases(learn, epochs, BASE, discriminative())]
+
+
+def test_strategy_edges_are_allowed(dls_5_batches):
+    """The edges that the definitions allow: unfreezing at the last epoch (all frozen), equal milestones, the last
+    milestone at the end, no frozen epoch, lr_mult and layer decay of 1 (every group at the head's lr)."""
+    assert phases_of(resolve_strategy(("freeze_unfreeze", 4))) == [(4, 2, "frozen")]
+    assert phases_of(resolve_strategy(("unfreeze_milestones", ((2, 2), 1)))) == [(2, 2, "frozen"), (2, 0, "unfrozen")]
+    assert phases_of(resolve_strategy(("unfreeze_milestones", ((1, 4), 1)))) == [
+        (1, 2, "frozen"), (3, 1, "unfrozen from group 1")]
+    assert phases_of(FastaiFineTune(0)) == [(4, 0, "unfrozen")]
+    for kwargs in (dict(lr_mult=1), dict(layer_decay=1)):
+        learn = Learner(mlp3(), dls_5_batches, progress=False)
+        rec = RecordPhases()
+        learn.fine_tune(1, base_lr=BASE, freeze_epochs=0, cbs=rec, **kwargs)
+        assert all(lrs == [lrs[-1]] * 3 for _, _, lrs, _ in rec.steps)
+
+
+def test_strategy_defaults_are_the_documented_ones():
+    """fastai's recipe: 1 frozen epoch; gradual unfreezing: one more group every epoch; discriminative lrs: the
+    first group at the head's lr / 100."""
+    assert phases_of(resolve_strategy(None)) == [(1, 2, "frozen"), (4, 0, "unfrozen")]
+    assert phases_of(FastaiFineTune()) == [(1, 2, "frozen"), (4, 0, "unfrozen")]
+    assert phases_of(GradualUnfreezing()) == [(1, 2, "frozen"), (1, 1, "unfrozen from group 1"), (2, 0, "unfrozen")]
+    assert discriminative()(2.0) == slice(0.02, 2.0)
+
+
+def test_strategies_print_as_their_constructor_calls():
+    assert repr(GradualUnfreezing(2)) == "GradualUnfreezing(every=2)"
+    assert repr(UnfreezeMilestones((1, 2), 1)) == "UnfreezeMilestones(milestones=(1, 2), n_body_groups=1)"
+    assert repr(Freeze()) == "Freeze()"

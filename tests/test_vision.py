@@ -108,14 +108,31 @@ def test_pretrained_learner_starts_frozen_and_random_one_does_not(tmp_path):
     assert learn2.frozen_groups == 0
 
 
-def test_pretrained_true_offline_is_a_clear_error(monkeypatch):
-    import fastfreeze.vision as vision
+OFFLINE_SCRIPT = """
+import numpy as np
+from fastfreeze import ImageDataLoaders, vision_learner
+dls = ImageDataLoaders.from_arrays(np.zeros((8, 32, 32, 3), np.uint8), np.arange(8) % 2, valid_pct=None, size=32)
+try:
+    vision_learner(dls, "resnet18", pretrained=True, progress=False)
+except RuntimeError as error:
+    print(f"{type(error.__cause__).__name__}|{error}")
+"""
 
-    def no_network(*args, **kwargs):
-        raise OSError("We couldn't connect to the hub")
-    monkeypatch.setattr(vision, "create_timm_body", no_network)
-    with pytest.raises(RuntimeError, match="pretrained=False"):
-        vision_learner(tiny_dls(), "resnet18", pretrained=True, progress=False)
+
+@pytest.mark.slow
+def test_pretrained_true_offline_is_a_clear_error(tmp_path):
+    """A user without internet, as huggingface_hub sees one (HF_HUB_OFFLINE=1, an empty cache), in a process of
+    its own: timm's real download error, wrapped in a message that says what to pass instead."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    run = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cause, _, message = run.stdout.strip().splitlines()[-1].partition("|")
+    assert cause == "LocalEntryNotFoundError"  # huggingface_hub's own: nothing cached, and offline
+    assert message.startswith("could not fetch timm's pretrained weights for 'resnet18' (LocalEntryNotFoundError: ")
+    assert "Without internet, pass pretrained=False, or pretrained='path/to/weights.pth|.safetensors'" in message
 
 
 def test_default_head_layout():
@@ -193,6 +210,101 @@ def test_predict_takes_images_and_paths(tmp_path):
     xv, _ = next(iter(dls.valid))
     preds, _ = learn.get_preds()
     torch.testing.assert_close(learn.predict(xv[0])[2], preds[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ predict against the model on a hand-made input
+def hand_input(photo: np.ndarray, config: dict, method: str) -> torch.Tensor:
+    """The model input for a uint8 RGB photo worked out with PIL and NumPy: 'squish' resizes the whole image,
+    'crop' resizes its shorter side to floor(size / crop_pct) and takes the centre; then scale and normalise."""
+    size = config["input_size"][-1]
+    image = Image.fromarray(np.ascontiguousarray(photo))
+    if method == "squish":
+        pixels = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float64)
+    else:
+        short = math.floor(size / config["crop_pct"])
+        w, h = image.size
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        resized = np.asarray(image.resize(new, Image.BICUBIC), dtype=np.float64)
+        top, left = int(round((resized.shape[0] - size) / 2)), int(round((resized.shape[1] - size) / 2))
+        pixels = resized[top:top + size, left:left + size]
+    x = (pixels / 255 - np.array(config["mean"])) / np.array(config["std"])
+    return torch.from_numpy(x).permute(2, 0, 1).float()
+
+
+def centred_log(probs: torch.Tensor) -> torch.Tensor:
+    """log-probabilities minus their mean: the logits minus theirs (softmax forgets only a constant)."""
+    logs = probs.double().log()
+    return logs - logs.mean()
+
+
+def model_logits(learn, x: torch.Tensor) -> torch.Tensor:
+    learn.model.eval()
+    with torch.no_grad():
+        out = learn.model(x[None].to(memory_format=torch.channels_last))[0].double()
+    return out - out.mean()
+
+
+@pytest.mark.parametrize("method", ["squish", "crop"])
+def test_predict_is_the_softmax_of_the_model_on_the_photo_preprocessed_by_hand(tmp_path, method):
+    """predict(PIL image) and predict(path) are softmax(model(x)) for x made by hand with PIL: the resize of the
+    data (the whole image for arrays, timm's resize and centre crop for folders), bicubic, RGB order, no flip.
+    Compared as logits (centred log-probabilities), which a saturated softmax does not flatten. The same oracle
+    on a flipped, channel-swapped, otherwise resized or nearest-resized photo lands more than 3 tolerances
+    away, so the test sees each of those mistakes."""
+    import skimage.data
+    photo = skimage.data.astronaut()[40:440, 20:500]  # 400 x 480, not square, so 'crop' differs from 'squish'
+    Image.fromarray(np.ascontiguousarray(photo)).save(tmp_path / "photo.png")
+    if method == "squish":
+        dls = tiny_dls(size=32)
+    else:
+        for split in ("train", "valid"):
+            for name in ("a", "b", "c"):
+                (tmp_path / split / name).mkdir(parents=True)
+                Image.fromarray(np.ascontiguousarray(photo[::8, ::8])).save(tmp_path / split / name / "x.png")
+        dls = ImageDataLoaders.from_folder(tmp_path, size=32, bs=2, num_workers=0)
+    assert dls.resize_method == method
+    config = dls.data_config
+    assert config["interpolation"] == "bicubic" and config["crop_pct"] == 0.875  # timm's defaults (no arch given)
+    assert config["mean"] == (0.485, 0.456, 0.406) and config["std"] == (0.229, 0.224, 0.225)
+    torch.manual_seed(0)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, progress=False)
+    expected = model_logits(learn, hand_input(photo, config, method))
+    label, index, probs = learn.predict(Image.fromarray(np.ascontiguousarray(photo)))
+    # 1.5% of the logits' scale: PIL rounds to 8 bits where fastfreeze resizes arrays in float (0.7% here)
+    tol = 0.015 * float(expected.abs().max())
+    torch.testing.assert_close(centred_log(probs), expected, atol=tol, rtol=0)
+    assert index == int(expected.argmax()) and label == dls.vocab[index]
+    torch.testing.assert_close(centred_log(learn.predict(tmp_path / "photo.png")[2]), expected, atol=tol, rtol=0)
+    other_method = "crop" if method == "squish" else "squish"
+    nearest = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).resize((32, 32), Image.NEAREST))
+    mistakes = {"flipped": hand_input(photo[:, ::-1], config, method),
+                "BGR": hand_input(photo[..., ::-1], config, method),
+                other_method: hand_input(photo, config, other_method),
+                "nearest": hand_input(nearest, config, "squish")}
+    for name, x in mistakes.items():
+        assert float((model_logits(learn, x) - expected).abs().max()) > 3 * tol, name
+
+
+def test_group_level_fine_gives_one_group_per_block():
+    """resnet18 through vision_learner: 'coarse' is the stem, the 4 stages and the head; 'fine' the stem, the 8
+    blocks (2 per stage) and the head, each group holding exactly that module's parameters; slice lrs spread
+    geometrically over the 10 groups."""
+    torch.manual_seed(0)
+    dls = tiny_dls(size=32)
+    coarse = vision_learner(dls, "resnet18", pretrained=False, progress=False)
+    fine = vision_learner(dls, "resnet18", pretrained=False, group_level="fine", progress=False)
+    body = fine.model.body
+    blocks = [getattr(body, f"layer{i}")[j] for i in range(1, 5) for j in range(2)]
+    expected = [[*body.conv1.parameters(), *body.bn1.parameters()], *[list(b.parameters()) for b in blocks],
+                list(fine.model.head.parameters())]
+    assert [[id(p) for p in g] for g in fine.layer_groups] == [[id(p) for p in g] for g in expected]
+    assert coarse.n_groups == 6 and fine.n_groups == 10
+    fine.set_lrs(slice(1e-6, 1e-3))
+    lrs = [g["lr"] for g in fine.opt.param_groups]
+    np.testing.assert_allclose(lrs, [1e-6 * 1000 ** (i / 9) for i in range(10)], rtol=1e-12)
+    fine.freeze_to(-3)  # the last two blocks and the head train
+    trains = [all(p.requires_grad for p in g if id(p) not in fine.norm_param_ids) for g in fine.layer_groups]
+    assert trains == [False] * 7 + [True] * 3
 
 
 # ------------------------------------------------------------------------------------------- the three tasks

@@ -57,6 +57,17 @@ def dls_5_batches():
     return DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0)
 
 
+class FixedLogits(nn.Module):
+    """Returns a stored row of logits for each item index: predictions chosen by hand."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, idx):
+        return self.logits[idx.long()]
+
+
 class RecordParams(Callback):
     """A user callback reading the optimizer's param groups after each training step."""
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import FixedLogits
 from fastfreeze import ClassificationInterpretation, DataLoaders, Learner
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
@@ -15,15 +16,6 @@ from fastfreeze.vision import vision_learner
 VOCAB = ["ant", "bee", "cat"]
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 2])
 PREDICTED = torch.tensor([0, 1, 1, 1, 0, 0, 2])  # wrong: item 1 (ant as bee), items 4 and 5 (cat as ant)
-
-
-class FixedLogits(nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = nn.Parameter(logits)
-
-    def forward(self, idx):
-        return self.logits[idx.long()]
 
 
 def fixed_learner(**kwargs):

@@ -1,8 +1,16 @@
-"""Metrics: accuracy, error rate and top-k accuracy by hand, accumulated over batches weighted by their size."""
+"""Metrics: accuracy, error rate and top-k accuracy by hand, accumulated over batches weighted by their size;
+whole-set metrics against scikit-learn."""
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset
 
-from fastfreeze.metrics import Metric, accuracy, as_metric, error_rate, top_k, top_k_accuracy
+from conftest import FixedLogits
+from fastfreeze import DataLoaders, Learner
+from fastfreeze.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
+                                accumulated_value, accuracy, accuracy_multi, as_metric, confusion_matrix, error_rate,
+                                metric_name, top_k, top_k_accuracy)
 
 PRED = torch.tensor([[0.1, 0.7, 0.2],    # argmax 1, ranking 1 > 2 > 0
                      [0.5, 0.3, 0.2],    # argmax 0, ranking 0 > 1 > 2
@@ -32,31 +40,12 @@ def test_metric_is_the_mean_over_items_not_over_batches():
 
 
 # ------------------------------------------------------------------------------------------------ whole-set metrics
-import numpy as np  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from fastfreeze import DataLoaders, Learner  # noqa: E402
-from fastfreeze.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, RocAuc,  # noqa: E402
-                                accumulated_value, accuracy_multi, confusion_matrix, metric_name)
 
 # 6 items in batches of 4 and 2. Whole set: class 0 has tp 2, fp 1, fn 1 and class 1 the same: F1 2/3 each,
 # macro 2/3. Batch 1 (targets 0 0 0 1, predicted 0 0 1 1): F1 4/5 and 2/3; batch 2 (targets 1 1, predicted 0 1):
 # F1 0 and 2/3. Size-weighted mean of the batch values: (4 * 11/15 + 2 * 1/3) / 6 = 0.6, not 2/3.
 TARGETS = torch.tensor([0, 0, 0, 1, 1, 1])
 PREDICTED = torch.tensor([0, 0, 1, 1, 0, 1])
-
-
-class FixedLogits(nn.Module):
-    """Returns a stored row of logits for each item index: predictions chosen by hand."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = nn.Parameter(logits)
-
-    def forward(self, idx):
-        return self.logits[idx.long()]
 
 
 def fixed_learner(logits, targets, bs, **kwargs):

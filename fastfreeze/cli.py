@@ -14,6 +14,13 @@ DEMO_WEIGHTS = "efficientnet-lite0"
 CHECKPOINT_FILE = "checkpoint.pth"  # in --out: what --resume goes on from
 
 
+def _close(figure: Any) -> None:
+    """The command line only saves its plots: each figure is closed once saved, so that a process running
+    several commands (a notebook, a test session) does not keep them all open."""
+    import matplotlib.pyplot as plt
+    plt.close(figure)
+
+
 def _lr(text: str) -> Union[str, float]:
     if text == "auto":
         return text
@@ -100,8 +107,8 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     fit_seconds = time.perf_counter() - fit_start
     interp = ClassificationInterpretation.from_learner(learn, final_dl)  # one pass: predictions and losses
     after = [float(interp.losses.mean()), float((interp.preds == interp.targs).float().mean())]
-    interp.plot_confusion_matrix(path=out / "confusion_matrix.png")
-    interp.plot_top_losses(9, path=out / "top_losses.png")
+    _close(interp.plot_confusion_matrix(path=out / "confusion_matrix.png"))
+    _close(interp.plot_top_losses(9, path=out / "top_losses.png"))
     tta_accuracy = None
     if args.tta > 1:
         tta_start = time.perf_counter()
@@ -112,10 +119,10 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     choice = getattr(learn, "fine_tune_choice", None)
     probe_kept = choice is not None and choice.probe_kept
     if not probe_kept:  # a kept probe ran no epoch: no loss or lr curve to draw
-        learn.recorder.plot_loss(path=out / "loss.png")
-        learn.recorder.plot_sched(path=out / "lr_schedule.png")
+        _close(learn.recorder.plot_loss(path=out / "loss.png"))
+        _close(learn.recorder.plot_sched(path=out / "lr_schedule.png"))
     if learn.recorder.lr_find_results is not None:
-        learn.recorder.plot_lr_find(path=out / "lr_find.png")
+        _close(learn.recorder.plot_lr_find(path=out / "lr_find.png"))
     model_file = _save_model(learn, out)
     results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
                "evaluated_on": final_name,
@@ -179,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                                        vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,
                                        augment=True, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    dls.show_batch(path=args.out / "batch.png")
+    _close(dls.show_batch(path=args.out / "batch.png"))
     learn = vision_learner(dls, args.arch, pretrained=DEMO_WEIGHTS if args.arch == DEMO_ARCH else True,
                            metrics=accuracy)
     _quiet_bars(learn, args.no_bar)

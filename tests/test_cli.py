@@ -88,6 +88,8 @@ def test_demo_on_tiny_settings_learns(tmp_path):
         load_fashion_mnist()
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
+    import matplotlib.pyplot as plt
+    plt.close("all")
     out = tmp_path / "demo"
     main(["demo", "--per-class", "25", "--valid-per-class", "3", "--final-per-class", "20", "--size", "48",
           "--epochs", "1", "--bs", "16", "--out", str(out), "--no-bar"])
@@ -98,3 +100,4 @@ def test_demo_on_tiny_settings_learns(tmp_path):
     assert (out / "batch.png").exists() and (out / "lr_find.png").exists()
     assert (out / "confusion_matrix.png").exists() and (out / "top_losses.png").exists()
     assert 0 <= results["tta_accuracy"] <= 1
+    assert plt.get_fignums() == []  # the plots were saved and closed, not left open in the process

@@ -377,3 +377,50 @@ def test_float_items_in_every_layout_in_crop_mode_are_the_transform_on_the_tenso
     half = preprocess_image(torch.from_numpy(photo).permute(2, 0, 1).half(), config)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, rgb, atol=2e-3, rtol=0)  # float16 holds the pixels to 1/2048
+
+
+def test_sixteen_bit_grey_in_every_byte_order_with_transparency_and_32_bit_saturating():
+    """16-bit grey is scaled by 255 / 65535 (x / 257, rounded) whatever its byte order or a transparent grey level;
+    32-bit grey (mode I) outside 0-65535 saturates at 0 and 255."""
+    levels = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    for mode, dtype in (("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16N", "=u2")):
+        image = Image.frombytes(mode, (3, 1), levels.astype(dtype).tobytes())
+        assert image.mode == mode and np.asarray(to_rgb(image)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    transparent = Image.fromarray(levels)  # a 16-bit grey PNG with a tRNS chunk
+    transparent.info["transparency"] = 0
+    assert np.asarray(to_rgb(transparent)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    wide = Image.fromarray(np.array([[-257 * 5, 257 * 3, 70000]], dtype=np.int32))  # 70000 / 257 = 272.4
+    assert np.asarray(to_rgb(wide)).tolist() == [[[0] * 3, [3] * 3, [255] * 3]]
+
+
+def test_a_palette_with_alpha_per_entry_becomes_its_colours_without_pils_warning():
+    import warnings
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = bytes([0, 128])  # one alpha per palette entry, as PNG's tRNS gives it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL warns when such an image is converted other than through RGBA
+        assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+
+
+def test_one_pixel_sizes_are_allowed():
+    assert with_input_size({}, 1)["input_size"] == (3, 1, 1)
+    assert with_input_size({}, (1, 5))["input_size"] == (3, 1, 5)
+    assert with_input_size({}, (5, 1))["input_size"] == (3, 5, 1)
+
+
+def test_model_input_is_float32_whatever_torchs_default_dtype():
+    """The docstring's float32 (N, 3, H, W), also when a program has set float64 as torch's default dtype:
+    ((x / 255) - mean) / std by hand, in float32."""
+    config = with_input_size({"mean": (0.5, 0.25, 0.125), "std": (0.5, 0.25, 2.0)}, (1, 2))
+    pixels = torch.tensor([[[0, 255]]], dtype=torch.uint8)  # one 1 x 2 grey image
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = batch_to_model_input(pixels, "hw", config)
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == torch.float32
+    assert out[0, :, 0, 0].tolist() == pytest.approx([-1.0, -1.0, -0.0625])  # (0 - mean) / std
+    assert out[0, :, 0, 1].tolist() == pytest.approx([1.0, 3.0, 0.4375])  # (1 - mean) / std

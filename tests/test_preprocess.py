@@ -304,3 +304,123 @@ def test_denormalize_undoes_the_normalisation_and_clips():
     images = denormalize(x, config)
     assert images.shape == (1, 2, 2, 3)
     assert images[0, 0, 0].tolist() == pytest.approx([0.75, 0.25, 1.0])
+
+
+def test_denormalize_clips_below_zero_too():
+    from fastfreeze.preprocess import denormalize
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.5, 1.0)}
+    x = torch.tensor([-3.0, -0.5, -1.0]).view(1, 3, 1, 1)  # 0.5 - 0.75 (clipped to 0), 0.5 - 0.25, 0.5 - 1 (to 0)
+    assert denormalize(x, config)[0, 0, 0].tolist() == pytest.approx([0.0, 0.25, 0.0])
+
+
+# ------------------------------------------------------------------ one item of every kind, every path through it
+def eval_by_hand(size: int, crop_pct: float, mean, std):
+    """timm's evaluation transform written out with torchvision: shorter side to int(size / crop_pct), centre crop,
+    scale to [0, 1], normalise."""
+    import torchvision.transforms as T
+    return T.Compose([T.Resize(int(size / crop_pct), interpolation=T.InterpolationMode.BILINEAR),
+                      T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def test_one_item_from_a_file_or_a_pil_image_in_both_modes(tmp_path):
+    """A path (str or Path) is opened and treated as the PIL image: 'crop' is the evaluation transform worked out
+    with torchvision, 'squish' PIL's resize of the whole image."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    config = with_input_size({"interpolation": "bilinear", "mean": mean, "std": std, "crop_pct": 0.8}, 16)
+    photo = np.ascontiguousarray(skimage.data.chelsea()[:60, :90])
+    Image.fromarray(photo).save(tmp_path / "cat.png")
+    cropped = eval_by_hand(16, 0.8, mean, std)(Image.fromarray(photo))
+    for item in (tmp_path / "cat.png", str(tmp_path / "cat.png"), Image.fromarray(photo)):
+        torch.testing.assert_close(preprocess_image(item, config), cropped)
+        squished = preprocess_image(item, config, "squish")
+        assert squished.shape == (3, 16, 16) and squished.dtype == torch.float32
+        assert_like_pil(squished, pil_input(photo, 16, "bilinear", mean, std), std, "bilinear")
+    grey = Image.fromarray(photo[..., 1])  # mode L: grey repeated in the three channels
+    assert_like_pil(preprocess_image(grey, config, "squish"), pil_input(photo[..., 1], 16, "bilinear", mean, std),
+                    std, "bilinear")
+
+
+def test_an_ambiguous_shape_is_channels_last_for_an_array_and_channels_first_for_a_tensor():
+    """(4, 9, 3) could be 4 channels of 9 x 3 or a 4 x 9 RGB image: NumPy arrays are read channels last, tensors
+    channels first (torch's convention). At the input size nothing is resized: (x / 255 - mean) / std by hand."""
+    mean, std = (0.5, 0.25, 0.125), (0.5, 0.25, 2.0)
+    rgb = (np.arange(4 * 9 * 3, dtype=np.uint8).reshape(4, 9, 3) * 2)  # H 4, W 9, C 3
+    expected = ((rgb.astype(np.float64) / 255 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)
+    ours = preprocess_image(rgb, with_input_size({"mean": mean, "std": std}, (4, 9)), "squish")
+    torch.testing.assert_close(ours.double(), torch.from_numpy(expected), atol=1e-6, rtol=0)
+    chw = torch.from_numpy(rgb[:3, :4].copy()).permute(2, 0, 1)  # C 3, H 3, W 4: (3, 3, 4)
+    expected = ((rgb[:3, :4].astype(np.float64) / 255 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)
+    ours = preprocess_image(chw.contiguous(), with_input_size({"mean": mean, "std": std}, (3, 4)), "squish")
+    torch.testing.assert_close(ours.double(), torch.from_numpy(expected), atol=1e-6, rtol=0)
+
+
+def test_float_items_in_every_layout_in_crop_mode_are_the_transform_on_the_tensor():
+    """A float image is resized as a float tensor (timm's transform takes tensors): torchvision's antialiased
+    bilinear resize, centre crop and normalisation of the (3, H, W) tensor, written out here; grey repeated in the
+    three channels, alpha dropped, float16 computed in float32."""
+    import torchvision.transforms as T
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.5)
+    config = with_input_size({"interpolation": "bilinear", "mean": mean, "std": std, "crop_pct": 0.8}, 16)
+    by_hand = T.Compose([T.Resize(20, interpolation=T.InterpolationMode.BILINEAR, antialias=True), T.CenterCrop(16),
+                         T.Normalize(mean, std)])
+    photo = np.ascontiguousarray(skimage.data.chelsea()[:60, :90]).astype(np.float32) / 255  # (H, W, 3)
+    rgb = by_hand(torch.from_numpy(photo).permute(2, 0, 1).contiguous())
+    grey = by_hand(torch.from_numpy(photo[..., 0])[None].expand(3, -1, -1).contiguous())
+    cases = [(photo, rgb), (np.concatenate([photo, np.ones_like(photo[..., :1])], axis=2), rgb),
+             (torch.from_numpy(photo).permute(2, 0, 1).contiguous(), rgb),
+             (photo[..., 0], grey), (photo[..., :1], grey), (torch.from_numpy(photo[..., 0]), grey),
+             (torch.from_numpy(photo[..., 0])[None], grey)]
+    for item, expected in cases:
+        ours = preprocess_image(item, config)
+        assert ours.shape == (3, 16, 16) and ours.dtype == torch.float32
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    half = preprocess_image(torch.from_numpy(photo).permute(2, 0, 1).half(), config)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, rgb, atol=2e-3, rtol=0)  # float16 holds the pixels to 1/2048
+
+
+def test_sixteen_bit_grey_in_every_byte_order_with_transparency_and_32_bit_saturating():
+    """16-bit grey is scaled by 255 / 65535 (x / 257, rounded) whatever its byte order or a transparent grey level;
+    32-bit grey (mode I) outside 0-65535 saturates at 0 and 255."""
+    levels = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    for mode, dtype in (("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16N", "=u2")):
+        image = Image.frombytes(mode, (3, 1), levels.astype(dtype).tobytes())
+        assert image.mode == mode and np.asarray(to_rgb(image)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    transparent = Image.fromarray(levels)  # a 16-bit grey PNG with a tRNS chunk
+    transparent.info["transparency"] = 0
+    assert np.asarray(to_rgb(transparent)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
+    wide = Image.fromarray(np.array([[-257 * 5, 257 * 3, 70000]], dtype=np.int32))  # 70000 / 257 = 272.4
+    assert np.asarray(to_rgb(wide)).tolist() == [[[0] * 3, [3] * 3, [255] * 3]]
+
+
+def test_a_palette_with_alpha_per_entry_becomes_its_colours_without_pils_warning():
+    import warnings
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = bytes([0, 128])  # one alpha per palette entry, as PNG's tRNS gives it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL warns when such an image is converted other than through RGBA
+        assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+
+
+def test_one_pixel_sizes_are_allowed():
+    assert with_input_size({}, 1)["input_size"] == (3, 1, 1)
+    assert with_input_size({}, (1, 5))["input_size"] == (3, 1, 5)
+    assert with_input_size({}, (5, 1))["input_size"] == (3, 5, 1)
+
+
+def test_model_input_is_float32_whatever_torchs_default_dtype():
+    """The docstring's float32 (N, 3, H, W), also when a program has set float64 as torch's default dtype:
+    ((x / 255) - mean) / std by hand, in float32."""
+    config = with_input_size({"mean": (0.5, 0.25, 0.125), "std": (0.5, 0.25, 2.0)}, (1, 2))
+    pixels = torch.tensor([[[0, 255]]], dtype=torch.uint8)  # one 1 x 2 grey image
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = batch_to_model_input(pixels, "hw", config)
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == torch.float32
+    assert out[0, :, 0, 0].tolist() == pytest.approx([-1.0, -1.0, -0.0625])  # (0 - mean) / std
+    assert out[0, :, 0, 1].tolist() == pytest.approx([1.0, 3.0, 0.4375])  # (1 - mean) / std

@@ -68,6 +68,17 @@ class FixedLogits(nn.Module):
         return self.logits[idx.long()]
 
 
+class RecordLrs(Callback):
+    """Each training batch's lr of every param group."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def after_batch(self):
+        if self.learn.training:
+            self.lrs.append([g["lr"] for g in self.learn.opt.param_groups])
+
+
 class RecordParams(Callback):
     """A user callback reading the optimizer's param groups after each training step."""
 

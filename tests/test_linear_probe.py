@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import one_cycle_oracle
+from conftest import RecordLrs, one_cycle_oracle
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
 from fastfreeze.image_data import ImageDataLoaders
@@ -43,15 +43,6 @@ def state_of(module):
 
 def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class RecordLrs(Callback):
-    def __init__(self):
-        self.lrs = []
-
-    def after_batch(self):
-        if self.learn.training:
-            self.lrs.append([g["lr"] for g in self.learn.opt.param_groups])
 
 
 class FirstHead(Callback):

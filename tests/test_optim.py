@@ -260,14 +260,19 @@ def test_default_weight_decay_matches_torch_adamw_with_a_decay_and_a_no_decay_gr
     ref.train()
     batches = list(dls.train) * 2
     assert len(batches) == n_steps
-    for t, (xb, yb) in enumerate(batches):
-        for i, group in enumerate(opt.param_groups):
-            group["lr"] = lrs[t][i // 2]
-        nn.functional.cross_entropy(ref(xb), yb).backward()
-        opt.step()
-        opt.zero_grad()
-    for (name, p), q in zip(learn.model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    def torch_steps_then_compare():
+        """torch's AdamW over the same batches at the same lrs (a decay and a no-decay group per layer group),
+        then every parameter compared with the learner's."""
+        for t, (xb, yb) in enumerate(batches):
+            for i, group in enumerate(opt.param_groups):
+                group["lr"] = lrs[t][i // 2]
+            nn.functional.cross_entropy(ref(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+        for (name, p), q in zip(learn.model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+
+    torch_steps_then_compare()
 
     # then the first layer group frozen (its BatchNorm still trains, undecayed; its Linear gets no gradient, so
     # nothing of it is decayed): for torch, the Linear does not require grad; both optimizers start afresh
@@ -275,11 +280,4 @@ def test_default_weight_decay_matches_torch_adamw_with_a_decay_and_a_no_decay_gr
     learn.fit(2)
     ref[0][0].requires_grad_(False)
     opt.state.clear()
-    for t, (xb, yb) in enumerate(batches):
-        for i, group in enumerate(opt.param_groups):
-            group["lr"] = lrs[t][i // 2]
-        nn.functional.cross_entropy(ref(xb), yb).backward()
-        opt.step()
-        opt.zero_grad()
-    for (name, p), q in zip(learn.model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    torch_steps_then_compare()

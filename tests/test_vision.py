@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from fastfreeze import Callback
+from conftest import RecordLrs
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.metrics import accuracy
 from fastfreeze.vision import vision_learner
@@ -36,15 +36,6 @@ def tiny_dls(size=32, n=32, n_classes=3, arch=None):
     y = np.arange(n) % n_classes
     return ImageDataLoaders.from_arrays(x, y, x[:8], y[:8], size=size, bs=8, arch=arch,
                                         vocab=[f"c{i}" for i in range(n_classes)])
-
-
-class RecordLrs(Callback):
-    def __init__(self):
-        self.lrs = []
-
-    def after_batch(self):
-        if self.learn.training:
-            self.lrs.append([g["lr"] for g in self.learn.opt.param_groups])
 
 
 @pytest.mark.parametrize("arch,kwargs", ARCHS, ids=[a for a, _ in ARCHS])

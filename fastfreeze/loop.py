@@ -570,22 +570,27 @@ class BaseLearner:
         return activate(activation_for(self.loss_func), pred)
 
     @torch.no_grad()
-    def get_preds(self, dl: Optional[Iterable] = None,
-                  activation: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def get_preds(self, dl: Optional[Iterable] = None, activation: bool = True,
+                  predict_batch: Optional[Callable[[tuple], torch.Tensor]] = None
+                  ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(predictions, targets) over `dl` (default: the validation set), on the CPU.
-        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`).
+        Predictions are probabilities for a cross-entropy loss (raw outputs with `activation=False`), or what
+        `predict_batch(inputs)` returns for each batch's inputs on the device (test-time augmentation uses it).
         Batches of one element `(x,)` have no targets (`ImageDataLoaders.test_dl` without labels): targets None."""
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no data to predict on: pass a dl or give DataLoaders a valid set")
+        if predict_batch is None:
+            def predict_batch(xb: tuple) -> torch.Tensor:
+                with self.autocast():
+                    out = self.model(*xb)
+                return self.activation(out) if activation else out.float()
         self.model.eval()
         preds, targs = [], []
         for batch in dl:
             labelled = len(batch) > 1
             xb, yb = self.to_device(batch if labelled else (*batch, None))
-            with self.autocast():
-                out = self.model(*xb)
-            preds.append((self.activation(out) if activation else out.float()).cpu())
+            preds.append(predict_batch(xb).cpu())
             if labelled:
                 targs.append(yb[0].cpu())
         return torch.cat(preds), (torch.cat(targs) if targs else None)

@@ -83,11 +83,8 @@ def tta(learn: BaseLearner, dl: Optional[Iterable] = None, n: int = 4, views: Op
     views = list(views) if views is not None else tta_views(n, scale)
     if not views:
         raise ValueError("tta needs at least one view")
-    learn.model.eval()
-    preds, targs = [], []
-    for batch in dl:
-        labelled = len(batch) > 1
-        xb, yb = learn.to_device(batch if labelled else (*batch, None))
+
+    def averaged_over_views(xb: tuple) -> Tensor:
         (x,) = xb
         total = None
         for view in views:
@@ -95,7 +92,6 @@ def tta(learn: BaseLearner, dl: Optional[Iterable] = None, n: int = 4, views: Op
                 out = learn.model(view(x))
             probs = learn.activation(out)
             total = probs if total is None else total + probs
-        preds.append((total / len(views)).cpu())
-        if labelled:
-            targs.append(yb[0].cpu())
-    return torch.cat(preds), (torch.cat(targs) if targs else None)
+        return total / len(views)
+
+    return learn.get_preds(dl, predict_batch=averaged_over_views)

@@ -38,6 +38,7 @@ from .divergence import ADVICE
 from .head import AdaptiveConcatPool2d
 from .loop import BaseLearner
 from .norm import no_decay_param_ids
+from .optim import adamw
 from .ranks import broadcast_object
 from .strategies import Discriminative, Phase, Strategy
 from .tasks import SINGLE_LABEL, task_of
@@ -133,9 +134,10 @@ def fit_head(head: nn.Module, feats: torch.Tensor, targs: torch.Tensor, loss_fun
     Raises `FloatingPointError` at a non-finite loss, before that step touches the weights."""
     no_decay = no_decay_param_ids(head)
     params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in no_decay], "weight_decay": wd},
-                             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.99), eps=1e-5)
+    # the Learner's optimizer (`optim.adamw`), with torch's own decoupled decay per group: the same
+    # `p *= 1 - lr * wd` before each step that the Learner's `DecoupledWeightDecay` applies
+    opt = adamw([{"params": [p for p in params if id(p) not in no_decay], "weight_decay": wd},
+                 {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}], lr)
     generator = torch.Generator().manual_seed(seed)
     head.train()
     try:

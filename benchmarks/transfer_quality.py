@@ -46,7 +46,8 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import EMA, CutMix, ImageDataLoaders, MixUp, accuracy, vision_learner
-from fastfreeze.auto_lr import choose_base_lr
+from fastfreeze.auto_lr import choose_base_lr, training_features
+from fastfreeze.linear_probe import fit_probe
 from fastfreeze.data import seeded_loader
 from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
 
@@ -61,12 +62,23 @@ REGIMES = {"small": {"per_class": 50, "epochs": 5, "dataset": "fashion-mnist"},
            "fashion20": {"per_class": 20, "epochs": 5, "dataset": "fashion-mnist"},
            "digits10": {"per_class": 10, "epochs": 5, "dataset": "digits"},
            "digits20": {"per_class": 20, "epochs": 5, "dataset": "digits"}}
+# issue 24's sweep: 10, 20, 50, 100, 300 training images per class on three data sets, one of them natural
+# photographs (digits has about 105 per class once its validation images are set aside: no 300)
+SWEEP_SIZES = {"photos": (10, 20, 50, 100, 300), "digits": (10, 20, 50, 100), "fashion-mnist": (10, 20, 50, 100, 300)}
+for _dataset, _sizes in SWEEP_SIZES.items():
+    for _n in _sizes:
+        REGIMES[f"{_dataset}-{_n}"] = {"per_class": _n, "epochs": 5, "dataset": _dataset}
+# photographs shipped by pip packages (scikit-image, scikit-learn, matplotlib): one class per photograph
+PHOTOS = (("skimage", "astronaut.png"), ("skimage", "chelsea.png"), ("skimage", "coffee.png"),
+          ("skimage", "rocket.jpg"), ("skimage", "motorcycle_left.png"), ("sklearn", "china.jpg"),
+          ("sklearn", "flower.jpg"), ("matplotlib", "grace_hopper.jpg"))
+PATCH, TRAIN_FRACTION, VALID_PER_CLASS = 128, 0.7, 100
 FIXED_LRS = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")
 # the defaults plus one regulariser: row -> (extra vision_learner arguments, callbacks of the learner)
 REGULARISERS = {"mixup": lambda: ({}, [MixUp(0.4)]), "cutmix": lambda: ({}, [CutMix(1.0)]),
                 "ls": lambda: ({"loss_func": nn.CrossEntropyLoss(label_smoothing=0.1)}, []),
                 "ema": lambda: ({}, [EMA()])}
-ALL_ROWS = (("probe", "fastai") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto", "default")
+ALL_ROWS = (("probe", "headprobe", "fastai", "lpft", "heldout") + tuple(f"groups@{lr}" for lr in FIXED_LRS) + ("auto", "default")
             + tuple(REGULARISERS))
 DEFAULT_OUT = Path(__file__).with_name("transfer_quality_results.jsonl")
 
@@ -78,9 +90,39 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images * (255 / 16)).round().astype(np.uint8), digits.target
 
 
+def photo_path(package: str, name: str) -> Path:
+    import importlib
+    root = Path(importlib.import_module(package).__file__).parent
+    return root / {"skimage": "data", "sklearn": "datasets/images", "matplotlib": "mpl-data/sample_data"}[package] / name
+
+
+def photo_patches(per_class: int, valid: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`PATCH`-pixel square patches of the `PHOTOS`, labelled by photograph: training patches from the left
+    `TRAIN_FRACTION` of each photograph's columns, validation patches from the rest, so that no validation
+    patch shares a pixel with a training one. Positions drawn from `seed`."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for label, (package, name) in enumerate(PHOTOS):
+        image = np.asarray(Image.open(photo_path(package, name)).convert("RGB"))
+        h, w = image.shape[:2]
+        cut = int(w * TRAIN_FRACTION)
+        lo, hi = (cut, w - PATCH) if valid else (0, cut - PATCH)
+        for _ in range(per_class):
+            top, left = rng.integers(0, h - PATCH + 1), rng.integers(lo, hi + 1)
+            xs.append(image[top:top + PATCH, left:left + PATCH])
+            ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
 def make_dls(regime: str, seed: int, bs: Optional[int] = None) -> ImageDataLoaders:
     """The regime's data; `bs=None` is the library's default (16 for 300 or 500 images, 64 for 5,000)."""
     cfg = REGIMES[regime]
+    if cfg["dataset"] == "photos":
+        x, y = photo_patches(cfg["per_class"], valid=False, seed=seed)
+        xv, yv = photo_patches(VALID_PER_CLASS, valid=True, seed=10_000)  # the same 800 for every run
+        return ImageDataLoaders.from_arrays(x, y, xv, yv, vocab=[n for _, n in PHOTOS], arch=ARCH, size=SIZE,
+                                            bs=bs, augment=True, seed=seed)
     if cfg["dataset"] == "digits":
         x, y = load_digits_images()
         valid_idx = stratified_subset(y, 70, seed=0)  # the same 700 validation images for every run
@@ -133,24 +175,33 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
     start = time.perf_counter()
     # every row sees the same batches in the same order
     with contextlib.redirect_stdout(io.StringIO()), seeded_loader(dls.train, seed):
-        if row == "auto" or row in REGULARISERS:  # base_lr from the head sweep, then fastai's recipe
+        if row == "headprobe":  # the head fitted as a probe on cached features (the default below 25/class before)
+            fit_probe(learn, *training_features(learn))
+        elif row == "lpft":  # LP-FT: the head fitted as a probe first, then all groups at the 'auto' lr
+            base_lr = choose_base_lr(learn)
+            fit_probe(learn, *training_features(learn))
+            learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=0)
+        elif row == "auto" or row in REGULARISERS:  # base_lr from the head sweep, then fastai's recipe
             learn.fine_tune(epochs, base_lr=choose_base_lr(learn), freeze_epochs=1)
-        elif row == "default":  # the default since issue 17: probe first, then fine-tune or keep the probe
+        elif row == "default":  # the default: a probe below 25 images per class, else the stage-wise recipe
             learn.fine_tune(epochs, freeze_epochs=1)
+        elif row == "heldout":  # the recipe chosen on a held-out slice of the training set (issue 24)
+            learn.fine_tune(epochs, freeze_epochs=1, choose="held_out")
         else:
             base_lr = 2e-3 if row == "fastai" else float(row.split("@")[1])
             learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=1)
     seconds = time.perf_counter() - start
     learn.dls.valid = valid
     result = {"accuracy": learn.validate()[1], "seconds": seconds, "groups": learn.n_groups}  # EMA: on the average
-    if row in ("auto", "default") or row in REGULARISERS:
+    if row in ("auto", "default", "lpft", "heldout") or row in REGULARISERS:
         info = learn.auto_lr
         result.update(base_lr=info["base_lr"], valley=info["valley"], minimum=info["minimum"],
                       choice_seconds=info["seconds"], choice_fraction=info["seconds"] / seconds)
-    if row == "default":
+    if row in ("default", "heldout"):
         decided = learn.fine_tune_choice
-        result.update(fine_tuned=not decided.probe_kept, reason=decided.reason, probe_seconds=decided.probe_seconds,
-                      probe_fraction=decided.probe_seconds / seconds)
+        result.update(fine_tuned=not decided.probe_kept, recipe=decided.recipe, reason=decided.reason,
+                      scores=decided.scores, losses=decided.losses, choosing_seconds=decided.seconds,
+                      probe_seconds=decided.seconds, probe_fraction=decided.seconds / seconds)
     return result
 
 
@@ -204,7 +255,7 @@ def report(out: Path) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def order(row: str) -> tuple:
-        named = {"probe": 0, "fastai": 1, "default": 3, "auto": 4, "auto-5x100": 5, "auto-unscaled": 6,
+        named = {"probe": 0, "headprobe": 0.5, "lpft": 1.5, "heldout": 3.5, "fastai": 1, "default": 3, "auto": 4, "auto-5x100": 5, "auto-unscaled": 6,
                  "auto-geomean": 7, **{r: 4 + (i + 1) / 10 for i, r in enumerate(REGULARISERS)}}
         return (named[row], 0.0) if row in named else (2, float(row.split("@")[1]))
 
@@ -295,6 +346,8 @@ def compare_defaults(out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=list(REGIMES), default="small")
+    parser.add_argument("--sweep", choices=list(SWEEP_SIZES), default=None,
+                        help="run every size of this data set's sweep (overrides --regime)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", default=list(ALL_ROWS), type=check_row,
                         help="rows to run (default: all); any 'groups@<lr>' is allowed")
@@ -303,7 +356,9 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the table from --out and stop")
     args = parser.parse_args()
     if not args.report:
-        run(args.regime, args.seeds, args.rows, args.out, args.bs)
+        regimes = [f"{args.sweep}-{n}" for n in SWEEP_SIZES[args.sweep]] if args.sweep else [args.regime]
+        for regime in regimes:
+            run(regime, args.seeds, args.rows, args.out, args.bs)
     print(report(args.out))
     print()
     print(compare_defaults(args.out))

@@ -13,7 +13,7 @@ import numpy as np
 from .auto_lr import choose_base_lr
 from .callback import callback_list
 from .feature_cache import feature_cache_for
-from .linear_probe import choose_fine_tune
+from .default_choice import CHOOSERS, choose_fine_tune
 from .loop import BaseLearner, check_epochs
 from .lrs import check_lrs, expand_lrs
 from .schedule import fit_one_cycle
@@ -24,14 +24,16 @@ from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_s
 def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "auto", freeze_epochs: int = 1,
               lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0, strategy: StrategySpec = None,
               layer_decay: Optional[float] = None, resume_from: Optional[Union[str, Path]] = None,
-              cache_features: Union[str, bool] = "auto", **kwargs: Any) -> None:
+              cache_features: Union[str, bool] = "auto", choose: str = "by_size", **kwargs: Any) -> None:
     """Fine-tune in phases, one `fit_one_cycle` per phase, `freeze_to` between them (see `strategies`).
 
     `base_lr='auto'` (default) first picks base_lr from an lr sweep of the head (`auto_lr`, docs/auto-lr.md);
-    a number is used as given. With 'auto' and no strategy, a single-label classifier on a body + head with
-    fewer than 25 training images per class gets its head fitted as a probe on the cached body features
-    instead, and no epoch runs (`linear_probe`, docs/few-shot.md); `learn.fine_tune_choice` records which.
-    The default (`strategy=None`) is otherwise fastai's recipe (docs/schedules.md):
+    a number is used as given. With 'auto' and no strategy, a single-label classifier on a body + head
+    chooses its recipe from the training set: a probe of the head on cached body features (no epoch runs),
+    fastai's gentle recipe ('gentle' at 2e-3) or the stage-wise recipe below at the 'auto' lr, compared on
+    a held-out slice of the training set (`default_choice`, docs/few-shot.md); `learn.fine_tune_choice`
+    records the candidates, their scores and the winner.
+    `strategy=None` with a number is fastai's recipe over the layer groups (docs/schedules.md):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
     `freeze_epochs=0` skips phase 1. Other strategies: 'freeze', 'no_freeze', ('freeze_unfreeze', e),
@@ -47,6 +49,11 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     phases of 2+ epochs when that is exact (norm='frozen', data without random augmentation; see
     `feature_cache`), True accepts one fixed draw of augmentation, False never caches.
 
+    `choose` (with base_lr='auto' and no strategy): 'by_size' (the default) keeps a probe below 25 training
+    images per class and runs the stage-wise recipe from there; 'held_out' decides between the probe,
+    'gentle' and the stage-wise recipe on a held-out slice of the training set (`default_choice`,
+    docs/few-shot.md).
+
     `resume_from`: a checkpoint written during the same fine_tune (`CheckpointCallback`); the phases it
     completed are skipped and its phase goes on from its epoch, with the base_lr it recorded ('auto' is
     not chosen again).
@@ -55,18 +62,22 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
         raise ValueError("fine_tune labels its phases itself: pass no `phase`, or define a Strategy with labels")
     check_epochs(epochs, "epochs")
     _check_base_lr(base_lr)
+    if choose not in CHOOSERS:
+        raise ValueError(f"choose must be one of {', '.join(map(repr, CHOOSERS))}, got {choose!r}")
     first_phase = 0
     if resume_from is not None:
         first_phase, base_lr = _resume_point(learn, resume_from, base_lr)
     feature_cache_for(learn, cache_features, 0)  # reject a bad value before any training
     learn.fine_tune_choice = None
     accum_steps = kwargs.get("accum_steps", 1)
-    if isinstance(base_lr, str) and strategy is None:  # the default: fastai's recipe, or a probe (few images)
-        base_lr, strategy = choose_fine_tune(learn, accum_steps=accum_steps)
+    disc = discriminative(lr_mult, layer_decay)
+    if isinstance(base_lr, str) and strategy is None:  # the default: choose the recipe from the training set
+        base_lr, strategy = choose_fine_tune(learn, epochs, freeze_epochs, disc, pct_start=pct_start, div=div,
+                                             accum_steps=accum_steps, choose=choose)
     elif isinstance(base_lr, str):
         base_lr = choose_base_lr(learn, accum_steps=accum_steps)
     plan = resolve_strategy(strategy, freeze_epochs)
-    phases = list(plan.phases(learn, epochs, base_lr, discriminative(lr_mult, layer_decay)))
+    phases = list(plan.phases(learn, epochs, base_lr, disc))
     for phase in phases:  # check them all before training starts
         _check_phase(learn, phase, plan)
     if resume_from is not None and first_phase >= len(phases):

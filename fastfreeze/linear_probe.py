@@ -1,116 +1,29 @@
-"""The default `fine_tune` of a classifier on a pretrained body: with few images per class, keep a probe.
+"""A probe of the head: the head (whatever it is) fitted on cached features of the frozen body.
 
-A linear probe (a classifier fitted on the frozen body's features) is the baseline few-shot fine-tuning has
-to beat (Tian et al. 2020), and with a few images per class fastai's recipe does not beat it: with about
-ten optimizer steps per epoch the head is still far from what a probe finds when the body unfreezes, the
-first unfrozen steps distort the pretrained features to fit it (Kumar et al. 2022), and batches of 8 give
-the body's BatchNorm layers noisy statistics to train on. Fine-tuning from a probe head (LP-FT) did not
-fix it either (docs/few-shot.md has the measurements). So when `fine_tune` chooses for itself
-(`base_lr='auto'`, no strategy) on a single-label classifier with a body and a head (`TransferModel`,
-cross-entropy loss), it decides from the size of the training set:
-
-- at least `MIN_PER_CLASS_TO_FINE_TUNE` training images per class: fastai's recipe at the 'auto' base_lr,
-  exactly as before (no probe is fitted);
-- fewer: the probe. The head itself (whatever it is) is fitted on the body's features of the training
-  images, cached once for the 'auto' lr sweep anyway: `PROBE_STEPS` full-batch AdamW steps at `PROBE_LR`
-  (a head fitted longer overfits a few dozen images). The body is not trained and no epoch runs.
-
-It prints what it decided and why, and records it in `learn.fine_tune_choice` (a `FineTuneChoice`). Only the
-training set is read (its length, its classes, its cached features): never the validation set.
-Multi-label and regression learners, other losses, `base_lr=<float>` and explicit strategies are not
-concerned: they get fastai's recipe (or the strategy) as before.
+A linear probe is the baseline transfer learning has to beat (Tian et al. 2020), and one of the candidates
+the default `fine_tune` compares (`default_choice`, docs/few-shot.md): `PROBE_STEPS` full-batch AdamW steps
+at `PROBE_LR` over the cached features (a head fitted longer overfits a few dozen images), the body untouched.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .auto_lr import choose_base_lr, training_features
-from .body import TransferModel
 from .divergence import ADVICE
 from .head import AdaptiveConcatPool2d
 from .loop import BaseLearner
 from .norm import no_decay_param_ids
 from .optim import adamw
 from .ranks import broadcast_object
-from .strategies import Discriminative, Phase, Strategy
-from .tasks import SINGLE_LABEL, task_of
 
-# the decision: fine-tune with at least this many training images per class, else keep the probe
-MIN_PER_CLASS_TO_FINE_TUNE = 25
 # the probe: this many AdamW steps at this lr, each over all the cached features (a random
 # `PROBE_MAX_BATCH` of them when there are more)
 PROBE_STEPS, PROBE_LR, PROBE_MAX_BATCH = 25, 3e-3, 512
-
-
-@dataclass
-class FineTuneChoice:
-    """What the default `fine_tune` decided: `probe_kept` True when the head was fitted as a probe on cached
-    body features and no epoch ran (the body untouched), False for fastai's recipe; `reason` says why;
-    `probe_seconds` is the time the probe fit took (0 when none was fitted)."""
-    probe_kept: bool
-    reason: str
-    n_items: int
-    n_classes: int
-    probe_seconds: float = 0.0
-
-    @property
-    def per_class(self) -> float:
-        return self.n_items / max(self.n_classes, 1)
-
-
-class KeepProbe(Strategy):
-    """No phase: the probe fitted on cached features is the result (the body is not trained)."""
-
-    def phases(self, learn: BaseLearner, epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
-        return iter(())
-
-    def __repr__(self) -> str:
-        return "KeepProbe()"
-
-
-def probe_blocker(learn: BaseLearner) -> Optional[str]:
-    """Why the few-images rule does not apply to this learner (None when it does): it was measured on
-    single-label classifiers with a body and a head trained with cross-entropy only."""
-    if not isinstance(learn.model, TransferModel):
-        return f"the model is a {type(learn.model).__name__}, not a TransferModel (body + head)"
-    task = task_of(learn.loss_func, learn.dls)
-    if task != SINGLE_LABEL:
-        return f"the task is {task}, not single-label classification"
-    if not isinstance(learn.loss_func, nn.CrossEntropyLoss):
-        return f"the loss is {type(learn.loss_func).__name__}, not cross-entropy"
-    return None
-
-
-def training_set_size(learn: BaseLearner, targs: torch.Tensor) -> tuple[int, int]:
-    """(training items, classes): the training dataset's length (else the number of cached items), and the
-    vocabulary's length (else `dls.c`, else the number of distinct cached targets)."""
-    try:
-        n_items = len(learn.dls.train.dataset)
-    except (AttributeError, TypeError):
-        n_items = len(targs)
-    vocab = getattr(learn.dls, "vocab", None)
-    c = getattr(learn.dls, "c", None)
-    n_classes = len(vocab) if vocab else (int(c) if c else int(torch.unique(targs).numel()))
-    return n_items, n_classes
-
-
-def decide(n_items: int, n_classes: int) -> tuple[bool, str]:
-    """(keep the probe?, why) for a training set of `n_items` images in `n_classes` classes."""
-    per_class = n_items / max(n_classes, 1)
-    if per_class < MIN_PER_CLASS_TO_FINE_TUNE:
-        return True, (f"{per_class:.3g} training images per class (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}): "
-                      "too few to fine-tune the body, which would then lose to a probe on its features; the "
-                      "head is fitted as a probe on the cached body features and the body is not trained")
-    return False, (f"{per_class:.3g} training images per class (at least {MIN_PER_CLASS_TO_FINE_TUNE}): "
-                   "fine-tuning with fastai's recipe")
 
 
 def split_fixed_prefix(head: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -174,28 +87,3 @@ def fit_probe(learn: BaseLearner, feats: torch.Tensor, targs: torch.Tensor) -> f
             raise FloatingPointError(f"training diverged: {e}. The model was left as it was. {ADVICE}") from None
     rest.load_state_dict(broadcast_object({k: v.cpu() for k, v in probe.state_dict().items()}))
     return time.perf_counter() - start
-
-
-def choose_fine_tune(learn: BaseLearner, verbose: bool = True,
-                     accum_steps: int = 1) -> tuple[float, Optional[Strategy]]:
-    """The default `fine_tune`'s choice (see the module docstring): `(base_lr, strategy)`, with `strategy`
-    None for fastai's recipe (also when the rule does not apply: `probe_blocker`, or targets that are not
-    class indices) or `KeepProbe()` once the probe is fitted into the model. `base_lr` is the 'auto' lr
-    (`choose_base_lr`, which reads the same cached features; `accum_steps` as there). Records `learn.fine_tune_choice` when it
-    decided, and sets it to None when the rule does not apply."""
-    learn.fine_tune_choice = None
-    if probe_blocker(learn) is not None:
-        return choose_base_lr(learn, verbose=verbose, accum_steps=accum_steps), None
-    feats, targs = training_features(learn)
-    base_lr = choose_base_lr(learn, verbose=verbose, accum_steps=accum_steps, features=(feats, targs))
-    if targs.ndim != 1 or targs.is_floating_point():
-        return base_lr, None
-    n_items, n_classes = training_set_size(learn, targs)
-    keep, why = decide(n_items, n_classes)
-    seconds = fit_probe(learn, feats, targs) if keep else 0.0
-    learn.fine_tune_choice = FineTuneChoice(keep, why, n_items, n_classes, seconds)
-    if verbose:
-        done = "" if not keep else (f" ({PROBE_STEPS} full-batch steps over {len(targs)} cached items, "
-                                    f"{seconds:.1f} s; to fine-tune anyway, pass base_lr=, e.g. {base_lr:.2e})")
-        print(f"fine_tune: {why}{done}.")
-    return base_lr, (KeepProbe() if keep else None)

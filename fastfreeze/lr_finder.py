@@ -230,7 +230,7 @@ def lr_find(learn: BaseLearner, start_lr: float = 1e-7, end_lr: float = 10, num_
 
     finder = LRFinder(head_lrs, ratios, stop_div=stop_div)
     non_finite_at: Optional[float] = None
-    with _everything_restored(learn), learn.no_bar():
+    with everything_restored(learn), learn.no_bar():
         sweep_dls = copy.copy(learn.dls)
         sweep_dls.train, sweep_dls.valid = _RepeatedBatches(learn.dls.train, num_it), None
         learn.dls = sweep_dls
@@ -253,7 +253,7 @@ def lr_find(learn: BaseLearner, start_lr: float = 1e-7, end_lr: float = 10, num_
 # exact, in-memory restore
 # -------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _everything_restored(learn: BaseLearner) -> Iterator[None]:
+def everything_restored(learn: BaseLearner) -> Iterator[None]:
     """Snapshot the learner's training state (`learn.state_dict()`, copied to the CPU) and what a fit changes
     beyond it (`requires_grad`, gradients, train/eval modes, the loaders, the last smoothed loss); put it all
     back exactly on exit (also after an error)."""

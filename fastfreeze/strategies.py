@@ -8,6 +8,8 @@ groups never change inside a fit). Built in, under `fine_tune(strategy=...)`, wi
 - `None` (the default, `FastaiFineTune`): fastai's recipe, exactly: `freeze_epochs` epochs of the head
   only at `slice(base_lr)` (pct_start 0.99, div 25), then `epochs` epochs of all groups at `disc(base_lr/2)`
   (`freeze_epochs + epochs` in all).
+- `'gentle'` (`Gentle`): fastai's recipe with the body as one group: the same frozen phase, then every body
+  group at the first group's lr of `disc(base_lr/2)` and the head at base_lr/2 (fastai on a timm model).
 - `'freeze'` (`Freeze`): `epochs` epochs of the head only.
 - `'no_freeze'` (`NoFreeze`): `epochs` epochs of all groups.
 - `('freeze_unfreeze', e)` (`FreezeUnfreeze`): the head only for epochs [0, e), all groups for [e, epochs).
@@ -41,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .lrs import LrSpec, lrs_decay
+from .lrs import LrSpec, expand_lrs, lrs_decay
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import BaseLearner
@@ -103,6 +105,35 @@ class FastaiFineTune(Strategy):
         if self.freeze_epochs > 0:
             yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
         yield Phase(epochs, 0, disc(base_lr / 2), "unfrozen")
+
+
+class Gentle(FastaiFineTune):
+    """fastai's `fine_tune` as fastai runs it on a timm model, whose body is one layer group (`'gentle'`): the
+    same frozen phase, then every body group at the first group's lr of `disc(base_lr / 2)` (base_lr/2/lr_mult)
+    and the head at base_lr/2. The default `fine_tune` chooses it, at base_lr 2e-3, where the pretrained
+    features already fit the task (docs/few-shot.md)."""
+
+    @staticmethod
+    def unfrozen_lrs(base_lr: float, n_groups: int, disc: Discriminative) -> list[float]:
+        """The unfrozen phase's lrs: `[lo] * (n_groups - 1) + [base_lr / 2]`, lo the first group's lr of
+        `disc(base_lr / 2)`."""
+        low = expand_lrs(disc(base_lr / 2), n_groups)[0]
+        return [low] * (n_groups - 1) + [base_lr / 2]
+
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+        if self.freeze_epochs > 0:
+            yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
+        yield Phase(epochs, 0, self.unfrozen_lrs(base_lr, learn.n_groups, disc), "unfrozen")
+
+
+class KeepProbe(Strategy):
+    """No phase: the head fitted as a probe on cached features is the result (the body is not trained)."""
+
+    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "KeepProbe()"
 
 
 class Freeze(Strategy):
@@ -189,7 +220,7 @@ def _milestone_phases(learn: "BaseLearner", epochs: int, base_lr: float, disc: D
 
 StrategySpec = Union[None, str, tuple, Strategy]
 
-_FORMS = ("None (fastai's recipe), 'freeze', 'no_freeze', ('freeze_unfreeze', e), "
+_FORMS = ("None (fastai's recipe), 'gentle', 'freeze', 'no_freeze', ('freeze_unfreeze', e), "
           "('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a Strategy object")
 
 
@@ -199,6 +230,8 @@ def resolve_strategy(spec: StrategySpec, freeze_epochs: int = 1) -> Strategy:
         return FastaiFineTune(freeze_epochs)
     if isinstance(spec, Strategy):
         return spec
+    if spec == "gentle":
+        return Gentle(freeze_epochs)
     if spec == "freeze":
         return Freeze()
     if spec == "no_freeze":

@@ -13,7 +13,8 @@ from conftest import RecordLrs, one_cycle_oracle
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
 from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.linear_probe import MIN_PER_CLASS_TO_FINE_TUNE, PROBE_LR, PROBE_STEPS, decide, fit_probe
+from fastfreeze.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, decide
+from fastfreeze.linear_probe import PROBE_LR, PROBE_STEPS, fit_probe
 from fastfreeze.predictor import load_learner
 from fastfreeze.vision import vision_learner
 
@@ -96,7 +97,7 @@ def test_24_images_per_class_keep_the_probe(capsys):
     assert not same(state_of(learn.model.head), head)
     choice = learn.fine_tune_choice
     assert (choice.probe_kept, choice.n_items, choice.n_classes, choice.per_class) == (True, FEW, 3, 24)
-    assert choice.probe_seconds > 0
+    assert choice.seconds > 0
     out = capsys.readouterr().out
     assert "fine_tune: 24 training images per class (fewer than 25)" in out
     assert "fitted as a probe" in out and f"{PROBE_STEPS} full-batch steps over {FEW} cached items" in out
@@ -146,7 +147,7 @@ def test_25_images_per_class_run_fastais_recipe_with_the_weights_of_base_lr_the_
     nb = ENOUGH // 8
     assert learn.recorder.phases == ["frozen"] * nb + ["unfrozen"] * nb
     assert same(first.seen, head)  # no probe: the first step starts from the head's initialization
-    assert learn.fine_tune_choice.probe_kept is False and learn.fine_tune_choice.probe_seconds == 0
+    assert learn.fine_tune_choice.probe_kept is False and learn.fine_tune_choice.recipe == "stagewise"
     assert "fine_tune: 25 training images per class (at least 25)" in capsys.readouterr().out
     by_number = tiny_learner(image_dls(ENOUGH))  # new loaders: the same order of batches
     by_number.fine_tune(1, base_lr=learn.auto_lr["base_lr"])

@@ -109,6 +109,21 @@ def test_default_strategy_is_fastai_recipe(dls_5_batches):
         np.testing.assert_allclose(unfrozen_lrs[:, g], one_cycle(10, peak), rtol=1e-10)
 
 
+def test_gentle_is_fastais_recipe_with_the_body_as_one_group(dls_5_batches):
+    """'gentle': the same frozen phase as the default, then the body (groups 0 and 1) at the first group's lr
+    of slice(BASE/2/100, BASE/2) = 5e-5 and the head at BASE/2 = 5e-3 (fastai's two groups on a timm model)."""
+    learn, phases = run(dls_5_batches, "gentle", epochs=2)
+    assert [(label, epochs, frozen) for label, epochs, frozen, _, _ in phases] == [("frozen", 1, 2), ("unfrozen", 2, 0)]
+    for g, peak in enumerate([1e-3, 1e-3, 1e-2]):
+        np.testing.assert_allclose(phases[0][4][:, g], one_cycle(5, peak, div=25.0, pct_start=0.99), rtol=1e-10)
+    np.testing.assert_allclose(phases[1][3], [5e-5, 5e-5, 5e-3], rtol=1e-12)
+    for g, peak in enumerate([5e-5, 5e-5, 5e-3]):
+        np.testing.assert_allclose(phases[1][4][:, g], one_cycle(10, peak), rtol=1e-10)
+    # lr_mult sets the body's share: 10 -> 5e-4 for both body groups
+    learn, phases = run(dls_5_batches, "gentle", epochs=1, lr_mult=10)
+    np.testing.assert_allclose(phases[1][3], [5e-4, 5e-4, 5e-3], rtol=1e-12)
+
+
 def test_layer_decay_peaks(dls_5_batches):
     # default recipe: the unfrozen phase's head lr is BASE/2; group i peaks at head_lr * 0.75**(2-i)
     learn, phases = run(dls_5_batches, None, epochs=2, freeze_epochs=0, layer_decay=0.75)
@@ -219,7 +234,7 @@ def test_bad_layer_decay_and_phase_kwarg(dls_5_batches):
      "the number of body groups of 'unfreeze_milestones' must be an int >= 1, got 0"),
     (("unfreeze_milestones", (1, 2, 3)), "'unfreeze_milestones' takes ((e1, e2), k), got (1, 2, 3)"),
     (("unfreeze_milestones", 3), "'unfreeze_milestones' takes ((e1, e2), k), got 3"),
-    (["gradual", 1], "unknown fine_tune strategy ['gradual', 1]: use None (fastai's recipe), 'freeze', 'no_freeze', "
+    (["gradual", 1], "unknown fine_tune strategy ['gradual', 1]: use None (fastai's recipe), 'gentle', 'freeze', 'no_freeze', "
                      "('freeze_unfreeze', e), ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a Strategy "
                      "object"),
 ])

@@ -1,0 +1,151 @@
+"""fine_tune(choose='held_out'): the probe, 'gentle' and the stage-wise recipe compared on a held-out slice of
+the training set, the winner then run on all of it exactly as when asked for by name; the validation set is
+never read; the pieces (the item subset, the stratified slice, the run plan) against hand-worked numbers."""
+import numpy as np
+import pytest
+import torch
+
+import fastfreeze.default_choice as default_choice
+from fastfreeze.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SCALE, ItemSubset,
+                                       downscale, held_out_split)
+from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.vision import vision_learner
+
+N_CLASSES = 3
+
+
+def image_dls(per_class, valid_seed=100, n_valid=12, size=32):
+    """Random images whose class shows in their mean brightness (so that the candidates differ), labels
+    round-robin; the validation set comes from its own seed."""
+    n = per_class * N_CLASSES
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % N_CLASSES
+    x = (rng.integers(0, 120, (n, size, size, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    v = np.random.default_rng(valid_seed)
+    yv = v.integers(0, N_CLASSES, n_valid)
+    xv = (v.integers(0, 120, (n_valid, size, size, 3)) + 60 * yv[:, None, None, None]).astype(np.uint8)
+    return ImageDataLoaders.from_arrays(x, y, xv, yv, size=size, bs=8, vocab=[f"c{i}" for i in range(N_CLASSES)])
+
+
+def tiny_learner(dls, **kwargs):
+    torch.manual_seed(0)
+    return vision_learner(dls, "test_resnet", pretrained=False, progress=False, **kwargs)
+
+
+def state_of(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pieces
+# ---------------------------------------------------------------------------------------------------------
+class Keys:
+    """A dataset that returns the keys it is asked for."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, key):
+        return key
+
+
+def test_item_subset_maps_plain_and_epoch_seeded_keys_to_the_dataset_positions():
+    subset = ItemSubset(Keys(), [7, 2, 5])
+    assert len(subset) == 3
+    assert [subset[i] for i in range(3)] == [7, 2, 5]
+    assert subset[(1, 99)] == (2, 99)  # (position, epoch seed): the seed passes through
+    assert subset.__getitems__([2, (0, 4)]) == [5, (7, 4)]
+
+
+def test_the_held_out_slice_is_a_stratified_fifth_disjoint_from_the_fitted_items():
+    # 3 classes of 10, 20 and 15 items at positions 100..144: round(10*0.2)=2, 4 and 3 held out per class
+    targets = torch.tensor([0] * 10 + [1] * 20 + [2] * 15)
+    positions = np.arange(100, 145)
+    fitted, held = held_out_split(targets, positions)
+    assert HOLDOUT_FRACTION == 0.2
+    assert len(held) == 2 + 4 + 3 and len(fitted) == 45 - 9
+    assert not set(fitted) & set(held) and set(fitted) | set(held) == set(positions)
+    held_classes = targets[torch.as_tensor(held - 100)]
+    assert torch.bincount(held_classes).tolist() == [2, 4, 3]
+    assert np.array_equal(held_out_split(targets, positions)[1], held)  # seeded: the same slice every time
+
+
+def test_downscale_halves_each_side_with_an_antialiasing_triangle_filter():
+    """At 0.5, antialiased bilinear resizing weighs the input pixels by a triangle twice as wide: output pixel 0
+    sits at input 0.5, so inputs 0, 1, 2 at distances 0.5, 0.5, 1.5 weigh 0.75, 0.75, 0.25 (renormalised by
+    1.75 at the border), output pixel 1 likewise from inputs 1, 2, 3. Worked out on each axis in turn for 2x2
+    blocks of 1, 2, 3, 4: row [1, 1, 2, 2] -> [2/1.75, 3.25/1.75], then the columns: 10/7, 15/7, 20/7, 25/7."""
+    x = torch.tensor([[1., 1., 2., 2.], [1., 1., 2., 2.], [3., 3., 4., 4.], [3., 3., 4., 4.]])[None, None]
+    assert PROXY_SCALE == 0.5
+    torch.testing.assert_close(downscale(x, 0.5), torch.tensor([[[[10., 15.], [20., 25.]]]]) / 7)
+    assert downscale(x, 1) is x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the comparison
+# ---------------------------------------------------------------------------------------------------------
+PER_CLASS = MIN_PER_CLASS_TO_FINE_TUNE  # the comparison's smallest training set: 25 per class, 75 items
+
+
+@pytest.mark.parametrize("margin", [1.0, -1.0], ids=["stage-wise wins step 1", "step 2 decides"])
+def test_the_outcome_is_what_the_choice_says(margin, monkeypatch, capsys):
+    """A margin of 1 makes step 1 choose the stage-wise recipe, whose run is then bit-identical to
+    fine_tune(base_lr=<the 'auto' value>): step 1 leaves the learner, its loaders and the RNG as they were.
+    A margin of -1 sends it to step 2: the gentle run on the fitted items or the probe, as scored."""
+    monkeypatch.setattr(default_choice, "STAGEWISE_MARGIN", margin)
+    learn = tiny_learner(image_dls(PER_CLASS))
+    body = state_of(learn.model.body)
+    learn.fine_tune(1, choose="held_out")
+    choice = learn.fine_tune_choice
+    n_held = round(PER_CLASS * HOLDOUT_FRACTION) * N_CLASSES  # 5 of each class
+    assert choice.holdout_items == n_held
+    assert "held-out training images" in capsys.readouterr().out
+    if margin > 0:
+        assert choice.recipe == "stagewise" and set(choice.scores) == {"probe_small", "stagewise_small"}
+        assert choice.trained_items == PER_CLASS * N_CLASSES
+        named = tiny_learner(image_dls(PER_CLASS))
+        named.fine_tune(1, base_lr=learn.auto_lr["base_lr"])
+        assert same(state_of(named.model), state_of(learn.model))
+        return
+    assert set(choice.scores) == {"probe_small", "stagewise_small", "probe", "gentle"}
+    gentle_wins = (choice.scores["gentle"], -choice.losses["gentle"]) > (choice.scores["probe"], -choice.losses["probe"])
+    assert choice.recipe == ("gentle" if gentle_wins else "probe")
+    if choice.recipe == "probe":
+        assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
+        assert choice.trained_items == PER_CLASS * N_CLASSES
+    else:  # the gentle run on the items not held out: its history, all groups unfrozen
+        fitted = PER_CLASS * N_CLASSES - n_held
+        assert choice.trained_items == fitted and learn.frozen_groups == 0
+        assert set(learn.recorder.phases) == {"frozen", "unfrozen"}
+        assert choice.base_lr == 2e-3
+
+
+def test_the_comparison_never_reads_the_validation_set():
+    finals = []
+    for valid_seed, n_valid in [(100, 12), (200, 30)]:
+        learn = tiny_learner(image_dls(PER_CLASS, valid_seed=valid_seed, n_valid=n_valid))
+        learn.fine_tune(1, choose="held_out")
+        finals.append((state_of(learn.model), learn.fine_tune_choice.scores))
+    assert finals[0][1] == finals[1][1]
+    assert same(finals[0][0], finals[1][0])
+
+
+def test_below_25_images_per_class_the_probe_is_kept_without_comparing():
+    learn = tiny_learner(image_dls(MIN_PER_CLASS_TO_FINE_TUNE - 1))
+    body = state_of(learn.model.body)
+    learn.fine_tune(2, choose="held_out")
+    choice = learn.fine_tune_choice
+    assert choice.recipe == "probe" and choice.scores == {} and choice.holdout_items == 0
+    assert choice.reason.startswith("24 training images per class (fewer than 25)")
+    assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
+
+
+def test_an_unknown_chooser_is_refused_before_training():
+    learn = tiny_learner(image_dls(PER_CLASS))
+    with pytest.raises(ValueError, match="choose must be one of 'by_size', 'held_out', got 'best'"):
+        learn.fine_tune(1, choose="best")
+    assert learn.recorder.phases == []

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fastfreeze.default_choice as default_choice
-from fastfreeze.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SCALE, ItemSubset,
-                                       downscale, held_out_split)
+from fastfreeze.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SHARE, ItemSubset,
+                                       held_out_split, proxy_plan)
 from fastfreeze.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 
@@ -74,15 +74,21 @@ def test_the_held_out_slice_is_a_stratified_fifth_disjoint_from_the_fitted_items
     assert np.array_equal(held_out_split(targets, positions)[1], held)  # seeded: the same slice every time
 
 
-def test_downscale_halves_each_side_with_an_antialiasing_triangle_filter():
-    """At 0.5, antialiased bilinear resizing weighs the input pixels by a triangle twice as wide: output pixel 0
-    sits at input 0.5, so inputs 0, 1, 2 at distances 0.5, 0.5, 1.5 weigh 0.75, 0.75, 0.25 (renormalised by
-    1.75 at the border), output pixel 1 likewise from inputs 1, 2, 3. Worked out on each axis in turn for 2x2
-    blocks of 1, 2, 3, 4: row [1, 1, 2, 2] -> [2/1.75, 3.25/1.75], then the columns: 10/7, 15/7, 20/7, 25/7."""
-    x = torch.tensor([[1., 1., 2., 2.], [1., 1., 2., 2.], [3., 3., 4., 4.], [3., 3., 4., 4.]])[None, None]
-    assert PROXY_SCALE == 0.5
-    torch.testing.assert_close(downscale(x, 0.5), torch.tensor([[[[10., 15.], [20., 25.]]]]) / 7)
-    assert downscale(x, 1) is x
+@pytest.mark.parametrize("n_items,epochs,freeze_epochs,expected", [
+    # 0.4 of (1 + 5) * 100 = 240 image passes over 80 fitted items: 3 epochs, one of them frozen
+    (100, 5, 1, (1, 2)),
+    # 0.4 * 11 * 100 = 440 -> 5 epochs: 1 frozen + 4 unfrozen
+    (100, 10, 1, (1, 4)),
+    # no frozen phase: 0.4 * 5 * 100 = 200 -> 2 unfrozen epochs
+    (100, 5, 0, (0, 2)),
+    # fine_tune(1): 0.4 * 2 * 100 = 80 -> 1 epoch, which the frozen one takes: still 1 unfrozen
+    (100, 1, 1, (1, 1)),
+    # 3 frozen epochs asked for: the shortened run keeps one; 0.4 * 8 = 3.2 -> 4 epochs: 1 + 3
+    (100, 5, 3, (1, 3)),
+])
+def test_the_shortened_stagewise_run_spends_its_share_of_a_plain_fine_tune(n_items, epochs, freeze_epochs, expected):
+    assert PROXY_SHARE == 0.4
+    assert proxy_plan(n_items, epochs, freeze_epochs) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,37 +97,30 @@ def test_downscale_halves_each_side_with_an_antialiasing_triangle_filter():
 PER_CLASS = MIN_PER_CLASS_TO_FINE_TUNE  # the comparison's smallest training set: 25 per class, 75 items
 
 
-@pytest.mark.parametrize("margin", [1.0, -1.0], ids=["stage-wise wins step 1", "step 2 decides"])
+@pytest.mark.parametrize("margin", [1.0, -1.0], ids=["stage-wise", "probe"])
 def test_the_outcome_is_what_the_choice_says(margin, monkeypatch, capsys):
-    """A margin of 1 makes step 1 choose the stage-wise recipe, whose run is then bit-identical to
-    fine_tune(base_lr=<the 'auto' value>): step 1 leaves the learner, its loaders and the RNG as they were.
-    A margin of -1 sends it to step 2: the gentle run on the fitted items or the probe, as scored."""
+    """A margin of 1 makes any shortened stage-wise run win: the full run is then bit-identical to
+    fine_tune(base_lr=<the 'auto' value>), since the comparison leaves the learner, its loaders and the RNG as
+    they were. A margin of -1 makes the probe win: fitted on all the cached features, the body untouched."""
     monkeypatch.setattr(default_choice, "STAGEWISE_MARGIN", margin)
     learn = tiny_learner(image_dls(PER_CLASS))
     body = state_of(learn.model.body)
     learn.fine_tune(1, choose="held_out")
     choice = learn.fine_tune_choice
-    n_held = round(PER_CLASS * HOLDOUT_FRACTION) * N_CLASSES  # 5 of each class
-    assert choice.holdout_items == n_held
-    assert "held-out training images" in capsys.readouterr().out
+    assert choice.holdout_items == round(PER_CLASS * HOLDOUT_FRACTION) * N_CLASSES  # 5 of each class
+    assert set(choice.scores) == {"probe", "stagewise"} == set(choice.losses)
+    out = capsys.readouterr().out
+    assert f"on {choice.holdout_items} held-out training images the probe scored" in out
+    assert "(1 frozen + 1 unfrozen epochs over the other 60)" in out  # 0.4 * 2 * 75 / 60 = 2 epochs
     if margin > 0:
-        assert choice.recipe == "stagewise" and set(choice.scores) == {"probe_small", "stagewise_small"}
-        assert choice.trained_items == PER_CLASS * N_CLASSES
+        assert choice.recipe == "stagewise" and "so fastai's recipe over the stage groups" in out
         named = tiny_learner(image_dls(PER_CLASS))
         named.fine_tune(1, base_lr=learn.auto_lr["base_lr"])
         assert same(state_of(named.model), state_of(learn.model))
-        return
-    assert set(choice.scores) == {"probe_small", "stagewise_small", "probe", "gentle"}
-    gentle_wins = (choice.scores["gentle"], -choice.losses["gentle"]) > (choice.scores["probe"], -choice.losses["probe"])
-    assert choice.recipe == ("gentle" if gentle_wins else "probe")
-    if choice.recipe == "probe":
+        assert learn.recorder.phases == named.recorder.phases  # the comparison's runs left no history
+    else:
+        assert choice.recipe == "probe" and "fitted as a probe" in out
         assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
-        assert choice.trained_items == PER_CLASS * N_CLASSES
-    else:  # the gentle run on the items not held out: its history, all groups unfrozen
-        fitted = PER_CLASS * N_CLASSES - n_held
-        assert choice.trained_items == fitted and learn.frozen_groups == 0
-        assert set(learn.recorder.phases) == {"frozen", "unfrozen"}
-        assert choice.base_lr == 2e-3
 
 
 def test_the_comparison_never_reads_the_validation_set():

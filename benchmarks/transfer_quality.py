@@ -32,6 +32,7 @@ Each finished run is appended to a JSON-lines file, so a long benchmark can be r
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import json
@@ -72,7 +73,7 @@ for _dataset, _sizes in SWEEP_SIZES.items():
 PHOTOS = (("skimage", "astronaut.png"), ("skimage", "chelsea.png"), ("skimage", "coffee.png"),
           ("skimage", "rocket.jpg"), ("skimage", "motorcycle_left.png"), ("sklearn", "china.jpg"),
           ("sklearn", "flower.jpg"), ("matplotlib", "grace_hopper.jpg"))
-PATCH, TRAIN_FRACTION, VALID_PER_CLASS = 128, 0.7, 100
+PATCH, GRID, VALID_PER_CLASS = 96, (3, 4), 100
 FIXED_LRS = ("1e-3", "2e-3", "5e-3", "1e-2", "2e-2")
 # the defaults plus one regulariser: row -> (extra vision_learner arguments, callbacks of the learner)
 REGULARISERS = {"mixup": lambda: ({}, [MixUp(0.4)]), "cutmix": lambda: ({}, [CutMix(1.0)]),
@@ -97,19 +98,23 @@ def photo_path(package: str, name: str) -> Path:
 
 
 def photo_patches(per_class: int, valid: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`PATCH`-pixel square patches of the `PHOTOS`, labelled by photograph: training patches from the left
-    `TRAIN_FRACTION` of each photograph's columns, validation patches from the rest, so that no validation
-    patch shares a pixel with a training one. Positions drawn from `seed`."""
+    """`PATCH`-pixel square patches of the `PHOTOS`, labelled by photograph. Each photograph is cut into a
+    `GRID` of cells coloured like a checkerboard: training patches lie inside the cells of one colour,
+    validation patches inside the others, so that no validation patch shares a pixel with a training one while
+    both cover every part of the photograph. Cells and positions drawn from `seed`."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label, (package, name) in enumerate(PHOTOS):
         image = np.asarray(Image.open(photo_path(package, name)).convert("RGB"))
         h, w = image.shape[:2]
-        cut = int(w * TRAIN_FRACTION)
-        lo, hi = (cut, w - PATCH) if valid else (0, cut - PATCH)
+        rows, cols = GRID
+        ch, cw = h // rows, w // cols
+        cells = [(r, c) for r in range(rows) for c in range(cols) if (r + c) % 2 == int(valid)]
         for _ in range(per_class):
-            top, left = rng.integers(0, h - PATCH + 1), rng.integers(lo, hi + 1)
+            r, c = cells[rng.integers(len(cells))]
+            top = r * ch + rng.integers(0, ch - PATCH + 1)
+            left = c * cw + rng.integers(0, cw - PATCH + 1)
             xs.append(image[top:top + PATCH, left:left + PATCH])
             ys.append(label)
     return np.stack(xs), np.array(ys)
@@ -343,6 +348,48 @@ def compare_defaults(out: Path) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(out: Path) -> str:
+    """Issue 24's table: per data set and size, the mean ± sd over seeds of the probe, fastai's recipe, the
+    default by size ('by_size': the head probe below 25 images per class, the stage-wise recipe at the 'auto'
+    lr from there), LP-FT and `choose='held_out'`; the held-out rule against the best of the first three
+    (mean; worst seed against that seed's best), what it chose, and its time over the plain stage-wise
+    fine_tune's (the 'auto' row)."""
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    latest: dict[tuple, dict] = {}
+    for r in records:  # the latest record of each (regime, row, seed)
+        latest[(r["regime"], r["row"], r["seed"])] = r
+    lines = ["| data set | per class | probe | fastai (2 groups, 2e-3) | default by size | LP-FT | held-out rule | "
+             "held-out - best of first three: mean; worst seed | chosen | time / plain fine_tune |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(accs: list[float]) -> str:
+        return "–" if not accs else f"{statistics.mean(accs):.4f}" + (
+            f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else "") + f" ({len(accs)})"
+
+    for dataset, sizes in SWEEP_SIZES.items():
+        for n in sizes:
+            regime = f"{dataset}-{n}"
+            rows = {row: {seed: r for (reg, rw, seed), r in latest.items() if reg == regime and rw == row}
+                    for row in ("probe", "headprobe", "fastai", "auto", "lpft", "heldout")}
+            rows["by_size"] = rows["headprobe"] if n < 25 else rows["auto"]
+            acc = {row: {seed: r["accuracy"] for seed, r in rs.items()} for row, rs in rows.items()}
+            seeds = sorted(set(acc["heldout"]) & set(acc["probe"]) & set(acc["fastai"]) & set(acc["by_size"]))
+            gap = "–"
+            if seeds:
+                best = [max(acc[row][s] for row in ("probe", "fastai", "by_size")) for s in seeds]
+                mean_best = max(statistics.mean(acc[row][s] for s in seeds) for row in ("probe", "fastai", "by_size"))
+                mine = [acc["heldout"][s] for s in seeds]
+                gap = f"{100 * (statistics.mean(mine) - mean_best):+.2f}; {100 * min(m - b for m, b in zip(mine, best)):+.2f}"
+            chosen = ", ".join(f"{k} {v}" for k, v in sorted(
+                collections.Counter(r.get("recipe", "?") for r in rows["heldout"].values()).items()))
+            times = [rows["heldout"][s]["seconds"] / rows["auto"][s]["seconds"]
+                     for s in sorted(set(rows["heldout"]) & set(rows["auto"]))]
+            ratio = f"{statistics.mean(times):.2f}" if times else "–"
+            lines.append(f"| {dataset} | {n} | " + " | ".join(cell(list(acc[row].values())) for row in
+                         ("probe", "fastai", "by_size", "lpft", "heldout")) + f" | {gap} | {chosen} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=list(REGIMES), default="small")
@@ -354,7 +401,11 @@ def main() -> None:
     parser.add_argument("--bs", type=int, default=None, help="training batch size (default: the library's)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--report", action="store_true", help="print the table from --out and stop")
+    parser.add_argument("--sweep-report", action="store_true", help="print the size sweep's table from --out and stop")
     args = parser.parse_args()
+    if args.sweep_report:
+        print(sweep_report(args.out))
+        return
     if not args.report:
         regimes = [f"{args.sweep}-{n}" for n in SWEEP_SIZES[args.sweep]] if args.sweep else [args.regime]
         for regime in regimes:

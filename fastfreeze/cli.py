@@ -85,9 +85,9 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
     measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
     test-time augmentation; the confusion matrix and the top losses are saved as plots."""
-    from .checkpoint import CheckpointCallback
-    from .interpret import ClassificationInterpretation
-    from .state import read_checkpoint, write_file
+    from .core.checkpoint import CheckpointCallback
+    from .inference.interpret import ClassificationInterpretation
+    from .utils.files import read_checkpoint, write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
@@ -151,7 +151,7 @@ def _save_model(learn: Any, out: Path) -> Path:
 
 def _quiet_bars(learn: Any, no_bar: bool) -> None:
     """`--no-bar`: no per-batch bars; the per-epoch table still prints."""
-    from .recorder import ProgressCallback
+    from .core.recorder import ProgressCallback
     if no_bar:
         for cb in learn.cbs:
             if isinstance(cb, ProgressCallback):
@@ -161,9 +161,9 @@ def _quiet_bars(learn: Any, no_bar: bool) -> None:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from .datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
-    from .image_data import ImageDataLoaders
-    from .metrics import accuracy
+    from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+    from .data.image_data import ImageDataLoaders
+    from .core.metrics import accuracy
     from .vision import vision_learner
     started = time.perf_counter()
     try:
@@ -180,7 +180,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class); per-epoch validation on "
           f"{len(valid_idx)} images of the official test split, final accuracy on all {len(y_test)}; {size} px; "
           f"{DEMO_ARCH} with its ImageNet weights")
-    from .seeds import set_seed
+    from .utils.seeds import set_seed
     set_seed(args.seed)
     dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test[valid_idx], y_test[valid_idx],
                                        vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,
@@ -200,9 +200,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
-    from .image_data import ImageDataLoaders
-    from .metrics import accuracy
-    from .seeds import set_seed
+    from .data.image_data import ImageDataLoaders
+    from .core.metrics import accuracy
+    from .utils.seeds import set_seed
     from .vision import vision_learner
     started = time.perf_counter()
     set_seed(args.seed)

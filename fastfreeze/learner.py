@@ -11,17 +11,17 @@ from typing import Any
 
 import torch.nn as nn
 
-from .compile import CompileSpec, compile_callback
-from .data import DataLoaders
-from .distributed import distributed
-from .export import export_learner, push_to_hub
-from .finetune import fine_tune
-from .interpret import show_results
-from .loop import BaseLearner
-from .lr_finder import lr_find
-from .onnx_export import to_onnx
-from .schedule import fit_one_cycle
-from .tta import tta
+from .callbacks.compile import CompileSpec, compile_callback
+from .callbacks.distributed import distributed
+from .core.dataloaders import DataLoaders
+from .core.loop import BaseLearner
+from .finetune.finetune import fine_tune
+from .finetune.lr_finder import lr_find
+from .finetune.schedule import fit_one_cycle
+from .inference.export import export_learner, push_to_hub
+from .inference.interpret import show_results
+from .inference.onnx_export import to_onnx
+from .inference.tta import tta
 
 
 class Learner(BaseLearner):

@@ -18,8 +18,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from fastfreeze import (Callback, DataLoaders, ImageDataLoaders, Learner, TransferModel,  # noqa: E402
                         vision_learner)
-from fastfreeze.export import export_learner  # noqa: E402
-from fastfreeze.export_format import CONFIG_FILE, WEIGHTS_FILE, build_spec  # noqa: E402
+from fastfreeze.inference.export import export_learner  # noqa: E402
+from fastfreeze.inference.export_format import CONFIG_FILE, WEIGHTS_FILE, build_spec  # noqa: E402
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401 (CI: no silent skips)
 
 

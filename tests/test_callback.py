@@ -1,6 +1,6 @@
 """Callbacks: the order of events in a fit, callbacks run by `order`, and what they see of the learner."""
 from fastfreeze import Callback, Learner
-from fastfreeze.callback import EVENTS
+from fastfreeze.core.callback import EVENTS
 from conftest import mlp2
 
 

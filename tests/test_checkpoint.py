@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.recorder import ProgressCallback
-from fastfreeze.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
-from fastfreeze.state import read_checkpoint
+from fastfreeze.core.recorder import ProgressCallback
+from fastfreeze.core.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
+from fastfreeze.utils.files import read_checkpoint
 from conftest import blobs
 
 
@@ -83,7 +83,7 @@ def test_restoring_weights_and_optimizer_alone_would_not_be_enough(tmp_path):
         killed.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(), KillAfterEpoch(0)])
     naive = make_learner(tmp_path / "run", seed=123)
     naive.load("checkpoint")
-    from fastfreeze.schedule import one_cycle_scheduler
+    from fastfreeze.finetune.schedule import one_cycle_scheduler
     naive.fit(3, cbs=one_cycle_scheduler([1e-2, 1e-2]), start_epoch=1)
     diff = max((a - b).abs().max().item() for a, b in zip(params(naive), params(full)))
     assert diff > 1e-4
@@ -108,10 +108,10 @@ def test_fine_tune_resumed_across_the_phase_boundary(tmp_path, monkeypatch, full
     state = read_checkpoint(tmp_path / "run" / "models" / "checkpoint.pth")
     assert state["loop"]["fine_tune_state"]["base_lr"] == auto_lr and state["loop"]["phase"] == kill_phase
 
-    import fastfreeze.finetune
+    import fastfreeze.finetune.finetune
     def no_second_choice(learn, *args, **kwargs):
         raise AssertionError("the resumed fine_tune chose base_lr again")
-    monkeypatch.setattr(fastfreeze.finetune, "choose_base_lr", no_second_choice)
+    monkeypatch.setattr(fastfreeze.finetune.finetune, "choose_base_lr", no_second_choice)
     resumed = make_learner(tmp_path / "run", seed=7)
     resumed.fine_tune(2, base_lr="auto", freeze_epochs=1, resume_from="checkpoint")
     assert_same_weights(params(resumed), expected)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastfreeze.datasets import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx,
+from fastfreeze.data.fashion_mnist import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx,
                                  stratified_subset)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.device import as_model_input, autocast_dtype, move_batch
+from fastfreeze.core.device import as_model_input, autocast_dtype, move_batch
 from conftest import blobs, mlp2
 
 

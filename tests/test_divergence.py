@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.divergence import DivergenceGuard, non_finite_tensors
-from fastfreeze.state import read_checkpoint
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.core.divergence import DivergenceGuard, non_finite_tensors
+from fastfreeze.utils.files import read_checkpoint
 from conftest import blobs, mlp2
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner, load_learner, vision_learner
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.ema import EMA
-from fastfreeze.feature_cache import FeatureCache
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.callbacks.ema import EMA
+from fastfreeze.finetune.feature_cache import FeatureCache
 from conftest import array_dls, blobs, mlp2, transfer_learner
 
 

@@ -9,10 +9,10 @@ import torch.nn as nn
 from PIL import Image
 
 from fastfreeze import DataLoaders, Learner
-from fastfreeze.export import export_learner
-from fastfreeze.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec
-from fastfreeze.predictor import load_learner
-from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.inference.export import export_learner
+from fastfreeze.inference.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec
+from fastfreeze.inference.predictor import load_learner
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 from conftest import VOCAB, array_dls
 

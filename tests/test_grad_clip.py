@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastfreeze import Callback, Learner
-from fastfreeze.grad_clip import GradientClip
+from fastfreeze.core.grad_clip import GradientClip
 from conftest import mlp2
 
 

@@ -2,12 +2,12 @@
 import inspect
 
 from fastfreeze import BaseLearner, Learner
-from fastfreeze.compile import CompileCallback
-from fastfreeze.distributed import distributed
-from fastfreeze.export import export_learner
-from fastfreeze.finetune import fine_tune
-from fastfreeze.lr_finder import lr_find
-from fastfreeze.schedule import fit_one_cycle
+from fastfreeze.callbacks.compile import CompileCallback
+from fastfreeze.callbacks.distributed import distributed
+from fastfreeze.inference.export import export_learner
+from fastfreeze.finetune.finetune import fine_tune
+from fastfreeze.finetune.lr_finder import lr_find
+from fastfreeze.finetune.schedule import fit_one_cycle
 from conftest import mlp2
 
 FEATURES = {"fit_one_cycle": fit_one_cycle, "fine_tune": fine_tune, "lr_find": lr_find, "export": export_learner,

@@ -12,9 +12,9 @@ import torch.nn as nn
 from conftest import RecordLrs, one_cycle_oracle
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
-from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.linear_probe import MIN_PER_CLASS_TO_FINE_TUNE, PROBE_LR, PROBE_STEPS, decide, fit_probe
-from fastfreeze.predictor import load_learner
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.finetune.linear_probe import MIN_PER_CLASS_TO_FINE_TUNE, PROBE_LR, PROBE_STEPS, decide, fit_probe
+from fastfreeze.inference.predictor import load_learner
 from fastfreeze.vision import vision_learner
 
 FEW = 3 * (MIN_PER_CLASS_TO_FINE_TUNE - 1)   # 3 classes, 24 images each: one per class short of fine-tuning

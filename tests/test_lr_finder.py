@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.lr_finder import lr_find, minimum, slide, steep, sweep_window, valley
+from fastfreeze.finetune.lr_finder import lr_find, minimum, slide, steep, sweep_window, valley
 from conftest import blobs, mlp2, mlp3
 
 

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FixedLogits
 from fastfreeze import DataLoaders, Learner
-from fastfreeze.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
+from fastfreeze.core.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
                                 accumulated_value, accuracy, accuracy_multi, as_metric, confusion_matrix, error_rate,
                                 metric_name, top_k, top_k_accuracy)
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback
-from fastfreeze.norm import is_norm, no_decay_param_ids, norm_param_ids
+from fastfreeze.core.norm import is_norm, no_decay_param_ids, norm_param_ids
 from conftest import transfer_learner
 
 

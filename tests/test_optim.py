@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.optim import DecoupledWeightDecay, adamw, momentum_of, set_momentum
+from fastfreeze.core.optim import DecoupledWeightDecay, adamw, momentum_of, set_momentum
 from conftest import blobs, mlp2, mlp3, one_cycle_oracle
 
 

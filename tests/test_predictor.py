@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from fastfreeze.export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError
-from fastfreeze.predictor import load_learner
+from fastfreeze.inference.export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError
+from fastfreeze.inference.predictor import load_learner
 from conftest import copy_export
 
 

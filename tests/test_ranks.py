@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.ranks import (ShardSampler, batches_per_epoch, broadcast_object, gather_across_ranks, is_rank_zero,
+from fastfreeze.utils.ranks import (ShardSampler, batches_per_epoch, broadcast_object, gather_across_ranks, is_rank_zero,
                               on_rank_zero, rank, shard_train_loader, shard_valid_loader, sum_across_ranks, world_size)
 from conftest import blobs
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner, accuracy
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.recorder import DebiasedEMA
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.core.recorder import DebiasedEMA
 from conftest import blobs, mlp2
 
 

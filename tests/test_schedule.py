@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastfreeze import Callback, Learner
-from fastfreeze.schedule import ParamScheduler, one_cycle_scheduler
+from fastfreeze.finetune.schedule import ParamScheduler, one_cycle_scheduler
 from conftest import RecordParams, mlp2, mlp3, one_cycle_oracle
 
 

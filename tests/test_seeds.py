@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastfreeze import CheckpointCallback, DataLoaders, ImageDataLoaders, Learner, vision_learner
-from fastfreeze.seeds import EpochSeededSampler, item_key, resume_warning, seed_for, seeded, set_seed
+from fastfreeze.utils.seeds import EpochSeededSampler, item_key, resume_warning, seed_for, seeded, set_seed
 
 
 def noise_folder(root, per_class=6):

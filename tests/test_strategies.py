@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastfreeze import Callback, Learner
-from fastfreeze.lrs import lrs_decay
-from fastfreeze.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
+from fastfreeze.core.lrs import lrs_decay
+from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
                                    discriminative, resolve_strategy)
 from conftest import mlp3
 

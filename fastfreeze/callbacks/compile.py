@@ -32,8 +32,8 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .callback import Callback
-from .loop import BaseLearner
+from ..core.callback import Callback
+from ..core.loop import BaseLearner
 
 DEFAULT_BACKEND = "inductor"
 CompileSpec = Union[bool, str, dict[str, Any]]

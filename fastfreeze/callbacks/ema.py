@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
-from .callback import Callback
-from .loop import BaseLearner
+from ..core.callback import Callback
+from ..core.loop import BaseLearner
 
 
 class EMA(Callback):

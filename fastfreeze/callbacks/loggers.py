@@ -18,10 +18,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .callback import Callback
-from .loop import BaseLearner
-from .ranks import is_rank_zero
-from .state import write_file
+from ..core.callback import Callback
+from ..core.loop import BaseLearner
+from ..utils.files import write_file
+from ..utils.ranks import is_rank_zero
 
 
 def epoch_rows(learn: BaseLearner) -> list[dict[str, Any]]:

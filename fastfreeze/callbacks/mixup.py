@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 
-from .callback import Callback
-from .loop import BaseLearner
-from .tasks import MULTI_LABEL, REGRESSION, task_of
+from ..core.callback import Callback
+from ..core.loop import BaseLearner
+from ..core.tasks import MULTI_LABEL, REGRESSION, task_of
 
 
 class MixUp(Callback):

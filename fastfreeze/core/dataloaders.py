@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from .seeds import EpochSeededSampler, seed_for
+from ..utils.seeds import EpochSeededSampler, seed_for
 
 
 class DataLoaders:

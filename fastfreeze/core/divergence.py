@@ -24,8 +24,8 @@ from typing import Any, NoReturn, Optional
 import torch
 import torch.nn as nn
 
+from ..utils.files import to_cpu_copy
 from .callback import Callback
-from .state import to_cpu_copy
 
 SHOWN_TENSORS = 5
 ADVICE = ("Lower the learning rate (learn.lr_find() shows where the loss starts to climb), check the data for NaN "

@@ -20,22 +20,22 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                       CancelTrainException, CancelValidException, callback_list)
-from .data import DataLoaders
+from ..models.groups import group_names
+from ..utils.files import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch,
+                           read_checkpoint, rng_states, save_torch, set_rng_states)
+from ..utils.ranks import batches_per_epoch
+from ..utils.seeds import resume_warning, warn_once
+from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelTrainException,
+                       CancelValidException, callback_list)
+from .dataloaders import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .divergence import DivergenceGuard
 from .grad_clip import GradientClip
-from .groups import group_names
 from .losses import activate, activation_for
 from .lrs import LrSpec, expand_lrs
 from .norm import no_decay_param_ids, norm_param_ids
 from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
-from .ranks import batches_per_epoch
 from .recorder import ProgressCallback, Recorder
-from .seeds import resume_warning, warn_once
-from .state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch, read_checkpoint,
-                    rng_states, save_torch, set_rng_states)
 from .tasks import decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")

@@ -13,10 +13,10 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..utils.files import save_figure
 from .callback import Callback
 from .metrics import Gather, Metric, accumulated_value, as_metric, metric_name
 from .optim import momentum_of
-from .state import save_figure
 
 Number = Union[float, torch.Tensor]
 # sums a list of floats over the processes of a distributed run (same list length on every process)

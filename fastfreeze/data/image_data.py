@@ -27,14 +27,14 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .data import DataLoaders, class_count
+from ..core.dataloaders import DataLoaders, class_count
+from ..core.tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
+from ..utils.seeds import batch_keys, item_key, seeded
+from ..utils.show import image_grid
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
                          with_input_size)
-from .seeds import batch_keys, item_key, seeded
-from .show import image_grid
 from .table import Column, read_csv, table_items
-from .tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "

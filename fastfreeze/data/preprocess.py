@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .hub import hub_repo_id, timm_model_config
+from ..utils.hub import hub_repo_id, timm_model_config
 
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 # timm's defaults for a model that says nothing of its preprocessing (timm.data.resolve_data_config's own)

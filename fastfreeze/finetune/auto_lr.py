@@ -22,12 +22,12 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .body import TransferModel
-from .data import DataLoaders, seeded_loader
+from ..core.dataloaders import DataLoaders, seeded_loader
+from ..core.loop import BaseLearner
+from ..models.body import TransferModel
+from ..utils.ranks import broadcast_object
 from .feature_cache import body_features
-from .loop import BaseLearner
 from .lr_finder import lr_find, minimum, valley
-from .ranks import broadcast_object
 
 # the range `pick_base_lr` clips to: below it a head barely moves in a few epochs, above it AdamW
 # updates of the body (base_lr/2 for the head, base_lr/200 for the stem) stop being small perturbations

@@ -35,10 +35,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-from .body import TransferModel
-from .callback import Callback
-from .loop import BaseLearner
-from .seeds import batch_keys
+from ..core.callback import Callback
+from ..core.loop import BaseLearner
+from ..models.body import TransferModel
+from ..utils.seeds import batch_keys
 
 # Transforms (torchvision's and timm's) that map an item to the same output every time. Any other
 # transform in a dataset's `transform` counts as possibly random.

@@ -10,14 +10,14 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..core.callback import callback_list
+from ..core.loop import BaseLearner, check_epochs
+from ..core.lrs import check_lrs, expand_lrs
+from ..utils.files import read_checkpoint
 from .auto_lr import choose_base_lr
-from .callback import callback_list
 from .feature_cache import feature_cache_for
 from .linear_probe import choose_fine_tune
-from .loop import BaseLearner, check_epochs
-from .lrs import check_lrs, expand_lrs
 from .schedule import fit_one_cycle
-from .state import read_checkpoint
 from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_strategy
 
 

@@ -32,16 +32,16 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..core.divergence import ADVICE
+from ..core.loop import BaseLearner
+from ..core.norm import no_decay_param_ids
+from ..core.optim import adamw
+from ..core.tasks import SINGLE_LABEL, task_of
+from ..models.body import TransferModel
+from ..models.head import AdaptiveConcatPool2d
+from ..utils.ranks import broadcast_object
 from .auto_lr import choose_base_lr, training_features
-from .body import TransferModel
-from .divergence import ADVICE
-from .head import AdaptiveConcatPool2d
-from .loop import BaseLearner
-from .norm import no_decay_param_ids
-from .optim import adamw
-from .ranks import broadcast_object
 from .strategies import Discriminative, Phase, Strategy
-from .tasks import SINGLE_LABEL, task_of
 
 # the decision: fine-tune with at least this many training images per class, else keep the probe
 MIN_PER_CLASS_TO_FINE_TUNE = 25

@@ -21,11 +21,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .callback import Callback, CancelFitException
-from .loop import BaseLearner
-from .ranks import broadcast_object
-from .recorder import DebiasedEMA
-from .state import to_cpu_copy
+from ..core.callback import Callback, CancelFitException
+from ..core.loop import BaseLearner
+from ..core.recorder import DebiasedEMA
+from ..utils.files import to_cpu_copy
+from ..utils.ranks import broadcast_object
 
 SuggestFunc = Callable[[Sequence[float], Sequence[float], int], float]
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
+from ..core.callback import Callback, callback_list
+from ..core.loop import BaseLearner, Callbacks
+from ..core.lrs import LrSpec, expand_lrs
+from ..core.optim import set_momentum
 from .auto_lr import choose_base_lr
-from .callback import Callback, callback_list
-from .loop import BaseLearner, Callbacks
-from .lrs import LrSpec, expand_lrs
-from .optim import set_momentum
 
 Schedule = Callable[[float], float]  # position in [0, 1) -> value
 

@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .lrs import LrSpec, lrs_decay
+from ..core.lrs import LrSpec, lrs_decay
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loop import BaseLearner
+    from ..core.loop import BaseLearner
 
 Discriminative = Callable[[float], LrSpec]  # head lr -> one lr spec for all groups
 

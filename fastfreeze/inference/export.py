@@ -55,19 +55,19 @@ import timm
 import torch
 import torch.nn as nn
 
-from .body import TransferModel
-from .device import as_model_input
+from ..core.device import as_model_input
+from ..core.loop import BaseLearner
+from ..core.losses import activation_for
+from ..core.tasks import MULTI_LABEL, task_of
+from ..data.preprocess import with_input_size
+from ..models.body import TransferModel
+from ..utils.files import write_files
+from ..utils.hub import hub_repo_id, model_card, timm_model_config, upload_folder
+from ..utils.ranks import is_rank_zero
+from ..version import __version__
 from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, Factory,
                             InvalidExportError, check_config, factory_name, layer_spec, plain_json)
-from .hub import hub_repo_id, model_card, timm_model_config, upload_folder
-from .loop import BaseLearner
-from .losses import activation_for
 from .predictor import Predictor, load_learner
-from .preprocess import with_input_size
-from .ranks import is_rank_zero
-from .state import write_files
-from .tasks import MULTI_LABEL, task_of
-from .version import __version__
 
 
 def _body_spec(learn: BaseLearner, build: dict[str, Any], timm_kwargs: Optional[dict[str, Any]],

@@ -16,11 +16,11 @@ from typing import Any, Optional, Union
 import timm
 import torch.nn as nn
 
-from .body import TransferModel, cut_classifier, remove_unused
-from .head import AdaptiveConcatPool2d, create_head, projection_head
-from .losses import ACTIVATIONS
-from .preprocess import RESIZE_METHODS
-from .tasks import SINGLE_LABEL, TASKS
+from ..core.losses import ACTIVATIONS
+from ..core.tasks import SINGLE_LABEL, TASKS
+from ..data.preprocess import RESIZE_METHODS
+from ..models.body import TransferModel, cut_classifier, remove_unused
+from ..models.head import AdaptiveConcatPool2d, create_head, projection_head
 
 FORMAT_NAME = "fastfreeze-export"
 FORMAT_VERSION = 2  # 2: the task, the multi-label threshold and the head's y_range (a version 1 config reads as

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .loop import BaseLearner
-from .losses import per_item_losses
-from .metrics import confusion_matrix
-from .preprocess import denormalize
-from .show import image_grid
-from .state import save_figure
-from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, target_text, task_of
+from ..core.loop import BaseLearner
+from ..core.losses import per_item_losses
+from ..core.metrics import confusion_matrix
+from ..core.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, target_text, task_of
+from ..data.preprocess import denormalize
+from ..utils.files import save_figure
+from ..utils.show import image_grid
 
 
 def _images(learn: BaseLearner, dl: Any, indices: Iterable[int]) -> np.ndarray:

@@ -23,11 +23,11 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .loop import BaseLearner
-from .losses import activation_for
-from .state import write_file
-from .tasks import MULTI_LABEL, task_of
-from .version import __version__
+from ..core.loop import BaseLearner
+from ..core.losses import activation_for
+from ..core.tasks import MULTI_LABEL, task_of
+from ..utils.files import write_file
+from ..version import __version__
 
 
 def onnx_metadata(learn: BaseLearner) -> dict[str, str]:

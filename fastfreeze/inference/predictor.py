@@ -17,13 +17,13 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .device import as_model_input
+from ..core.device import as_model_input
+from ..core.losses import activate
+from ..core.tasks import decode_prediction
+from ..data.preprocess import preprocess_image
+from ..utils.files import check_state_dict
+from ..utils.hub import download_files, hub_repo_id
 from .export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError, build_model, check_config
-from .hub import download_files, hub_repo_id
-from .losses import activate
-from .preprocess import preprocess_image
-from .state import check_state_dict
-from .tasks import decode_prediction
 
 
 def _export_folder(path: Union[str, Path]) -> Path:

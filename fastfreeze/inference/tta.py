@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loop import BaseLearner
+from ..core.loop import BaseLearner
 
 View = Callable[[Tensor], Tensor]
 CROP_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")

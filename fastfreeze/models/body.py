@@ -22,8 +22,8 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .hub import HUB_PREFIXES
-from .preprocess import with_input_size
+from ..data.preprocess import with_input_size
+from ..utils.hub import HUB_PREFIXES
 
 InputSize = Union[int, tuple[int, int, int]]
 

@@ -18,8 +18,8 @@ from typing import Optional, Union
 
 import torch.nn as nn
 
+from ..core.norm import norm_param_ids
 from .body import TransferModel
-from .norm import norm_param_ids
 
 Group = Union[nn.Module, Iterable[nn.Parameter]]
 DEFAULT_MAX_GROUPS = {"coarse": 6, "fine": 12}  # for models split without a timm matcher

@@ -21,7 +21,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .data import loader_generators
+from ..core.dataloaders import loader_generators
 from .ranks import is_rank_zero
 
 CHECKPOINT_FORMAT = "fastfreeze-checkpoint"

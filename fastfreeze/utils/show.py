@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .state import save_figure
+from .files import save_figure
 
 
 def image_grid(images: Union[np.ndarray, Sequence[np.ndarray]], titles: Sequence[str],

@@ -13,19 +13,22 @@ from .callbacks.distributed import DistributedCallback, distributed, init_distri
 from .callbacks.ema import EMA
 from .callbacks.loggers import CSVLogger, TensorBoardCallback
 from .callbacks.mixup import CutMix, MixUp
+from .callbacks.tracker import EarlyStopping, SaveModelCallback
 from .core.callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                             CancelTrainException, CancelValidException)
-from .core.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
+from .core.checkpoint import CheckpointCallback
 from .core.dataloaders import DataLoaders
-from .core.divergence import DivergenceGuard
+from .core.divergence import DivergenceGuard, TerminateOnNaN
 from .core.grad_clip import GradientClip
+from .core.layer_groups import group_names
 from .core.loop import BaseLearner
 from .core.losses import MultiLabelLoss, SupervisedContrastiveLoss
 from .core.lrs import expand_lrs, lrs_decay
 from .core.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric,
                            accuracy, accuracy_multi, error_rate, top_k, top_k_accuracy)
 from .core.optim import adamw
-from .core.recorder import ProgressCallback, Recorder
+from .core.progress import ProgressCallback
+from .core.recorder import Recorder
 from .core.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from .data.image_data import ImageDataLoaders
 from .finetune.auto_lr import choose_base_lr
@@ -43,7 +46,7 @@ from .inference.predictor import Predictor, load_learner
 from .inference.tta import tta, tta_views
 from .learner import Learner
 from .models.body import BodyInfo, TransferModel, create_timm_body, cut_classifier
-from .models.groups import body_groups, group_names, layer_groups
+from .models.groups import body_groups, layer_groups
 from .models.head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 from .models.weights import load_pretrained
 from .utils.ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero

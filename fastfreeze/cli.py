@@ -85,9 +85,9 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
     measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
     test-time augmentation; the confusion matrix and the top losses are saved as plots."""
-    from .core.checkpoint import CheckpointCallback
+    from .core.checkpoint import CheckpointCallback, read_checkpoint
     from .inference.interpret import ClassificationInterpretation
-    from .utils.files import read_checkpoint, write_file
+    from .utils.files import write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
@@ -116,7 +116,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
         tta_accuracy = float((tta_probs.argmax(1) == tta_targs).float().mean())
         print(f"test-time augmentation ({args.tta} views, {time.perf_counter() - tta_start:.0f} s): accuracy "
               f"{tta_accuracy:.4f}, plain {after[1]:.4f}")
-    choice = getattr(learn, "fine_tune_choice", None)
+    choice = learn.fine_tune_choice
     probe_kept = choice is not None and choice.probe_kept
     if not probe_kept:  # a kept probe ran no epoch: no loss or lr curve to draw
         _close(learn.recorder.plot_loss(path=out / "loss.png"))
@@ -127,7 +127,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
                "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-               "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", base_lr), "epochs": args.epochs,
+               "base_lr": (learn.auto_lr or {}).get("base_lr", base_lr), "epochs": args.epochs,
                "freeze_epochs": args.freeze_epochs, "model": str(model_file),
                "probe_kept": probe_kept, "decision": choice.reason if choice is not None else None,
                "tta_accuracy": tta_accuracy, "tta_views": args.tta,
@@ -151,7 +151,7 @@ def _save_model(learn: Any, out: Path) -> Path:
 
 def _quiet_bars(learn: Any, no_bar: bool) -> None:
     """`--no-bar`: no per-batch bars; the per-epoch table still prints."""
-    from .core.recorder import ProgressCallback
+    from .core.progress import ProgressCallback
     if no_bar:
         for cb in learn.cbs:
             if isinstance(cb, ProgressCallback):

@@ -6,9 +6,11 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.core.recorder import ProgressCallback
-from fastfreeze.core.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
-from fastfreeze.utils.files import read_checkpoint
+from fastfreeze.core.progress import ProgressCallback
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.callbacks.tracker import EarlyStopping, SaveModelCallback
+from fastfreeze.core.divergence import TerminateOnNaN
+from fastfreeze.core.checkpoint import read_checkpoint
 from conftest import blobs
 
 

@@ -7,7 +7,7 @@ import torch
 from fastfreeze import Callback, DataLoaders, Learner
 from fastfreeze.core.checkpoint import CheckpointCallback
 from fastfreeze.core.divergence import DivergenceGuard, non_finite_tensors
-from fastfreeze.utils.files import read_checkpoint
+from fastfreeze.core.checkpoint import read_checkpoint
 from conftest import blobs, mlp2
 
 

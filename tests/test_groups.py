@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from fastfreeze.models.body import TransferModel, create_timm_body, cut_classifier
-from fastfreeze.models.groups import body_groups, generic_groups, group_names, layer_groups, merge_groups
+from fastfreeze.models.groups import body_groups, generic_groups, layer_groups, merge_groups
+from fastfreeze.core.layer_groups import group_names
 
 # (architecture, timm kwargs, probe size): small variants of each family, small images where the model allows.
 ARCHS = [

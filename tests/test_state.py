@@ -11,8 +11,9 @@ import torch
 
 import fastfreeze.utils.files
 from fastfreeze import DataLoaders
-from fastfreeze.utils.files import (check_state_dict, load_torch, read_checkpoint, rng_states, save_figure, save_torch,
-                              set_rng_states, temporary_folder, temporary_name, write_file, write_files)
+from fastfreeze.utils.state_dicts import check_state_dict
+from fastfreeze.utils.files import load_torch, save_figure, save_torch, temporary_folder, temporary_name, write_file, write_files
+from fastfreeze.core.checkpoint import read_checkpoint, rng_states, set_rng_states
 from conftest import blobs
 
 

@@ -42,7 +42,7 @@ from torch.utils.data import DistributedSampler
 
 from ..core.callback import Callback
 from ..core.loop import BaseLearner
-from ..core.recorder import ProgressCallback
+from ..core.progress import ProgressCallback
 from ..utils.ranks import (all_reduce, barrier, broadcast_buffers, broadcast_module, broadcast_object,
                            gather_across_ranks, is_distributed, is_rank_zero, local_rank, rank, shard_train_loader,
                            shard_valid_loader, sum_across_ranks, world_size)

@@ -31,6 +31,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from ..core.callback import Callback
 from ..core.loop import BaseLearner
+from ..utils.checks import is_real
 
 
 class EMA(Callback):
@@ -48,7 +49,7 @@ class EMA(Callback):
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, warmup_power: float = 0.75,
                  validate: bool = True):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        if not is_real(decay) or not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be a number in [0, 1) (the weight of the past at each step, e.g. "
                              f"0.999), got {decay!r}")
         if not isinstance(warmup_power, (int, float)) or not 0 < warmup_power <= 1 or math.isnan(warmup_power):

@@ -26,6 +26,7 @@ from timm.data import Mixup
 from ..core.callback import Callback
 from ..core.loop import BaseLearner
 from ..core.tasks import MULTI_LABEL, REGRESSION, task_of
+from ..utils.checks import is_int, is_real
 
 
 class MixUp(Callback):
@@ -45,13 +46,13 @@ class MixUp(Callback):
     def __init__(self, alpha: float = 0.4, label_smoothing: float = 0.0, prob: float = 1.0,
                  cutmix_alpha: float = 0.0, switch_prob: float = 0.5, num_classes: Optional[int] = None):
         for name, value in (("alpha", alpha), ("cutmix_alpha", cutmix_alpha)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            if not is_real(value) or not value >= 0:
                 raise ValueError(f"{type(self).__name__} {name} must be a number >= 0 (the Beta distribution's "
                                  f"parameter), got {value!r}")
         if not alpha > 0 and not cutmix_alpha > 0:
             raise ValueError(f"{type(self).__name__} needs an alpha > 0 (the Beta distribution's parameter), got 0")
         for name, value in (("label_smoothing", label_smoothing), ("prob", prob), ("switch_prob", switch_prob)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            if not is_real(value) or not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         self.alpha, self.cutmix_alpha, self.label_smoothing = float(alpha), float(cutmix_alpha), float(label_smoothing)
         self.prob, self.switch_prob, self.num_classes = float(prob), float(switch_prob), num_classes
@@ -79,7 +80,7 @@ class MixUp(Callback):
                 f"the loss smooths labels (CrossEntropyLoss(label_smoothing={loss.label_smoothing:g})) and {name} "
                 f"too (label_smoothing={self.label_smoothing:g}): they would be smoothed twice. Keep one of them")
         n_classes = self.num_classes if self.num_classes is not None else getattr(self.learn.dls, "c", None)
-        if not isinstance(n_classes, int) or n_classes < 2:
+        if not is_int(n_classes) or n_classes < 2:
             raise ValueError(f"{name} needs the number of classes to build one-hot targets: give the DataLoaders a "
                              f"vocab or c, or pass {name}(num_classes=...)")
         self.mixer = Mixup(mixup_alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, prob=self.prob,

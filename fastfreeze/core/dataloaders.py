@@ -134,6 +134,11 @@ def default_batch_size(n_items: int) -> int:
     return bs
 
 
+def whole_batch(batch: Any) -> Any:
+    """`collate_fn` for datasets whose `__getitems__` already returns a whole batch."""
+    return batch
+
+
 def loader_generators(dl: Any) -> list[torch.Generator]:
     """The torch Generators a DataLoader draws its shuffling from (its own and its sampler's)."""
     candidates = [getattr(dl, "generator", None), getattr(getattr(dl, "sampler", None), "generator", None),

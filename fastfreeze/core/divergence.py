@@ -15,17 +15,24 @@ took at the end of the last good epoch (or at the start of the fit), put back, w
 when they are not. The copy costs one state dict of the model in CPU memory during a fit (taken again after
 every epoch, released when the fit ends);
 `learn.divergence_guard.keep_weights = False` turns it off (the fit still stops; the weights stay as they are).
+
+`TerminateOnNaN()` (fastai's name) is a second guard that checks the training loss at every step on every device
+and ends the fit without an error instead (`CancelFitException`, with a warning), before that step touches the
+parameters (BatchNorm running statistics have seen the batch's forward pass already); on a GPU that costs one
+host-device synchronisation per step.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NoReturn, Optional
 
 import torch
 import torch.nn as nn
 
-from ..utils.files import to_cpu_copy
-from .callback import Callback
+from ..utils.checks import check_int
+from ..utils.state_dicts import to_cpu_copy
+from .callback import Callback, CancelFitException
 
 SHOWN_TENSORS = 5
 ADVICE = ("Lower the learning rate (learn.lr_find() shows where the loss starts to climb), check the data for NaN "
@@ -48,13 +55,17 @@ class DivergenceGuard(Callback):
 
     `keep_weights`: keep a CPU copy of the weights of the last good epoch to put back (default True).
     `check_every`: off the CPU, check the training loss every this many steps (the rest at the epoch's end).
+    `cancel`: at a non-finite training loss end the fit cleanly (`CancelFitException`, with a warning) instead
+    of raising, and watch nothing else (`TerminateOnNaN`); `stopped_at` is then `(epoch, batch)`.
     """
     order = 55  # after the Recorder (50) has the epoch's validation loss, before checkpoints (61) save the epoch
 
-    def __init__(self, keep_weights: bool = True, check_every: int = 20):
-        if not isinstance(check_every, int) or check_every < 1:
-            raise ValueError(f"check_every must be a positive int (training steps), got {check_every!r}")
-        self.keep_weights, self.check_every = keep_weights, check_every
+    def __init__(self, keep_weights: bool = True, check_every: int = 20, cancel: bool = False):
+        check_int(check_every, "check_every", unit="training steps")
+        self.keep_weights, self.check_every, self.cancel = keep_weights, check_every, cancel
+        if cancel:
+            self.order = 54  # before the learner's own guard, which would raise
+        self.stopped_at: Optional[tuple[int, int]] = None
         self.snapshot: Optional[dict[str, Any]] = None
         self.snapshot_of: Optional[nn.Module] = None
         self.snapshot_when = ""
@@ -81,6 +92,11 @@ class DivergenceGuard(Callback):
         finite = torch.isfinite(learn.loss.detach()).all()
         on_cpu = learn.device.type == "cpu"
         if on_cpu or learn.train_iter % self.check_every == 0:
+            if not bool(finite) and self.cancel:
+                self.stopped_at = (learn.epoch, learn.iter)
+                warnings.warn(f"{type(self).__name__}: the training loss is {float(learn.loss.detach())} at epoch "
+                              f"{learn.epoch}, batch {learn.iter}: the fit stops before this step")
+                raise CancelFitException()
             if not bool(finite):
                 self.stop(f"the training loss is {float(learn.loss.detach())} at epoch {learn.epoch}, batch "
                           f"{learn.iter} of {learn.phase!r}", step_skipped=True)
@@ -88,6 +104,8 @@ class DivergenceGuard(Callback):
             self.unchecked_finite = finite if self.unchecked_finite is None else self.unchecked_finite & finite
 
     def after_epoch(self) -> None:
+        if self.cancel:
+            return
         learn = self.learn
         where = f"epoch {learn.epoch} of {learn.phase!r}"
         if self.unchecked_finite is not None and not bool(self.unchecked_finite):
@@ -128,3 +146,11 @@ class DivergenceGuard(Callback):
             held = (f"{weights}; they were left as they are (learn.divergence_guard.keep_weights is False): "
                     "reload a checkpoint or a saved model before training on.")
         raise FloatingPointError(f"training diverged: {what}. {held} {ADVICE}")
+
+
+class TerminateOnNaN(DivergenceGuard):
+    """fastai's callback: a `DivergenceGuard` that checks the training loss at every step on every device and ends
+    the fit cleanly at the first non-finite one (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(keep_weights=False, check_every=1, cancel=True)

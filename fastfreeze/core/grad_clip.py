@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..utils.checks import is_real
 from .callback import Callback
 
 
@@ -23,7 +24,7 @@ class GradientClip(Callback):
     order = 0
 
     def __init__(self, max_norm: float, norm_type: float = 2.0):
-        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not 0 < max_norm < math.inf:
+        if not is_real(max_norm) or not 0 < max_norm < math.inf:
             raise ValueError(f"clip_grad (max_norm) must be a positive finite number, got {max_norm!r}")
         self.max_norm, self.norm_type = float(max_norm), float(norm_type)
         self.total_norm: Optional[torch.Tensor] = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -20,42 +19,27 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..models.groups import group_names
-from ..utils.files import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, FIT_HINT, check_state_dict, load_torch,
-                           read_checkpoint, rng_states, save_torch, set_rng_states)
-from ..utils.ranks import batches_per_epoch
-from ..utils.seeds import resume_warning, warn_once
+from ..utils.checks import check_epochs, check_int
+from ..utils.files import load_torch, save_torch
+from ..utils.state_dicts import FIT_HINT, check_state_dict
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelTrainException,
                        CancelValidException, callback_list)
+from .checkpoint import resume, rng_states, save_checkpoint, set_rng_states
 from .dataloaders import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .divergence import DivergenceGuard
 from .grad_clip import GradientClip
+from .layer_groups import Splitter, default_splitter, frozen_count, group_names, split_model
 from .losses import activate, activation_for
 from .lrs import LrSpec, expand_lrs
 from .norm import no_decay_param_ids, norm_param_ids
 from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
-from .recorder import ProgressCallback, Recorder
+from .progress import ProgressCallback
+from .recorder import Recorder
 from .tasks import decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
-
-
-def default_splitter(model: nn.Module) -> list[nn.Module]:
-    """One group per top-level child that has parameters (the whole model if it has no children)."""
-    children = [c for c in model.children() if any(True for _ in c.parameters())]
-    return children if children else [model]
-
-
-def check_epochs(n_epoch: Any, name: str = "n_epoch") -> int:
-    """`n_epoch` as an int when it is a whole number of epochs >= 0, else a clear TypeError/ValueError."""
-    if isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral):
-        raise TypeError(f"{name} must be a whole number of epochs (an int), got {n_epoch!r}: fastfreeze trains whole "
-                        "epochs; for fewer steps, use less data per epoch")
-    if n_epoch < 0:
-        raise ValueError(f"{name} must be >= 0, got {n_epoch}")
-    return int(n_epoch)
 
 
 class BaseLearner:
@@ -80,17 +64,24 @@ class BaseLearner:
         metrics: functions `(pred, targ) -> batch mean`, `Metric` objects, or objects with reset/update/compute
             computed on the whole validation set (torchmetrics' included; docs/metrics.md).
         cbs: extra callbacks, kept for every fit.
+        path, model_dir: `save`, `load` and checkpoints use `path/model_dir/<name>.pth` for a bare name.
+        device: where the model and batches go (default: a CUDA GPU when there is one, else the CPU).
         precision: 'auto' (bf16 autocast on CUDA GPUs that support it, fp32 otherwise), 'fp32', 'bf16', 'fp16'.
+        progress: show fastprogress bars and the per-epoch table (`ProgressCallback`).
         reset_opt: reset optimizer state (Adam moments) at every `freeze_to`, as fastai does.
         channels_last: keep the model and 4-D inputs in channels_last memory format (faster for CNNs; the
             default of `vision_learner` for spatial bodies).
     """
     # the loop's own state: what `state_dict` saves and `load_state_dict` puts back (checkpoints, lr_find)
     LOOP_STATE = ("phase", "n_fits", "n_epoch", "start_epoch", "epoch", "iter", "train_iter", "step_iter",
-                  "accum_steps", "training", "frozen_groups", "recalibrated_for", "fine_tune_state")
+                  "accum_steps", "training", "frozen_groups", "recalibrated_for")
+    # state that features add (attributes named `<feature>_state`, declared on the subclass that binds the
+    # feature, None when the feature is not running), saved and restored with the loop state
+    extra_state: tuple[str, ...] = ()
+    save_checkpoint = save_checkpoint
 
     def __init__(self, model: nn.Module, dls: DataLoaders, loss_func: Optional[Callable] = None,
-                 splitter: Optional[Callable[[nn.Module], Sequence[Any]]] = None,
+                 splitter: Optional[Splitter] = None,
                  opt_func: Callable[..., torch.optim.Optimizer] = adamw, lr: float = 1e-3, wd: float = 0.01,
                  wd_bn_bias: bool = False, train_bn: bool = True, norm: Optional[str] = None,
                  metrics: Optional[Union[Callable, Sequence[Callable]]] = None, cbs: Callbacks = None,
@@ -123,7 +114,6 @@ class BaseLearner:
         self.training = False
         self.frozen_groups = 0
         self.recalibrated_for: Optional[int] = None  # frozen_groups when BatchNorm was last recalibrated
-        self.fine_tune_state: Optional[dict[str, Any]] = None  # set by fine_tune: phase, n_phases, base_lr
         # what the current batch and fit hold
         self.xb: tuple = ()
         self.yb: tuple = ()
@@ -133,7 +123,7 @@ class BaseLearner:
         self.last_validation: list[float] = []
         self.scaler: Optional[torch.amp.GradScaler] = None
 
-        self.layer_groups = self._split(self.model)
+        self.layer_groups = split_model(self.model, self.splitter)
         self.norm_param_ids = norm_param_ids(self.model)
         no_decay = set() if wd_bn_bias else no_decay_param_ids(self.model)
         self.opt = self.opt_func([{"params": g, "lr": lr, "wd": wd} for g in self.layer_groups], lr=lr)
@@ -151,32 +141,6 @@ class BaseLearner:
     # ---------------------------------------------------------------------------------------------
     # layer groups and freezing
     # ---------------------------------------------------------------------------------------------
-    def _split(self, model: nn.Module) -> list[list[nn.Parameter]]:
-        """Run the splitter and check that every parameter of the model is in exactly one group."""
-        raw = list(self.splitter(model))
-        if not raw:
-            raise ValueError("the splitter returned no layer groups")
-        groups = [list(g.parameters()) if isinstance(g, nn.Module) else list(g) for g in raw]
-        names = {id(p): n for n, p in model.named_parameters()}
-        seen: dict[int, int] = {}
-        for i, g in enumerate(groups):
-            if not g:
-                raise ValueError(f"layer group {i} has no parameters: every group needs at least one")
-            for p in g:
-                if id(p) not in names:
-                    raise ValueError(f"layer group {i} holds a parameter (shape {tuple(p.shape)}) that is not part "
-                                     "of the model: the splitter must return the model's own parameters")
-                if id(p) in seen:
-                    raise ValueError(f"parameter {names[id(p)]!r} is in layer groups {seen[id(p)]} and {i}: "
-                                     "every parameter must be in exactly one group")
-                seen[id(p)] = i
-        missing = [n for i, n in names.items() if i not in seen]
-        if missing:
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            raise ValueError(f"{len(missing)} parameters are in no layer group ({shown}): "
-                             "the splitter must put every parameter in exactly one group")
-        return groups
-
     @property
     def n_groups(self) -> int:
         return len(self.layer_groups)
@@ -188,13 +152,7 @@ class BaseLearner:
         (no weight decay either). Normalization parameters of frozen groups stay trainable when
         `train_bn` (norm policy 'train').
         """
-        g = self.n_groups
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise TypeError(f"freeze_to takes an int group index, got {n!r}")
-        if not -g <= n <= g - 1:
-            raise ValueError(f"freeze_to({n}) is out of range: this learner has {g} layer groups, so n must be "
-                             f"in [{-g}, {g - 1}] (0 or {-g} unfreezes all, {g - 1} or -1 trains the last group only)")
-        k = n if n >= 0 else g + n
+        k = frozen_count(n, self.n_groups)
         for i, group in enumerate(self.layer_groups):
             for p in group:
                 trainable = i >= k or (self.train_bn and id(p) in self.norm_param_ids)
@@ -214,9 +172,13 @@ class BaseLearner:
         """Train every group: `freeze_to(0)`."""
         self.freeze_to(0)
 
+    def frozen_param_ids(self) -> set[int]:
+        """The ids of the parameters in frozen groups (norm parameters that train included)."""
+        return {id(p) for g in self.layer_groups[:self.frozen_groups] for p in g}
+
     def frozen_modules(self) -> list[nn.Module]:
         """The largest modules whose parameters all lie in frozen groups (put in eval mode when norm != 'train')."""
-        frozen = {id(p) for g in self.layer_groups[:self.frozen_groups] for p in g}
+        frozen = self.frozen_param_ids()
         if not frozen:
             return []
         out: list[nn.Module] = []
@@ -338,7 +300,7 @@ class BaseLearner:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         with self.added_cbs(cbs):  # before a resume: the fit's callbacks get their checkpointed state back
             if resume_from is not None:
-                start_epoch = self._resume(self.file_path(resume_from), n_epoch)
+                start_epoch = resume(self, self.file_path(resume_from), n_epoch)
                 if start_epoch == n_epoch:
                     return  # the checkpoint was written at the end of this fit: nothing left to do
             if self.norm == "recalibrate" and self.frozen_groups and self.recalibrated_for != self.frozen_groups:
@@ -442,9 +404,7 @@ class BaseLearner:
 
     # -- gradient accumulation: which batches step, and how many batches each step takes
     def _check_accum_steps(self, accum_steps: int) -> None:
-        if not isinstance(accum_steps, int) or isinstance(accum_steps, bool) or accum_steps < 1:
-            raise ValueError(f"accum_steps must be a positive int (training batches per optimizer step), got "
-                             f"{accum_steps!r}")
+        check_int(accum_steps, "accum_steps", unit="training batches per optimizer step")
         if accum_steps > 1:
             try:
                 len(self.dls.train)
@@ -621,13 +581,13 @@ class BaseLearner:
     # ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to go on training exactly: the model's and the optimizer's state, the GradScaler's,
-        the loop state (`LOOP_STATE`), the Recorder (history and smoothing), the state of callbacks that keep
+        the loop state (`LOOP_STATE` and the features' `extra_state`), the Recorder (history and smoothing), the state of callbacks that keep
         one (`Callback.state_key`, e.g. EMA weights) and the random states (torch, CUDA, NumPy, Python, the
         training loader's shuffling). The tensors are the live ones: copy them (`state.to_cpu_copy`) to keep a
         snapshot."""
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "loop": {name: getattr(self, name) for name in self.LOOP_STATE},
+                "loop": {name: getattr(self, name) for name in self.LOOP_STATE + self.extra_state},
                 "recorder": self.recorder.state_dict(),
                 "callbacks": {cb.state_key: cb.state_dict() for cb in self.cbs if cb.state_key is not None},
                 "rng": rng_states(self.dls.train)}
@@ -643,7 +603,7 @@ class BaseLearner:
         self.opt.load_state_dict(state["opt"])  # after freeze_to, which may reset the optimizer state
         if state["scaler"] is not None and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
-        for name in self.LOOP_STATE:
+        for name in self.LOOP_STATE + self.extra_state:
             setattr(self, name, loop[name])
         self.recorder.load_state_dict(state["recorder"], resume=resume)
         self._load_callback_states(state["callbacks"], source)
@@ -694,44 +654,3 @@ class BaseLearner:
         if with_opt and "opt" in state:
             self.opt.load_state_dict(state["opt"])
         return self
-
-    def save_checkpoint(self, name: Union[str, Path] = "checkpoint") -> Path:
-        """Everything needed to resume the current fit exactly (`state_dict`) in `path/model_dir/name.pth`,
-        written atomically from rank 0; the current epoch counts as done (call it in `after_epoch`, as
-        `CheckpointCallback` does, or between fits). Resume with `fit`/`fit_one_cycle`/`fine_tune(...,
-        resume_from=name)` and the same arguments."""
-        n_batches = batches_per_epoch(self.dls.train)  # this process's share under DDP
-        done = min(self.epoch + 1, self.n_epoch)
-        state = self.state_dict()
-        state["loop"].update(start_epoch=done, epoch=done, train_iter=done * n_batches, training=False,
-                             step_iter=done * self.steps_per_epoch(n_batches))
-        state.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, n_batches=n_batches,
-                     n_groups=self.n_groups)
-        return save_torch(state, self.file_path(name))
-
-    def _resume(self, file: Path, n_epoch: int) -> int:
-        """Restore a checkpoint of this same fit (`n_epoch` epochs); return the epochs it had done."""
-        state = read_checkpoint(file)
-        loop = state["loop"]
-        if loop["n_epoch"] != n_epoch:
-            raise ValueError(f"{file} was written during a fit of {loop['n_epoch']} epochs ({loop['phase']!r}), not "
-                             f"{n_epoch}: resume with the same call and arguments, or use learn.load({str(file)!r}) "
-                             "to load its weights and optimizer only")
-        if state["n_groups"] != self.n_groups:
-            raise ValueError(f"{file} was written by a learner with {state['n_groups']} layer groups; this one has "
-                             f"{self.n_groups}: build the learner as before")
-        if loop["accum_steps"] != self.accum_steps:
-            raise ValueError(f"{file} was written during a fit with accum_steps={loop['accum_steps']}, not "
-                             f"{self.accum_steps}: resume with the same call and arguments")
-        if state["n_batches"] != batches_per_epoch(self.dls.train):
-            raise ValueError(f"{file} was written with {state['n_batches']} training batches per epoch; the data now "
-                             f"gives {batches_per_epoch(self.dls.train)}: resume on the same data and batch size")
-        if self.fine_tune_state is not None and self.frozen_groups != loop["frozen_groups"]:
-            raise ValueError(f"{file} was written with {loop['frozen_groups']} frozen layer groups, but this fine_tune "
-                             f"phase freezes {self.frozen_groups}: resume with the same strategy and arguments")
-        # the smoothed loss goes on only if this fit does: one already complete leaves the next fit to restart it
-        self.load_state_dict(state, resume=loop["start_epoch"] < n_epoch, source=str(file))
-        inexact = resume_warning(self.dls.train)
-        if inexact is not None:
-            warn_once(f"resuming from {file}: {inexact}")
-        return loop["start_epoch"]

@@ -7,6 +7,8 @@ from typing import Union
 
 import numpy as np
 
+from ..utils.checks import is_real
+
 LrSpec = Union[float, slice, Sequence[float], np.ndarray]
 
 
@@ -62,7 +64,7 @@ def check_lrs(lrs: Sequence[float], spec: object) -> list[float]:
     """`lrs` as floats when every one is a finite number > 0, else a ValueError naming the first that is not
     and the `spec` it came from."""
     for i, value in enumerate(lrs):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        if not is_real(value):
             raise TypeError(f"learning rates must be numbers, got {value!r} in {spec!r}: pass a float, a slice, or "
                             "one number per layer group")
         if not (math.isfinite(value) and value > 0):

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..utils.checks import is_real
 from .dataloaders import decode_label
 from .losses import MultiLabelLoss
 
@@ -76,7 +77,7 @@ def _tag_list(value: Any, label_delim: Optional[str]) -> list[Any]:
 def _names(values: Sequence[Any]) -> list[str]:
     """A sorted vocab: numbers sorted by value (then written as strings), strings alphabetically."""
     unique = set(values)
-    if all(isinstance(v, Real) and not isinstance(v, bool) for v in unique):
+    if all(is_real(v) for v in unique):
         return [_as_name(v) for v in sorted(unique)]
     return sorted(_as_name(v) for v in unique)
 

@@ -13,6 +13,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..utils.checks import check_int
+
 __all__ = ["read_idx", "load_fashion_mnist", "stratified_subset", "FASHION_MNIST_CLASSES"]
 
 PathLike = Union[str, os.PathLike]
@@ -179,8 +181,7 @@ def stratified_subset(y: np.ndarray, n_per_class: int, seed: int = 0) -> np.ndar
     labels = np.asarray(y)
     if labels.ndim != 1:
         raise ValueError(f"y must be a 1-d array of labels; got shape {labels.shape}.")
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive integer; got {n_per_class!r}.")
+    check_int(n_per_class, "n_per_class")
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels):

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..core.dataloaders import DataLoaders, class_count
+from ..core.dataloaders import DataLoaders, class_count, whole_batch
 from ..core.tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
 from ..utils.seeds import batch_keys, item_key, seeded
 from ..utils.show import image_grid
@@ -175,10 +175,6 @@ def split_indices(labels: Union[Sequence[int], np.ndarray, Tensor], valid_pct: f
 
 
 # --------------------------------------------------------------------------- arrays
-
-def _collate_ready_batch(batch: Any) -> Any:
-    """`collate_fn` for datasets whose `__getitems__` already returns a whole `(x, y)` batch."""
-    return batch
 
 
 class ArrayImageDataset(Dataset):
@@ -386,7 +382,7 @@ class ImageDataLoaders(DataLoaders):
                 raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
             c = None
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
-                                         item_seeds=augment, collate_fn=_collate_ready_batch,
+                                         item_seeds=augment, collate_fn=whole_batch,
                                          persistent_workers=num_workers > 0)
         return cls(loaders.train, loaders.valid, vocab=vocab, c=c, data_config=config, resize_method="squish",
                    task=task)
@@ -493,7 +489,7 @@ class ImageDataLoaders(DataLoaders):
             dataset: Dataset = ArrayImageDataset(items, labels, self.data_config, task=self.task)
             if self.resize_method == "squish":
                 return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                                   collate_fn=_collate_ready_batch,
+                                                   collate_fn=whole_batch,
                                                    pin_memory=torch.cuda.is_available())
             items = [dataset.images[i] for i in range(len(dataset))]  # one by one through timm's eval transform
         dataset = ImageItemsDataset(list(items), self.preprocess, labels)

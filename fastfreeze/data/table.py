@@ -22,6 +22,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..utils.checks import is_int
+
 Column = Union[int, str]
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "valid", "y", "t"), ("false", "0", "no", "train", "n", "f")
 
@@ -57,7 +59,7 @@ def column(df: Any, col: Column, argument: str) -> Any:
     columns = list(df.columns)
     if col in columns:
         return df[col]
-    if isinstance(col, int) and not isinstance(col, bool) and -len(columns) <= col < len(columns):
+    if is_int(col) and -len(columns) <= col < len(columns):
         return df.iloc[:, col]
     raise KeyError(f"the table has no column {col!r} ({argument}={col!r}); its columns are {columns}: pass "
                    f"{argument}= one of these names, or a position from 0 to {len(columns) - 1}")

@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from ..core.callback import Callback
+from ..core.dataloaders import whole_batch
 from ..core.loop import BaseLearner
 from ..models.body import TransferModel
 from ..utils.seeds import batch_keys
@@ -57,7 +58,7 @@ def body_is_frozen(learn: BaseLearner) -> bool:
     """True when `learn.model` is a `TransferModel` whose body parameters all lie in frozen layer groups."""
     if not isinstance(learn.model, TransferModel):
         return False
-    frozen = {id(p) for g in learn.layer_groups[:learn.frozen_groups] for p in g}
+    frozen = learn.frozen_param_ids()
     body_params = list(learn.model.body.parameters())
     return bool(body_params) and all(id(p) in frozen for p in body_params)
 
@@ -231,17 +232,12 @@ class FeatureDataset(Dataset):
         return self.features[index], self.targets[index]
 
 
-def _whole_batch(batch: Any) -> Any:
-    """`collate_fn` for `FeatureDataset`, whose `__getitems__` already returns the batch."""
-    return batch
-
-
 def feature_loader(dl: DataLoader, features: torch.Tensor, targets: torch.Tensor,
                    pin_memory: bool = False) -> DataLoader:
     """A loader over cached features that yields the items `dl` would, in the order it would: it shares
     `dl`'s batch sampler and generator."""
     return DataLoader(FeatureDataset(features, targets), batch_sampler=dl.batch_sampler, generator=dl.generator,
-                      collate_fn=_whole_batch, pin_memory=pin_memory)
+                      collate_fn=whole_batch, pin_memory=pin_memory)
 
 
 class HeadOnFeatures(nn.Module):

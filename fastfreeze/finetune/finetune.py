@@ -11,9 +11,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..core.callback import callback_list
-from ..core.loop import BaseLearner, check_epochs
+from ..core.checkpoint import read_checkpoint
+from ..core.loop import BaseLearner
 from ..core.lrs import check_lrs, expand_lrs
-from ..utils.files import read_checkpoint
+from ..utils.checks import check_epochs
 from .auto_lr import choose_base_lr
 from .feature_cache import feature_cache_for
 from .linear_probe import choose_fine_tune

@@ -24,8 +24,8 @@ import torch
 from ..core.callback import Callback, CancelFitException
 from ..core.loop import BaseLearner
 from ..core.recorder import DebiasedEMA
-from ..utils.files import to_cpu_copy
 from ..utils.ranks import broadcast_object
+from ..utils.state_dicts import to_cpu_copy
 
 SuggestFunc = Callable[[Sequence[float], Sequence[float], int], float]
 

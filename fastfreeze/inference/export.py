@@ -65,8 +65,8 @@ from ..utils.files import write_files
 from ..utils.hub import hub_repo_id, model_card, timm_model_config, upload_folder
 from ..utils.ranks import is_rank_zero
 from ..version import __version__
-from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, Factory,
-                            InvalidExportError, check_config, factory_name, layer_spec, plain_json)
+from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, Factory,
+                            InvalidExportError, WEIGHTS_FILE, check_config, factory_name, layer_spec, plain_json)
 from .predictor import Predictor, load_learner
 
 

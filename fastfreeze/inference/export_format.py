@@ -21,6 +21,7 @@ from ..core.tasks import SINGLE_LABEL, TASKS
 from ..data.preprocess import RESIZE_METHODS
 from ..models.body import TransferModel, cut_classifier, remove_unused
 from ..models.head import AdaptiveConcatPool2d, create_head, projection_head
+from ..utils.checks import is_int
 
 FORMAT_NAME = "fastfreeze-export"
 FORMAT_VERSION = 2  # 2: the task, the multi-label threshold and the head's y_range (a version 1 config reads as
@@ -64,21 +65,17 @@ LAYERS: dict[str, tuple[type, tuple[str, ...]]] = {
 Check = tuple[str, Callable[[Any], bool]]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
-INT: Check = ("an int", _is_int)
-POSITIVE_INT: Check = ("a positive int", lambda v: _is_int(v) and v > 0)
+INT: Check = ("an int", is_int)
+POSITIVE_INT: Check = ("a positive int", lambda v: is_int(v) and v > 0)
 NUMBER: Check = ("a finite number", _is_number)
 BOOL: Check = ("true or false", lambda v: isinstance(v, bool))
 STR: Check = ("a string", lambda v: isinstance(v, str))
 DICT: Check = ("a JSON object", lambda v: isinstance(v, dict))
-INT_LIST: Check = ("a list of ints", lambda v: isinstance(v, list) and all(_is_int(x) for x in v))
+INT_LIST: Check = ("a list of ints", lambda v: isinstance(v, list) and all(is_int(x) for x in v))
 NUMBER_LIST: Check = ("a list of numbers", lambda v: isinstance(v, list) and all(_is_number(x) for x in v))
 STR_LIST: Check = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 
@@ -102,7 +99,7 @@ LAYER_ARGS: dict[str, Check] = {
     "normalized_shape": INT_LIST, "elementwise_affine": BOOL, "p": NUMBER, "inplace": BOOL,
     "approximate": _one_of(("none", "tanh")), "start_dim": INT, "end_dim": INT,
     "output_size": _either(INT, ("a list of ints or nulls", lambda v: isinstance(v, list)
-                                 and all(x is None or _is_int(x) for x in v))),
+                                 and all(x is None or is_int(x) for x in v))),
     "size": POSITIVE_INT,
 }
 
@@ -244,7 +241,7 @@ def check_config(config: Any, where: str = "config.json") -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise InvalidExportError(f"{where} is not a fastfreeze export config (its 'format' is not {FORMAT_NAME!r})")
     version = config.get("format_version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise InvalidExportError(f"{where} has format_version {version!r}: expected a positive int")
     if version > FORMAT_VERSION:
         raise InvalidExportError(

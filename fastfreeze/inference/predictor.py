@@ -21,9 +21,9 @@ from ..core.device import as_model_input
 from ..core.losses import activate
 from ..core.tasks import decode_prediction
 from ..data.preprocess import preprocess_image
-from ..utils.files import check_state_dict
 from ..utils.hub import download_files, hub_repo_id
-from .export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError, build_model, check_config
+from ..utils.state_dicts import check_state_dict
+from .export_format import CONFIG_FILE, InvalidExportError, WEIGHTS_FILE, build_model, check_config
 
 
 def _export_folder(path: Union[str, Path]) -> Path:

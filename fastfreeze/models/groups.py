@@ -12,16 +12,15 @@ The head is always the last group of a `TransferModel`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch.nn as nn
 
 from ..core.norm import norm_param_ids
 from .body import TransferModel
 
-Group = Union[nn.Module, Iterable[nn.Parameter]]
 DEFAULT_MAX_GROUPS = {"coarse": 6, "fine": 12}  # for models split without a timm matcher
 _UNMATCHED = "\x00unmatched"  # a name no group matcher recognises: timm gives it the last ('inf') group id
 
@@ -167,40 +166,3 @@ def layer_groups(model: TransferModel, level: str = "coarse", max_groups: Option
     if not head:
         raise ValueError("the head has no parameters: there would be nothing to train in the last group")
     return groups + [head]
-
-
-def group_names(model: nn.Module, groups: Sequence[Group], max_parts: int = 3) -> list[str]:
-    """A short label per group: the outermost modules (or parameters) that lie wholly in that group,
-    e.g. 'conv1, bn1', 'layer2', 'blocks.11, norm', 'head'; more than `max_parts` parts are shown as
-    'first ... last (n parts)'. For a TransferModel the 'body.' prefix is left out (except for a body's
-    own `head` submodule, shown as 'body.head' so that 'head' is always the new head)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    group_of: dict[str, int] = {}
-    for i, group in enumerate(groups):
-        params = group.parameters() if isinstance(group, nn.Module) else group
-        for p in params:
-            if id(p) not in names:
-                raise ValueError(f"group {i} holds a parameter that is not in the model")
-            group_of[names[id(p)]] = i
-
-    groups_under: dict[str, set[int]] = {}  # dotted prefix -> the groups of the parameters under it
-    for name, i in group_of.items():
-        parts = name.split(".")
-        for k in range(1, len(parts) + 1):
-            groups_under.setdefault(".".join(parts[:k]), set()).add(i)
-    labels: list[list[str]] = [[] for _ in groups]
-    for name, i in group_of.items():
-        parts = name.split(".")
-        prefixes = (".".join(parts[:k]) for k in range(1, len(parts) + 1))
-        label = next(p for p in prefixes if groups_under[p] == {i})
-        if isinstance(model, TransferModel) and label.startswith("body.") and not label.startswith("body.head"):
-            label = label[len("body."):]  # 'body.' is implied, except for a body's own 'head' submodule
-        if label not in labels[i]:
-            labels[i].append(label)
-    out = []
-    for parts in labels:
-        if len(parts) > max_parts:
-            out.append(f"{parts[0]} ... {parts[-1]} ({len(parts)} parts)")
-        else:
-            out.append(", ".join(parts) or "(empty)")
-    return out

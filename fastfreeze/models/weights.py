@@ -19,7 +19,7 @@ from typing import Any, Mapping, Union
 import torch
 from torch import Tensor, nn
 
-from ..utils.files import check_state_dict
+from ..utils.state_dicts import check_state_dict
 
 __all__ = ["LoadReport", "load_pretrained", "efficientnet_lite_state_dict", "efficientnet_lite_key_map",
            "EFFICIENTNET_LITE_NAMES"]

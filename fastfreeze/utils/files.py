@@ -1,5 +1,4 @@
-"""Training state on disk and in memory: checking that weights fit a model, writing files atomically from
-one process only, random states, and the checkpoint file format.
+"""Files written atomically from one process only, and read back safely.
 
 Every file fastfreeze writes (`learn.save`, checkpoints, exports, plots, the command line's results) goes
 through `write_file` or `write_files`: on rank 0 only (other processes of a distributed run write nothing),
@@ -9,66 +8,20 @@ interrupted one left behind. Files are read back with `load_torch` (no code unpi
 """
 from __future__ import annotations
 
-import copy
 import os
 import pickle
-import random
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 import torch
 
-from ..core.dataloaders import loader_generators
 from .ranks import is_rank_zero
 
-CHECKPOINT_FORMAT = "fastfreeze-checkpoint"
-CHECKPOINT_VERSION = 3  # 2: the loop state in one dict, the Recorder's smoothing state; 3: optimizer steps, accumulation, callback states
-SHOWN_KEYS = 10
 PathLike = Union[str, Path]
 
 
-# -------------------------------------------------------------------------------------------------
-# weights that fit a model
-# -------------------------------------------------------------------------------------------------
-def _listing(count_and_title: str, items: Sequence[str]) -> str:
-    more = f", ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
-    return f"  {count_and_title}: {', '.join(items[:SHOWN_KEYS])}{more}"
-
-
-FIT_HINT = ("Were they saved from another architecture, head or number of classes? Build the learner exactly as the "
-            "one that saved them.")
-
-
-def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], source: str,
-                     hint: str = FIT_HINT, strict: bool = True) -> None:
-    """Raise a ValueError naming everything that does not fit when `given` (read from `source`) cannot be
-    loaded into a model whose state dict is `expected`: keys missing from the file and keys the model does not
-    have (`strict` only: otherwise they are skipped), tensors of another shape, values that are not tensors.
-    `hint` ends the message."""
-    missing = [k for k in expected if k not in given] if strict else []
-    extra = [k for k in given if k not in expected] if strict else []
-    shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in expected
-              if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != expected[k].shape]
-    not_tensors = [k for k in given if k in expected and not isinstance(given[k], torch.Tensor)]
-    if not (missing or extra or shapes or not_tensors):
-        return
-    parts = [f"the weights in {source} do not fit this model:"]
-    for title, items in (("keys of the model missing from the file", missing),
-                         ("keys in the file that the model does not have", extra),
-                         ("keys with a different shape", shapes), ("values in the file that are not tensors",
-                                                                   not_tensors)):
-        if items:
-            parts.append(_listing(f"{len(items)} {title}", items))
-    parts.append(hint)
-    raise ValueError("\n".join(parts))
-
-
-# -------------------------------------------------------------------------------------------------
-# atomic writes, rank 0 only
-# -------------------------------------------------------------------------------------------------
 def temporary_name(file: Path) -> Path:
     """Where `write_file` writes before renaming: `file.tmp`, next to `file`."""
     return file.with_name(file.name + ".tmp")
@@ -148,56 +101,7 @@ def write_files(folder: PathLike, fill: Callable[[Path], Sequence[str]]) -> Path
     return folder
 
 
-# -------------------------------------------------------------------------------------------------
-# random states
-# -------------------------------------------------------------------------------------------------
-def rng_states(train_dl: Any) -> dict[str, Any]:
-    """torch (CPU and CUDA), NumPy and Python random states and the generators `train_dl` shuffles with, as
-    tensors and plain types (loadable with `weights_only=True`)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "state": list(py_state), "gauss_next": gauss_next},
-            "loaders": [g.get_state() for g in loader_generators(train_dl)]}
 
-
-def set_rng_states(train_dl: Any, states: dict[str, Any]) -> None:
-    """Put back what `rng_states` recorded."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    np_state = states["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    py = states["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    generators = loader_generators(train_dl)
-    if len(generators) != len(states["loaders"]):
-        raise ValueError(f"the training DataLoader draws its order from {len(generators)} generator(s), but the "
-                         f"saved state recorded {len(states['loaders'])}: resume with the same kind of DataLoaders")
-    for g, state in zip(generators, states["loaders"]):
-        g.set_state(state)
-
-
-def to_cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor copied to the CPU (so a GPU model is not held twice on the GPU)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_cpu_copy(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
-# -------------------------------------------------------------------------------------------------
-# checkpoint files
-# -------------------------------------------------------------------------------------------------
 def load_torch(file: PathLike, map_location: Any = "cpu") -> Any:
     """`torch.load(file, weights_only=True)` (tensors and plain types: no code is unpickled), with a ValueError
     naming the file when it is damaged or cut short (e.g. copied or written by a process that was killed)."""
@@ -209,18 +113,3 @@ def load_torch(file: PathLike, map_location: Any = "cpu") -> Any:
         raise ValueError(f"cannot read {file}: it is damaged or incomplete ({type(e).__name__}: {e}). Was it cut "
                          "short by an interrupted copy or save? Write it again, or load another file") from e
 
-
-def read_checkpoint(file: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by `learn.save_checkpoint` (on the CPU, `load_torch`) and check its format."""
-    file = Path(file)
-    if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {file}: check the name, or `learn.path`/`model_dir` "
-                                "(CheckpointCallback writes models/checkpoint.pth by default)")
-    state = load_torch(file)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{file} is not a fastfreeze checkpoint (written by learn.save_checkpoint or "
-                         "CheckpointCallback); a file written by learn.save loads with learn.load")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{file} is a checkpoint of format version {state.get('version')!r}; this fastfreeze "
-                         f"reads version {CHECKPOINT_VERSION}")
-    return state

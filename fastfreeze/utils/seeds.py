@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
@@ -23,7 +22,6 @@ from torch.utils.data import RandomSampler
 
 SEED_BITS = 63
 MASK64 = 2**64 - 1
-_warned: set[str] = set()
 
 
 def set_seed(seed: int) -> None:
@@ -107,10 +105,3 @@ def resume_warning(train_dl: Any) -> Optional[str]:
             "random augmentation drawn in them will not be exactly the interrupted run's. For an exact resume, "
             "build the data with ImageDataLoaders (each item seeded from the epoch and its index), or use "
             "num_workers=0 or persistent_workers=False")
-
-
-def warn_once(message: str) -> None:
-    """`warnings.warn(message)` the first time this process meets `message`."""
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from fastfreeze import DataLoaders, Learner, accuracy
 from fastfreeze.finetune.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, finite_median, pick_base_lr
 from fastfreeze.models.body import TransferModel
-from conftest import blobs
+from helpers import blobs
 
 
 def transfer_learner(seed=0, n=240):
@@ -90,7 +90,7 @@ def test_auto_beats_a_hopeless_lr():
 
 
 def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
-    from conftest import mlp3
+    from helpers import mlp3
     learn = Learner(mlp3(), dls_5_batches, progress=False)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
     lr = choose_base_lr(learn, verbose=False, num_it=30)

@@ -3,43 +3,13 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
-from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.core.progress import ProgressCallback
-from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze import Callback
 from fastfreeze.callbacks.tracker import EarlyStopping, SaveModelCallback
+from fastfreeze.core.checkpoint import CheckpointCallback, read_checkpoint
 from fastfreeze.core.divergence import TerminateOnNaN
-from fastfreeze.core.checkpoint import read_checkpoint
-from conftest import blobs
-
-
-def dropout_mlp() -> nn.Sequential:
-    """Two layer groups; Dropout makes every step draw from torch's global RNG."""
-    return nn.Sequential(nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3)),
-                         nn.Linear(16, 3))
-
-
-def make_learner(tmp_path, seed: int = 0) -> Learner:
-    """The same architecture and data every time; shuffling from the DataLoader's own seeded generator.
-    `seed` sets the initial weights and the global RNG (a resumed run must not depend on either)."""
-    x, y = blobs(40)
-    xv, yv = blobs(24, seed=1)
-    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0)  # 5 batches per epoch
-    torch.manual_seed(seed)
-    return Learner(dropout_mlp(), dls, path=tmp_path, progress=False)
-
-
-class KillAfterEpoch(Callback):
-    """Ctrl-C right after epoch `epoch` of the fit labelled `phase` (after its checkpoint is written)."""
-    order = 100
-
-    def __init__(self, epoch: int, phase=None):
-        self.epoch, self.phase = epoch, phase
-
-    def after_epoch(self):
-        if self.learn.epoch == self.epoch and self.phase in (None, self.learn.phase):
-            raise KeyboardInterrupt
+from fastfreeze.core.progress import ProgressCallback
+from helpers import KillAfterEpoch, make_learner
 
 
 def params(learn):

@@ -7,7 +7,7 @@ import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
 from fastfreeze.callbacks.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
-from conftest import blobs, mlp2, transfer_learner
+from helpers import blobs, mlp2, transfer_learner
 
 
 class CheckCompiled(Callback):

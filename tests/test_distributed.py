@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastfreeze import Callback, DataLoaders, F1Score, Learner, ProgressCallback, TransferModel, accuracy
 from fastfreeze.callbacks.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
 from fastfreeze.utils.ranks import broadcast_object, is_rank_zero, on_rank_zero
-from conftest import blobs
+from helpers import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item
 

@@ -8,7 +8,7 @@ from fastfreeze import Callback, DataLoaders, Learner
 from fastfreeze.core.checkpoint import CheckpointCallback
 from fastfreeze.core.divergence import DivergenceGuard, non_finite_tensors
 from fastfreeze.core.checkpoint import read_checkpoint
-from conftest import blobs, mlp2
+from helpers import blobs, mlp2
 
 
 def fresh_dls(x_valid=None):

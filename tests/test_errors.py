@@ -10,7 +10,7 @@ from fastfreeze.inference.export_format import InvalidExportError
 from fastfreeze.inference.predictor import load_learner
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
-from conftest import blobs, mlp2, mlp3
+from helpers import blobs, mlp2, mlp3
 
 
 def save_image(path, mode="RGB", size=(20, 16), value=100):

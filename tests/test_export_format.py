@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from fastfreeze.inference.export_format import (FORMAT_VERSION, InvalidExportError, build_layer, layer_spec)
 from fastfreeze.inference.predictor import load_learner
-from conftest import copy_export
+from helpers import copy_export
 
 
 def test_newer_format_version_says_upgrade(good_export, tmp_path):

@@ -10,7 +10,7 @@ from fastfreeze.finetune.feature_cache import (FeatureCache, HeadOnFeatures, cac
 from fastfreeze.data.image_data import ImageFolderDataset
 from fastfreeze.data.preprocess import image_transform
 
-from conftest import blobs, count_calls, mlp2, transfer_learner
+from helpers import blobs, count_calls, mlp2, transfer_learner
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -4,7 +4,7 @@ import torch
 
 from fastfreeze import Callback, Learner
 from fastfreeze.core.grad_clip import GradientClip
-from conftest import mlp2
+from helpers import mlp2
 
 
 def global_norm(learn) -> float:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from fastfreeze import ImageDataLoaders, accuracy, load_learner, vision_learner
 from fastfreeze.utils.hub import hub_repo_id
-from conftest import VOCAB, array_dls
+from helpers import VOCAB, array_dls
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FixedLogits
+from helpers import FixedLogits
 from fastfreeze import ClassificationInterpretation, DataLoaders, Learner
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner

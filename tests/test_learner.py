@@ -8,7 +8,7 @@ from fastfreeze.inference.export import export_learner
 from fastfreeze.finetune.finetune import fine_tune
 from fastfreeze.finetune.lr_finder import lr_find
 from fastfreeze.finetune.schedule import fit_one_cycle
-from conftest import mlp2
+from helpers import mlp2
 
 FEATURES = {"fit_one_cycle": fit_one_cycle, "fine_tune": fine_tune, "lr_find": lr_find, "export": export_learner,
             "distributed": distributed}

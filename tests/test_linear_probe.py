@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import RecordLrs, one_cycle_oracle
+from helpers import RecordLrs, one_cycle_oracle
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
 from fastfreeze.data.image_data import ImageDataLoaders

@@ -8,7 +8,7 @@ import fastfreeze.callbacks.loggers
 import fastfreeze.utils.files
 from fastfreeze import DataLoaders, Learner, accuracy
 from fastfreeze.callbacks.loggers import CSVLogger, TensorBoardCallback
-from conftest import blobs, mlp2, one_cycle_oracle
+from helpers import blobs, mlp2, one_cycle_oracle
 
 
 def make(tmp_path, cbs):

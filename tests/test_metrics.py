@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FixedLogits
+from helpers import FixedLogits
 from fastfreeze import DataLoaders, Learner
 from fastfreeze.core.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
                                 accumulated_value, accuracy, accuracy_multi, as_metric, confusion_matrix, error_rate,

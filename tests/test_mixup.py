@@ -12,7 +12,7 @@ from fastfreeze.finetune.feature_cache import FeatureCache
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.core.losses import MultiLabelLoss
 from fastfreeze.callbacks.mixup import CutMix, MixUp
-from conftest import blobs, mlp2, transfer_learner
+from helpers import blobs, mlp2, transfer_learner
 
 
 class Batches(Callback):

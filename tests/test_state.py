@@ -14,7 +14,7 @@ from fastfreeze import DataLoaders
 from fastfreeze.utils.state_dicts import check_state_dict
 from fastfreeze.utils.files import load_torch, save_figure, save_torch, temporary_folder, temporary_name, write_file, write_files
 from fastfreeze.core.checkpoint import read_checkpoint, rng_states, set_rng_states
-from conftest import blobs
+from helpers import blobs
 
 
 def test_check_state_dict_lists_missing_extra_reshaped_and_non_tensor_keys():

@@ -9,7 +9,7 @@ from fastfreeze import Callback, Learner
 from fastfreeze.core.lrs import lrs_decay
 from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
                                    discriminative, resolve_strategy)
-from conftest import mlp3
+from helpers import mlp3
 
 BATCHES = 5  # per epoch, dls_5_batches
 BASE = 1e-2

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import RecordLrs
+from helpers import RecordLrs
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.core.metrics import accuracy
 from fastfreeze.vision import vision_learner

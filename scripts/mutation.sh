@@ -32,7 +32,7 @@ limit="${MUTATION_SCOPE_TIMEOUT:-5400}"
 SCOPES=(
   "optim|fastfreeze.core.optim.*|tests/test_optim.py tests/test_schedule.py"
   "norm|fastfreeze.core.norm.*|tests/test_norm.py tests/test_optim.py"
-  "loop|fastfreeze.core.loop.x_default_splitter* fastfreeze.core.loop.xǁBaseLearnerǁ_split__* fastfreeze.core.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.core.loop.xǁBaseLearnerǁfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.core.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.core.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.core.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
+  "loop|fastfreeze.core.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.core.loop.xǁBaseLearnerǁfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.core.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.core.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.core.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
   "schedule|fastfreeze.finetune.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
   "lrs|fastfreeze.core.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
   "losses|fastfreeze.core.losses.*|tests/test_losses.py tests/test_loop.py"
@@ -40,6 +40,7 @@ SCOPES=(
   "auto_lr|fastfreeze.finetune.auto_lr.x_pick_base_lr* fastfreeze.finetune.auto_lr.x_finite_median*|tests/test_auto_lr.py"
   "strategies|fastfreeze.finetune.strategies.*|tests/test_strategies.py tests/test_finetune.py"
   "groups|fastfreeze.models.groups.*|tests/test_groups.py"
+  "layer_groups|fastfreeze.core.layer_groups.*|tests/test_loop.py tests/test_groups.py tests/test_errors.py"
   "preprocess|fastfreeze.data.preprocess.*|tests/test_preprocess.py"
 )
 

@@ -20,7 +20,7 @@ What happens inside `distributed(learn)` (see docs/distributed.md):
   every rank gets the values a single process would get on the whole validation set; the recorded training
   losses are averaged over the ranks;
 - only rank 0 shows the progress bar and writes files (every file fastfreeze writes goes through
-  `state.write_file`, which writes on rank 0 only; `on_rank_zero` for anything else);
+  `utils.files.write_file`, which writes on rank 0 only; `on_rank_zero` for anything else);
 - `sync_bn=True` converts BatchNorm layers to synchronised ones with timm's converter, which keeps the
   activation inside timm's BatchNormAct2d (torch's own converter drops it).
 """
@@ -343,7 +343,7 @@ def distributed(learn: BaseLearner, sync_bn: bool = False, find_unused_parameter
     On entry: join the process group (`init_distributed(backend)`), move a CUDA learner to this process's
     GPU, convert BatchNorm to SyncBatchNorm with timm's converter if `sync_bn`, give every rank rank 0's
     weights, hide the progress bar on other ranks (files are written by rank 0 only anyway, see
-    `state.write_file`), and add a `DistributedCallback` (DDP per fit, sharded data, reduced validation). On exit the callback
+    `utils.files.write_file`), and add a `DistributedCallback` (DDP per fit, sharded data, reduced validation). On exit the callback
     and the bar come back off/on; the model stays converted when `sync_bn` (SyncBatchNorm computes as
     BatchNorm in a single process).
 

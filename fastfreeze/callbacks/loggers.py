@@ -2,7 +2,7 @@
 
 - `CSVLogger(fname)`: the Recorder's per-epoch table as a CSV file, one row per epoch of every fit (phase,
   epoch, step, train_loss, valid_loss, each metric, each layer group's lr at the epoch's last step, time),
-  rewritten whole after every epoch through `state.write_file` (never half-written);
+  rewritten whole after every epoch through `utils.files.write_file` (never half-written);
 - `TensorBoardCallback(log_dir)`: TensorBoard event files with, per training step, the loss, the smoothed loss
   and each group's lr, and per epoch the losses and metrics. The per-step values are written at the end of
   each epoch, from the Recorder, which reads them back from the device once per epoch (no synchronisation

@@ -6,7 +6,8 @@ The loop reads top to bottom in this file: `fit` → `_do_epoch` → `_do_train`
 With `accum_steps=n` the optimizer steps once every n training batches (gradient accumulation); `step_iter`
 counts those steps, and schedules follow it (docs/schedules.md).
 This module imports no feature (schedules, `fine_tune`, `lr_find`, export, DDP...): those are functions of
-a learner, in their own modules, that `learner.Learner` binds as methods.
+a learner, in their own folders (finetune/, callbacks/, inference/), that `learner.Learner` binds as methods.
+It needs no model library: nothing it imports reaches timm or PIL (tests/test_layers.py).
 """
 from __future__ import annotations
 
@@ -583,7 +584,7 @@ class BaseLearner:
         """Everything needed to go on training exactly: the model's and the optimizer's state, the GradScaler's,
         the loop state (`LOOP_STATE` and the features' `extra_state`), the Recorder (history and smoothing), the state of callbacks that keep
         one (`Callback.state_key`, e.g. EMA weights) and the random states (torch, CUDA, NumPy, Python, the
-        training loader's shuffling). The tensors are the live ones: copy them (`state.to_cpu_copy`) to keep a
+        training loader's shuffling). The tensors are the live ones: copy them (`utils.state_dicts.to_cpu_copy`) to keep a
         snapshot."""
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -628,7 +629,7 @@ class BaseLearner:
 
     def save(self, name: Union[str, Path], with_opt: bool = True) -> Path:
         """Save the model (and optimizer) state to `path/model_dir/name.pth` (or an explicit file path),
-        atomically and from rank 0 only (`state.write_file`)."""
+        atomically and from rank 0 only (`utils.files.write_file`)."""
         state: dict[str, Any] = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()
@@ -636,7 +637,7 @@ class BaseLearner:
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "BaseLearner":
         """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with
-        `state.load_torch`: no code is unpickled; a damaged file is a ValueError naming it). Weights that do not
+        `utils.files.load_torch`: no code is unpickled; a damaged file is a ValueError naming it). Weights that do not
         fit the model give a ValueError listing the missing and extra keys (with `strict`) and the reshaped
         ones (always)."""
         file = self.file_path(name)

@@ -34,7 +34,7 @@ each give a clear error (`InvalidExportError`, `FileNotFoundError`).
 
 The export is verified before it is put in place: it is written to a temporary folder, loaded back with
 `load_learner`, and its outputs compared with the learner's on a fixed input (`verify=False` skips this).
-Like every file fastfreeze writes, it goes through `state.write_files`: rank 0 only, never half-written.
+Like every file fastfreeze writes, it goes through `utils.files.write_files`: rank 0 only, never half-written.
 The format itself lives in `export_format`, loading in `predictor`.
 
 `push_to_hub(learn, 'org/name')` (also `learn.push_to_hub`) uploads that folder, with a model card, to a

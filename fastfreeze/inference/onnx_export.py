@@ -6,13 +6,13 @@ torch's exporter (`torch.onnx.export`, the `torch.export`-based one), its input 
 `(batch, C, H, W)` whose batch size may vary (`dynamic_batch`), its output the model's raw outputs (logits for
 a classifier: apply the activation named in the metadata). The file's metadata (`metadata_props`) carries
 what serving needs besides the graph: `vocab` (JSON list of class names), `activation` ('softmax',
-'sigmoid' or 'none'), `task` ('single_label', 'multi_label' or 'regression', `tasks.py`) and `threshold`
+'sigmoid' or 'none'), `task` ('single_label', 'multi_label' or 'regression', `core/tasks.py`) and `threshold`
 (JSON: the probability above which a multi-label tag is reported, null otherwise), `data_config` (JSON: input size, mean, std, interpolation, crop) and `resize_method`.
 
 With `verify=True` (the default) the written file is run by onnxruntime on the example batch (real images
 from the validation set when there is one) and its outputs compared with the PyTorch model's: a difference
 above `atol` is an error. Needs `onnx`, `onnxscript` and (to verify) `onnxruntime`:
-`pip install 'fastfreeze[onnx]'`. Written through `state.write_file`: rank 0 only, never half-written.
+`pip install 'fastfreeze[onnx]'`. Written through `utils.files.write_file`: rank 0 only, never half-written.
 """
 from __future__ import annotations
 

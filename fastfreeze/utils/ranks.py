@@ -1,7 +1,7 @@
 """The processes of a distributed run (torchrun / DDP): who this process is, collectives that are no-ops in a
 single process, and splitting data between the ranks.
 
-Everything here works without a process group (one process: rank 0 of 1); `distributed.py` starts one and
+Everything here works without a process group (one process: rank 0 of 1); `callbacks/distributed.py` starts one and
 trains with DDP on top of these pieces.
 """
 from __future__ import annotations

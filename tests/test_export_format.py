@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.inference.export_format import (FORMAT_VERSION, InvalidExportError, build_layer, layer_spec)
+from fastfreeze.inference.export_format import FORMAT_VERSION, InvalidExportError, build_layer, layer_spec
 from fastfreeze.inference.predictor import load_learner
 from helpers import copy_export
 

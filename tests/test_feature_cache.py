@@ -6,7 +6,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from fastfreeze import Callback, DataLoaders, ImageDataLoaders, Learner, vision_learner
 from fastfreeze.finetune.feature_cache import (FeatureCache, HeadOnFeatures, cache_blocker, choose_storage,
-                                      dataset_augmentation, feature_cache_for)
+                                               dataset_augmentation, feature_cache_for)
 from fastfreeze.data.image_data import ImageFolderDataset
 from fastfreeze.data.preprocess import image_transform
 

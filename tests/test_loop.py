@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze import (Callback, CancelBatchException, CancelEpochException, CancelFitException, DataLoaders,
-                        Learner, accuracy)
+from fastfreeze import (Callback, CancelBatchException, CancelEpochException, CancelFitException, DataLoaders, Learner,
+                        accuracy)
 from helpers import blobs, mlp2, mlp3, snapshot
 
 

@@ -8,9 +8,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from fastfreeze.data.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input, check_resize_method,
-                                   choose_config, image_layout, image_transform, interpolate_mode, open_image,
-                                   preprocess_image, resolve_data_config, to_rgb, with_input_size)
+from fastfreeze.data.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input,
+                                        check_resize_method, choose_config, image_layout, image_transform,
+                                        interpolate_mode, open_image, preprocess_image, resolve_data_config, to_rgb,
+                                        with_input_size)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -12,7 +12,8 @@ import torch
 import fastfreeze.utils.files
 from fastfreeze import DataLoaders
 from fastfreeze.utils.state_dicts import check_state_dict
-from fastfreeze.utils.files import load_torch, save_figure, save_torch, temporary_folder, temporary_name, write_file, write_files
+from fastfreeze.utils.files import (load_torch, save_figure, save_torch, temporary_folder, temporary_name, write_file,
+                                    write_files)
 from fastfreeze.core.checkpoint import read_checkpoint, rng_states, set_rng_states
 from helpers import blobs
 

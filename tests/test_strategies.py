@@ -7,8 +7,8 @@ import pytest
 
 from fastfreeze import Callback, Learner
 from fastfreeze.core.lrs import lrs_decay
-from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
-                                   discriminative, resolve_strategy)
+from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy,
+                                            UnfreezeMilestones, discriminative, resolve_strategy)
 from helpers import mlp3
 
 BATCHES = 5  # per epoch, dls_5_batches

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from fastfreeze.core.losses import MultiLabelLoss
-from fastfreeze.core.tasks import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, encode_array, encode_values,
-                              loss_for, target_text, task_of)
+from fastfreeze.core.tasks import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, encode_array,
+                                   encode_values, loss_for, target_text, task_of)
 
 
 def test_class_names_become_a_sorted_vocab():

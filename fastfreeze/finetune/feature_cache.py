@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 from ..core.callback import Callback
 from ..core.dataloaders import whole_batch
 from ..core.loop import BaseLearner
-from ..models.body import TransferModel
+from ..models.body import TransferModel, transfer_model_problem
 from ..utils.seeds import batch_keys
 
 # Transforms (torchvision's and timm's) that map an item to the same output every time. Any other
@@ -111,8 +111,9 @@ def _loader_problem(dl: Any, which: str) -> Optional[str]:
 
 def cache_blocker(learn: BaseLearner, allow_augment: bool = False) -> Optional[str]:
     """Why this learner's next fit cannot train its head on cached body features; None when it can."""
-    if not isinstance(learn.model, TransferModel):
-        return f"the model is a {type(learn.model).__name__}, not a TransferModel (body + head)"
+    not_transfer = transfer_model_problem(learn.model)
+    if not_transfer is not None:
+        return not_transfer
     if not body_is_frozen(learn):
         return "the body is not frozen (call learn.freeze() first)"
     if learn.norm == "train":

@@ -43,6 +43,14 @@ class TransferModel(nn.Module):
         return self.head(self.body(x))
 
 
+def transfer_model_problem(model: nn.Module) -> Optional[str]:
+    """Why `model` is not a body + head (None when it is a `TransferModel`), in the words of the features that need
+    one (the feature cache, the few-images probe)."""
+    if isinstance(model, TransferModel):
+        return None
+    return f"the model is a {type(model).__name__}, not a TransferModel (body + head)"
+
+
 @dataclass
 class BodyInfo:
     """A body and what a head needs to know about it.

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fastfreeze import DataLoaders, vision_learner
-from fastfreeze.feature_cache import FeatureCache, FeatureDataset
+from fastfreeze.finetune.feature_cache import FeatureCache, FeatureDataset
 
 N_CLASSES = 10
 LR = 1e-4

@@ -47,10 +47,10 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import EMA, CutMix, ImageDataLoaders, MixUp, accuracy, vision_learner
-from fastfreeze.auto_lr import choose_base_lr, training_features
-from fastfreeze.linear_probe import fit_probe
-from fastfreeze.data import seeded_loader
-from fastfreeze.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+from fastfreeze.core.dataloaders import seeded_loader
+from fastfreeze.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+from fastfreeze.finetune.auto_lr import choose_base_lr, training_features
+from fastfreeze.finetune.linear_probe import fit_probe
 
 ARCH, WEIGHTS, SIZE = "tf_efficientnet_lite0", "efficientnet-lite0", 96
 REGIMES = {"small": {"per_class": 50, "epochs": 5, "dataset": "fashion-mnist"},

@@ -8,48 +8,51 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="IProgress not found")
     importlib.import_module("timm")
 
-from .auto_lr import choose_base_lr
-from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
-from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                       CancelTrainException, CancelValidException)
-from .checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
-from .compile import CompileCallback
-from .data import DataLoaders
-from .distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
-from .divergence import DivergenceGuard
-from .ema import EMA
-from .export import export_learner, push_to_hub
-from .export_format import InvalidExportError
-from .feature_cache import FeatureCache
-from .finetune import fine_tune
-from .grad_clip import GradientClip
-from .groups import body_groups, group_names, layer_groups
-from .head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
-from .image_data import ImageDataLoaders
-from .interpret import ClassificationInterpretation, show_results
+from .callbacks.compile import CompileCallback
+from .callbacks.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
+from .callbacks.ema import EMA
+from .callbacks.loggers import CSVLogger, TensorBoardCallback
+from .callbacks.mixup import CutMix, MixUp
+from .callbacks.tracker import EarlyStopping, SaveModelCallback
+from .core.callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                            CancelTrainException, CancelValidException)
+from .core.checkpoint import CheckpointCallback
+from .core.dataloaders import DataLoaders
+from .core.divergence import DivergenceGuard, TerminateOnNaN
+from .core.grad_clip import GradientClip
+from .core.layer_groups import group_names
+from .core.loop import BaseLearner
+from .core.losses import MultiLabelLoss, SupervisedContrastiveLoss
+from .core.lrs import expand_lrs, lrs_decay
+from .core.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric,
+                           accuracy, accuracy_multi, error_rate, top_k, top_k_accuracy)
+from .core.optim import adamw
+from .core.progress import ProgressCallback
+from .core.recorder import Recorder
+from .core.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from .data.image_data import ImageDataLoaders
+from .finetune.auto_lr import choose_base_lr
+from .finetune.feature_cache import FeatureCache
+from .finetune.finetune import fine_tune
+from .finetune.lr_finder import minimum, slide, steep, valley
+from .finetune.schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_scheduler
+from .finetune.strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
+                                  UnfreezeMilestones)
+from .inference.export import export_learner, push_to_hub
+from .inference.export_format import InvalidExportError
+from .inference.interpret import ClassificationInterpretation, show_results
+from .inference.onnx_export import to_onnx
+from .inference.predictor import Predictor, load_learner
+from .inference.tta import tta, tta_views
 from .learner import Learner
-from .loggers import CSVLogger, TensorBoardCallback
-from .loop import BaseLearner
-from .losses import MultiLabelLoss, SupervisedContrastiveLoss
-from .lr_finder import minimum, slide, steep, valley
-from .lrs import expand_lrs, lrs_decay
-from .metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc, WholeSetMetric, accuracy,
-                      accuracy_multi, error_rate, top_k, top_k_accuracy)
-from .mixup import CutMix, MixUp
-from .onnx_export import to_onnx
-from .optim import adamw
-from .predictor import Predictor, load_learner
-from .ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
-from .recorder import ProgressCallback, Recorder
-from .schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_scheduler
-from .seeds import set_seed
-from .strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
-                         UnfreezeMilestones)
-from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from .tta import tta, tta_views
+from .models.body import BodyInfo, TransferModel, create_timm_body, cut_classifier
+from .models.groups import body_groups, layer_groups
+from .models.head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
+from .models.weights import load_pretrained
+from .utils.ranks import barrier, broadcast_object, is_rank_zero, on_rank_zero
+from .utils.seeds import set_seed
 from .version import __version__
 from .vision import VisionLearner, vision_learner
-from .weights import load_pretrained
 
 __all__ = [
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",

@@ -85,9 +85,9 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
     measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
     test-time augmentation; the confusion matrix and the top losses are saved as plots."""
-    from .checkpoint import CheckpointCallback
-    from .interpret import ClassificationInterpretation
-    from .state import read_checkpoint, write_file
+    from .core.checkpoint import CheckpointCallback, read_checkpoint
+    from .inference.interpret import ClassificationInterpretation
+    from .utils.files import write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
@@ -116,7 +116,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
         tta_accuracy = float((tta_probs.argmax(1) == tta_targs).float().mean())
         print(f"test-time augmentation ({args.tta} views, {time.perf_counter() - tta_start:.0f} s): accuracy "
               f"{tta_accuracy:.4f}, plain {after[1]:.4f}")
-    choice = getattr(learn, "fine_tune_choice", None)
+    choice = learn.fine_tune_choice
     probe_kept = choice is not None and choice.probe_kept
     if not probe_kept:  # a kept probe ran no epoch: no loss or lr curve to draw
         _close(learn.recorder.plot_loss(path=out / "loss.png"))
@@ -127,7 +127,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
     results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
                "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
-               "base_lr": getattr(learn, "auto_lr", {}).get("base_lr", base_lr), "epochs": args.epochs,
+               "base_lr": (learn.auto_lr or {}).get("base_lr", base_lr), "epochs": args.epochs,
                "freeze_epochs": args.freeze_epochs, "model": str(model_file),
                "probe_kept": probe_kept, "decision": choice.reason if choice is not None else None,
                "tta_accuracy": tta_accuracy, "tta_views": args.tta,
@@ -151,7 +151,7 @@ def _save_model(learn: Any, out: Path) -> Path:
 
 def _quiet_bars(learn: Any, no_bar: bool) -> None:
     """`--no-bar`: no per-batch bars; the per-epoch table still prints."""
-    from .recorder import ProgressCallback
+    from .core.progress import ProgressCallback
     if no_bar:
         for cb in learn.cbs:
             if isinstance(cb, ProgressCallback):
@@ -161,9 +161,9 @@ def _quiet_bars(learn: Any, no_bar: bool) -> None:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from .datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
-    from .image_data import ImageDataLoaders
-    from .metrics import accuracy
+    from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
+    from .data.image_data import ImageDataLoaders
+    from .core.metrics import accuracy
     from .vision import vision_learner
     started = time.perf_counter()
     try:
@@ -180,7 +180,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class); per-epoch validation on "
           f"{len(valid_idx)} images of the official test split, final accuracy on all {len(y_test)}; {size} px; "
           f"{DEMO_ARCH} with its ImageNet weights")
-    from .seeds import set_seed
+    from .utils.seeds import set_seed
     set_seed(args.seed)
     dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test[valid_idx], y_test[valid_idx],
                                        vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,
@@ -200,9 +200,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
-    from .image_data import ImageDataLoaders
-    from .metrics import accuracy
-    from .seeds import set_seed
+    from .data.image_data import ImageDataLoaders
+    from .core.metrics import accuracy
+    from .utils.seeds import set_seed
     from .vision import vision_learner
     started = time.perf_counter()
     set_seed(args.seed)

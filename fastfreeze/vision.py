@@ -9,16 +9,16 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .body import BodyInfo, TransferModel, create_timm_body, cut_classifier
-from .data import DataLoaders
-from .export_format import build_spec
-from .groups import layer_groups
-from .head import create_head, head_from_layers, projection_head
+from .core.dataloaders import DataLoaders
+from .core.losses import SupervisedContrastiveLoss
+from .core.tasks import loss_for
+from .data.preprocess import preprocess_image
+from .inference.export_format import build_spec
 from .learner import Learner
-from .losses import SupervisedContrastiveLoss
-from .preprocess import preprocess_image
-from .tasks import loss_for
-from .weights import load_pretrained
+from .models.body import BodyInfo, TransferModel, create_timm_body, cut_classifier
+from .models.groups import layer_groups
+from .models.head import create_head, head_from_layers, projection_head
+from .models.weights import load_pretrained
 
 Pretrained = Union[bool, str, os.PathLike]
 

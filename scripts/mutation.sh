@@ -30,17 +30,18 @@ limit="${MUTATION_SCOPE_TIMEOUT:-5400}"
 
 # scope: module | mutant names (mutmut's globs: module.x_function, module.xǁClassǁmethod) | test files
 SCOPES=(
-  "optim|fastfreeze.optim.*|tests/test_optim.py tests/test_schedule.py"
-  "norm|fastfreeze.norm.*|tests/test_norm.py tests/test_optim.py"
-  "loop|fastfreeze.loop.x_default_splitter* fastfreeze.loop.xǁBaseLearnerǁ_split__* fastfreeze.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.loop.xǁBaseLearnerǁfreeze__* fastfreeze.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
-  "schedule|fastfreeze.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
-  "lrs|fastfreeze.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
-  "losses|fastfreeze.losses.*|tests/test_losses.py tests/test_loop.py"
-  "lr_finder|fastfreeze.lr_finder.x_sweep_window* fastfreeze.lr_finder.x__too_short* fastfreeze.lr_finder.x_valley* fastfreeze.lr_finder.x_minimum* fastfreeze.lr_finder.x_steep* fastfreeze.lr_finder.x_slide*|tests/test_lr_finder.py"
-  "auto_lr|fastfreeze.auto_lr.x_pick_base_lr* fastfreeze.auto_lr.x_finite_median*|tests/test_auto_lr.py"
-  "strategies|fastfreeze.strategies.*|tests/test_strategies.py tests/test_finetune.py"
-  "groups|fastfreeze.groups.*|tests/test_groups.py"
-  "preprocess|fastfreeze.preprocess.*|tests/test_preprocess.py"
+  "optim|fastfreeze.core.optim.*|tests/test_optim.py tests/test_schedule.py"
+  "norm|fastfreeze.core.norm.*|tests/test_norm.py tests/test_optim.py"
+  "loop|fastfreeze.core.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.core.loop.xǁBaseLearnerǁfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.core.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.core.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.core.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
+  "schedule|fastfreeze.finetune.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
+  "lrs|fastfreeze.core.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
+  "losses|fastfreeze.core.losses.*|tests/test_losses.py tests/test_loop.py"
+  "lr_finder|fastfreeze.finetune.lr_finder.x_sweep_window* fastfreeze.finetune.lr_finder.x__too_short* fastfreeze.finetune.lr_finder.x_valley* fastfreeze.finetune.lr_finder.x_minimum* fastfreeze.finetune.lr_finder.x_steep* fastfreeze.finetune.lr_finder.x_slide*|tests/test_lr_finder.py"
+  "auto_lr|fastfreeze.finetune.auto_lr.x_pick_base_lr* fastfreeze.finetune.auto_lr.x_finite_median*|tests/test_auto_lr.py"
+  "strategies|fastfreeze.finetune.strategies.*|tests/test_strategies.py tests/test_finetune.py"
+  "groups|fastfreeze.models.groups.*|tests/test_groups.py"
+  "layer_groups|fastfreeze.core.layer_groups.*|tests/test_loop.py tests/test_groups.py tests/test_errors.py"
+  "preprocess|fastfreeze.data.preprocess.*|tests/test_preprocess.py"
 )
 
 wanted=("$@")
@@ -50,7 +51,7 @@ for entry in "${SCOPES[@]}"; do
   if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " == *" $scope "* ]]; then
     continue
   fi
-  first="${globs%% *}"; rest="${first#fastfreeze.}"; module="fastfreeze/${rest%%.*}.py"
+  first="${globs%% *}"; IFS=. read -r _ package name _ <<<"$first"; module="fastfreeze/$package/$name.py"
   work="$out/$scope"
   echo "== $scope: $module, tests: $tests"
   [ "${MUTATION_RESUME:-0}" = 1 ] || rm -rf "$work"

@@ -58,7 +58,7 @@ def kill_hooks(spec: Optional[dict[str, Any]]) -> None:
     kind = spec["at"]
     if kind == "batch":
         import fastfreeze.vision
-        from fastfreeze.callback import Callback
+        from fastfreeze.core.callback import Callback
 
         class KillAt(Callback):
             def at(self, event: str) -> None:
@@ -90,7 +90,7 @@ def kill_hooks(spec: Optional[dict[str, Any]]) -> None:
         fastfreeze.vision.vision_learner = vision_learner  # cli.py imports it when it runs
     elif kind == "checkpoint":
         import torch
-        from fastfreeze.state import CHECKPOINT_FORMAT
+        from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT
         real_save = torch.save
 
         def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
@@ -261,8 +261,8 @@ def check_no_half_written_file(out: Path) -> list[str]:
     from PIL import Image
     from safetensors.torch import load_file
 
-    from fastfreeze.predictor import load_learner
-    from fastfreeze.state import read_checkpoint
+    from fastfreeze.inference.predictor import load_learner
+    from fastfreeze.core.checkpoint import read_checkpoint
     present = []
     for path in sorted(out.rglob("*")):
         if not path.is_file() or is_temporary(path, out):
@@ -289,7 +289,7 @@ def final_state(out: Path) -> dict[str, Any]:
     weights, the last checkpoint's history of losses and lrs, and the final validation results."""
     from safetensors.torch import load_file
 
-    from fastfreeze.state import read_checkpoint
+    from fastfreeze.core.checkpoint import read_checkpoint
     recorder = read_checkpoint(out / "checkpoint.pth")["recorder"]
     results = json.loads((out / "results.json").read_text())
     return {"files": check_no_half_written_file(out), "weights": load_file(str(out / "model" / "model.safetensors")),

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import DataLoaders, Learner, accuracy
-from fastfreeze.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, finite_median, pick_base_lr
-from fastfreeze.body import TransferModel
-from conftest import blobs
+from fastfreeze.finetune.auto_lr import MAX_AUTO_LR, MIN_AUTO_LR, choose_base_lr, finite_median, pick_base_lr
+from fastfreeze.models.body import TransferModel
+from helpers import blobs
 
 
 def transfer_learner(seed=0, n=240):
@@ -90,7 +90,7 @@ def test_auto_beats_a_hopeless_lr():
 
 
 def test_auto_on_a_plain_learner_sweeps_the_frozen_model(dls_5_batches):
-    from conftest import mlp3
+    from helpers import mlp3
     learn = Learner(mlp3(), dls_5_batches, progress=False)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
     lr = choose_base_lr(learn, verbose=False, num_it=30)
@@ -109,7 +109,7 @@ def test_the_head_sweep_uses_batches_of_64_whatever_the_training_batch_size():
     """Small training batches make the smoothed sweep loss turn up earlier (noise, not the lr scale): the
     sweep reads at SWEEP_BS = 64 items per batch, takes the median 'minimum' of N_SWEEPS shuffles, and
     scales it by sqrt(16/64) = 0.5 for this learner, which trains with batches of 16."""
-    from fastfreeze.auto_lr import N_SWEEPS, SWEEP_BS
+    from fastfreeze.finetune.auto_lr import N_SWEEPS, SWEEP_BS
     learn = transfer_learner()
     assert learn.dls.train.batch_size == 16 and SWEEP_BS == 64
     choose_base_lr(learn, verbose=False, num_it=20)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.body import BodyInfo, TransferModel, create_timm_body, cut_classifier, inspect_body
-from fastfreeze.head import create_head
+from fastfreeze.models.body import BodyInfo, TransferModel, create_timm_body, cut_classifier, inspect_body
+from fastfreeze.models.head import create_head
 
 
 @pytest.mark.parametrize("arch,nf", [("resnet18", 512), ("convnext_atto", 320), ("tf_efficientnet_lite0", 1280)])

@@ -1,7 +1,7 @@
 """Callbacks: the order of events in a fit, callbacks run by `order`, and what they see of the learner."""
 from fastfreeze import Callback, Learner
-from fastfreeze.callback import EVENTS
-from conftest import mlp2
+from fastfreeze.core.callback import EVENTS
+from helpers import mlp2
 
 
 class EventLog(Callback):

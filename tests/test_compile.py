@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
-from conftest import blobs, mlp2, transfer_learner
+from fastfreeze.callbacks.compile import CompileCallback, compile_callback, compile_unavailable, is_compiled
+from helpers import blobs, mlp2, transfer_learner
 
 
 class CheckCompiled(Callback):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.data import class_count, decode_label, default_batch_size, loader_generators, seeded_loader
+from fastfreeze.core.dataloaders import class_count, decode_label, default_batch_size, loader_generators, seeded_loader
 
 
 @pytest.mark.parametrize("n, bs", [(100_000, 64), (1024, 64), (1023, 32), (512, 32), (511, 16), (500, 16),

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastfreeze.datasets import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx,
-                                 stratified_subset)
+from fastfreeze.data.fashion_mnist import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist,
+                                           read_idx, stratified_subset)
 
 
 def idx_bytes(type_code: int, shape: tuple, values: bytes) -> bytes:

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import fastfreeze.default_choice as default_choice
-from fastfreeze.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SHARE, ItemSubset,
+import fastfreeze.finetune.default_choice as default_choice
+from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SHARE, ItemSubset,
                                        held_out_split, proxy_plan)
-from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 
 N_CLASSES = 3

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.device import as_model_input, autocast_dtype, move_batch
-from conftest import blobs, mlp2
+from fastfreeze.core.device import as_model_input, autocast_dtype, move_batch
+from helpers import blobs, mlp2
 
 
 def test_precision_settings_give_these_autocast_dtypes():

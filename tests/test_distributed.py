@@ -1,4 +1,4 @@
-"""Distributed training (fastfreeze/distributed.py): a real 2-process run on the CPU (gloo, launched with
+"""Distributed training (fastfreeze/callbacks/distributed.py): a real 2-process run on the CPU (gloo, launched with
 torchrun exactly as a user would), the samplers, the single-process no-op and timm-safe SyncBatchNorm.
 
 This file is also the script the 2 processes run (`_worker`, at the bottom): `python -m torch.distributed.run
@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastfreeze import Callback, DataLoaders, F1Score, Learner, ProgressCallback, TransferModel, accuracy
-from fastfreeze.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
-from fastfreeze.ranks import broadcast_object, is_rank_zero, on_rank_zero
-from conftest import blobs
+from fastfreeze.callbacks.distributed import DistributedCallback, distributed, init_distributed, sync_batchnorm
+from fastfreeze.utils.ranks import broadcast_object, is_rank_zero, on_rank_zero
+from helpers import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.divergence import DivergenceGuard, non_finite_tensors
-from fastfreeze.state import read_checkpoint
-from conftest import blobs, mlp2
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.core.divergence import DivergenceGuard, non_finite_tensors
+from fastfreeze.core.checkpoint import read_checkpoint
+from helpers import blobs, mlp2
 
 
 def fresh_dls(x_valid=None):

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner, load_learner, vision_learner
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.ema import EMA
-from fastfreeze.feature_cache import FeatureCache
-from conftest import array_dls, blobs, mlp2, transfer_learner
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.callbacks.ema import EMA
+from fastfreeze.finetune.feature_cache import FeatureCache
+from helpers import KillAfterEpoch, array_dls, blobs, make_learner, mlp2, transfer_learner
 
 
 class WeightsAfterStep(Callback):
@@ -105,24 +105,6 @@ def test_applied_before_training_is_a_clear_error():
     with pytest.raises(RuntimeError, match="no average yet"):
         with EMA().applied():
             pass
-
-
-def make_learner(tmp_path, seed=0, **kwargs):
-    x, y = blobs(40)
-    xv, yv = blobs(24, seed=1)
-    dls = DataLoaders.from_tensors(x, y, xv, yv, bs=8, seed=0)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3)),
-                          nn.Linear(16, 3))
-    return Learner(model, dls, path=tmp_path, progress=False, **kwargs)
-
-
-class KillAfterEpoch(Callback):
-    order = 100
-
-    def after_epoch(self):
-        if self.learn.epoch == 0:
-            raise KeyboardInterrupt
 
 
 def test_resume_with_ema_is_bit_exact(tmp_path):

@@ -6,11 +6,11 @@ import torch.nn as nn
 from PIL import Image
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.export_format import InvalidExportError
-from fastfreeze.predictor import load_learner
-from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.inference.export_format import InvalidExportError
+from fastfreeze.inference.predictor import load_learner
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
-from conftest import blobs, mlp2, mlp3
+from helpers import blobs, mlp2, mlp3
 
 
 def save_image(path, mode="RGB", size=(20, 16), value=100):
@@ -348,7 +348,7 @@ def test_from_csv_without_pandas(tmp_path, monkeypatch):
 
 
 def test_metric_that_cannot_be_combined_over_processes():
-    from fastfreeze.metrics import accumulated_value
+    from fastfreeze.core.metrics import accumulated_value
 
     class MyMetric:
         def reset(self):
@@ -368,7 +368,7 @@ def test_metric_that_cannot_be_combined_over_processes():
 
 
 def test_interpretation_of_a_learner_that_is_not_single_label():
-    from fastfreeze.interpret import ClassificationInterpretation
+    from fastfreeze.inference.interpret import ClassificationInterpretation
     x, y = blobs(8)
     learn = Learner(mlp2(), DataLoaders.from_tensors(x, y, x, y, bs=4), loss_func=nn.MSELoss(), progress=False)
     with pytest.raises(ValueError, match="for single-label classifiers, and this learner's task is regression: use "

@@ -9,12 +9,12 @@ import torch.nn as nn
 from PIL import Image
 
 from fastfreeze import DataLoaders, Learner
-from fastfreeze.export import export_learner
-from fastfreeze.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec
-from fastfreeze.predictor import load_learner
-from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.inference.export import export_learner
+from fastfreeze.inference.export_format import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, InvalidExportError, build_spec
+from fastfreeze.inference.predictor import load_learner
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
-from conftest import VOCAB, array_dls
+from helpers import VOCAB, array_dls
 
 def trained(learn):
     """One short fit, so that weights and BatchNorm statistics are not the initial ones."""
@@ -232,7 +232,7 @@ def test_multi_label_and_regression_exports_predict_like_the_learner(tmp_path):
 
 
 def test_a_version_1_config_reads_as_a_single_label_model(good_export, tmp_path):
-    from conftest import copy_export
+    from helpers import copy_export
 
     def as_version_1(config):
         config.update(format_version=1)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.export_format import (FORMAT_VERSION, InvalidExportError, build_layer, layer_spec)
-from fastfreeze.predictor import load_learner
-from conftest import copy_export
+from fastfreeze.inference.export_format import FORMAT_VERSION, InvalidExportError, build_layer, layer_spec
+from fastfreeze.inference.predictor import load_learner
+from helpers import copy_export
 
 
 def test_newer_format_version_says_upgrade(good_export, tmp_path):
@@ -39,7 +39,7 @@ def test_tampered_config_is_a_clear_error(good_export, tmp_path, edit, message):
 
 def test_rebuilding_takes_out_the_modules_the_body_had_removed():
     import timm
-    from fastfreeze.export_format import build_model
+    from fastfreeze.inference.export_format import build_model
     body = timm.create_model("test_resnet", num_classes=0, global_pool="")
     removed = [f"layer4.{n}" for n, _ in body.layer4.named_parameters()]
     config = {"model": {"kind": "transfer",

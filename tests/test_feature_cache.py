@@ -5,12 +5,12 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from fastfreeze import Callback, DataLoaders, ImageDataLoaders, Learner, vision_learner
-from fastfreeze.feature_cache import (FeatureCache, HeadOnFeatures, cache_blocker, choose_storage,
-                                      dataset_augmentation, feature_cache_for)
-from fastfreeze.image_data import ImageFolderDataset
-from fastfreeze.preprocess import image_transform
+from fastfreeze.finetune.feature_cache import (FeatureCache, HeadOnFeatures, cache_blocker, choose_storage,
+                                               dataset_augmentation, feature_cache_for)
+from fastfreeze.data.image_data import ImageFolderDataset
+from fastfreeze.data.preprocess import image_transform
 
-from conftest import blobs, count_calls, mlp2, transfer_learner
+from helpers import blobs, count_calls, mlp2, transfer_learner
 
 
 # ------------------------------------------------------------------------------------------------ helpers

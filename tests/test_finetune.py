@@ -3,12 +3,8 @@ freeze_epochs=0, keyword arguments reaching every phase."""
 import numpy as np
 import pytest
 
-from fastfreeze import Callback, Learner
-from conftest import RecordParams, mlp2, one_cycle_oracle
-
-
-def make(model, dls):
-    return Learner(model, dls, progress=False)
+from fastfreeze import Callback
+from helpers import RecordParams, make, mlp2, one_cycle_oracle
 
 
 def test_fine_tune_two_groups_matches_spec(dls_5_batches):

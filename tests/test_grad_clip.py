@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fastfreeze import Callback, Learner
-from fastfreeze.grad_clip import GradientClip
-from conftest import mlp2
+from fastfreeze.core.grad_clip import GradientClip
+from helpers import mlp2
 
 
 def global_norm(learn) -> float:

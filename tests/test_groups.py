@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.body import TransferModel, create_timm_body, cut_classifier
-from fastfreeze.groups import body_groups, generic_groups, group_names, layer_groups, merge_groups
+from fastfreeze.models.body import TransferModel, create_timm_body, cut_classifier
+from fastfreeze.models.groups import body_groups, generic_groups, layer_groups, merge_groups
+from fastfreeze.core.layer_groups import group_names
 
 # (architecture, timm kwargs, probe size): small variants of each family, small images where the model allows.
 ARCHS = [
@@ -242,7 +243,7 @@ BLOCK_NAMES = [[f"blocks.{i}.weight"] for i in range(5)]
 
 
 def test_timm_groups_default_level_is_coarse_and_fine_is_per_block():
-    from fastfreeze.groups import timm_groups
+    from fastfreeze.models.groups import timm_groups
     body = Matched()
     assert timm_groups(body) == timm_groups(body, "coarse") == [["stem.weight"], [n[0] for n in BLOCK_NAMES]]
     assert timm_groups(body, "fine") == [["stem.weight"], *BLOCK_NAMES]
@@ -251,7 +252,7 @@ def test_timm_groups_default_level_is_coarse_and_fine_is_per_block():
 def test_a_model_without_coarse_groups_has_its_blocks_merged_to_six_groups():
     """Sizes 8 | 2, 4, 8, 16, 32: 6 groups, no merge; with two more blocks (64, 128): 8 groups, merged twice,
     smallest neighbours first: 2+4 = 6 (the smallest sum), then 8+6 = 14 (stem and the merged pair)."""
-    from fastfreeze.groups import timm_groups
+    from fastfreeze.models.groups import timm_groups
     assert timm_groups(Matched(coarse_raises=True)) == [["stem.weight"], *BLOCK_NAMES]
     names = [["stem.weight"]] + [[f"blocks.{i}.weight"] for i in range(7)]
     assert timm_groups(Matched(coarse_raises=True, n_blocks=7), "fine") == names
@@ -268,7 +269,7 @@ def test_a_model_without_coarse_groups_has_its_blocks_merged_to_six_groups():
 
 
 def test_matchers_that_place_every_name_or_too_few_groups():
-    from fastfreeze.groups import timm_groups
+    from fastfreeze.models.groups import timm_groups
 
     def by_prefix(name):  # a callable matcher, as some timm models have: unknown names go to group -1 (first)
         return 0 if name.startswith("stem") else (int(name.split(".")[1]) + 1 if name.startswith("blocks") else -1)
@@ -283,7 +284,7 @@ def test_matchers_that_place_every_name_or_too_few_groups():
 
 
 def test_max_groups_reaches_generic_splits_and_layer_groups():
-    from fastfreeze.groups import DEFAULT_MAX_GROUPS
+    from fastfreeze.models.groups import DEFAULT_MAX_GROUPS
     deep = nn.Sequential(*[nn.Linear(2, 2) for _ in range(14)])  # no matcher: the generic split
     assert len(body_groups(deep)) == DEFAULT_MAX_GROUPS["coarse"] == 6
     assert len(body_groups(deep, "fine")) == DEFAULT_MAX_GROUPS["fine"] == 12

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
+from fastfreeze.models.head import AdaptiveConcatPool2d, create_head, head_from_layers, projection_head
 
 
 def layout(head: nn.Sequential) -> list[tuple]:
@@ -177,7 +177,7 @@ def test_projection_head():
 
 
 def test_y_range_ends_the_head_with_a_sigmoid_range():
-    from fastfreeze.head import SigmoidRange
+    from fastfreeze.models.head import SigmoidRange
     head = create_head(8, 2, pool=False, y_range=(-1.0, 3.0))
     assert isinstance(head[-1], SigmoidRange)
     x = torch.tensor([[0.0, math.log(3.0)]])

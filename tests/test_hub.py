@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastfreeze import ImageDataLoaders, accuracy, load_learner, vision_learner
-from fastfreeze.hub import hub_repo_id
-from conftest import VOCAB, array_dls
+from fastfreeze.utils.hub import hub_repo_id
+from helpers import VOCAB, array_dls
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for fastfreeze/image_data.py: folders of tiny generated images, in-memory arrays, timm data configs."""
+"""Tests for fastfreeze/data/image_data.py: folders of tiny generated images, in-memory arrays, timm data configs."""
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from fastfreeze.image_data import ImageDataLoaders, ImageFolderDataset, split_indices
+from fastfreeze.data.image_data import ImageDataLoaders, ImageFolderDataset, split_indices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

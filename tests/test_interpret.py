@@ -1,4 +1,4 @@
-"""Tests for fastfreeze/interpret.py: a confusion matrix, the most confused pairs and the top losses worked out
+"""Tests for fastfreeze/inference/interpret.py: a confusion matrix, the most confused pairs and the top losses worked out
 by hand on a tiny set, and the plots of a tiny vision learner."""
 import math
 
@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FixedLogits
+from helpers import FixedLogits
 from fastfreeze import ClassificationInterpretation, DataLoaders, Learner
-from fastfreeze.image_data import ImageDataLoaders
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 
 VOCAB = ["ant", "bee", "cat"]

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import RecordLrs, one_cycle_oracle
+from helpers import RecordLrs, one_cycle_oracle
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
-from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, decide
-from fastfreeze.linear_probe import PROBE_LR, PROBE_STEPS, fit_probe
-from fastfreeze.predictor import load_learner
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.finetune.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, decide
+from fastfreeze.finetune.linear_probe import PROBE_LR, PROBE_STEPS, fit_probe
+from fastfreeze.inference.predictor import load_learner
 from fastfreeze.vision import vision_learner
 
 FEW = 3 * (MIN_PER_CLASS_TO_FINE_TUNE - 1)   # 3 classes, 24 images each: one per class short of fine-tuning

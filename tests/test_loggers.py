@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-import fastfreeze.loggers
-import fastfreeze.state
+import fastfreeze.callbacks.loggers
+import fastfreeze.utils.files
 from fastfreeze import DataLoaders, Learner, accuracy
-from fastfreeze.loggers import CSVLogger, TensorBoardCallback
-from conftest import blobs, mlp2, one_cycle_oracle
+from fastfreeze.callbacks.loggers import CSVLogger, TensorBoardCallback
+from helpers import blobs, mlp2, one_cycle_oracle
 
 
 def make(tmp_path, cbs):
@@ -64,8 +64,8 @@ def test_only_rank_zero_writes_and_lr_find_is_left_out(tmp_path, monkeypatch):
     learn = make(tmp_path, [CSVLogger(), TensorBoardCallback()])
     learn.lr_find(num_it=10)
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / "runs").exists()
-    monkeypatch.setattr(fastfreeze.loggers, "is_rank_zero", lambda: False)
-    monkeypatch.setattr(fastfreeze.state, "is_rank_zero", lambda: False)  # write_file's own check
+    monkeypatch.setattr(fastfreeze.callbacks.loggers, "is_rank_zero", lambda: False)
+    monkeypatch.setattr(fastfreeze.utils.files, "is_rank_zero", lambda: False)  # write_file's own check
     learn.fit(1)
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / "runs").exists()
     assert len(learn.recorder.values) == 1 and math.isfinite(learn.recorder.values[0]["valid_loss"])

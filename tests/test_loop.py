@@ -4,13 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze import (Callback, CancelBatchException, CancelEpochException, CancelFitException, DataLoaders,
-                        Learner, accuracy)
-from conftest import blobs, mlp2, mlp3
-
-
-def snapshot(params):
-    return [p.detach().clone() for p in params]
+from fastfreeze import (Callback, CancelBatchException, CancelEpochException, CancelFitException, DataLoaders, Learner,
+                        accuracy)
+from helpers import blobs, mlp2, mlp3, snapshot
 
 
 def is_norm_param(learn, p):
@@ -344,7 +340,7 @@ def test_accumulating_two_batches_of_8_equals_one_batch_of_16():
     assert (small.recorder.losses[0] + small.recorder.losses[1]) / 2 == pytest.approx(big.recorder.losses[0], abs=1e-6)
     # the schedule counts optimizer steps: both batches of a step run at that step's lr, the one-cycle of 6 steps
     assert small.recorder.lrs[0::2] == small.recorder.lrs[1::2] == big.recorder.lrs
-    from conftest import one_cycle_oracle
+    from helpers import one_cycle_oracle
     import numpy as np
     np.testing.assert_allclose([r[-1] for r in big.recorder.lrs], one_cycle_oracle(6, 1e-2)[0], rtol=1e-6)
     assert (small.train_iter, small.step_iter, big.step_iter) == (12, 6, 6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.losses import SupervisedContrastiveLoss, activate, activation_for
+from fastfreeze.core.losses import SupervisedContrastiveLoss, activate, activation_for
 
 
 def test_supervised_contrastive_loss_on_four_items_by_hand():
@@ -82,7 +82,7 @@ def test_supervised_contrastive_loss_computes_in_float32_for_half_precision_embe
 
 
 def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensions():
-    from fastfreeze.losses import MultiLabelLoss, per_item_losses
+    from fastfreeze.core.losses import MultiLabelLoss, per_item_losses
     out = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
     ce = nn.CrossEntropyLoss()
     # softmax (1/4, 3/4): item 0 of class 1 loses log(4/3), item 1 of class 1 loses log 4
@@ -101,7 +101,7 @@ def test_per_item_losses_leave_the_learner_loss_alone_and_average_other_dimensio
 def test_per_item_losses_call_a_loss_without_reduction_on_each_item_alone():
     """Items of different losses: (1, 2) against (0, 0) gives (1 + 4) / 2, (3, 5) against (1, 1) gives
     (4 + 16) / 2; a slice of two items, or of two targets, would mix them."""
-    from fastfreeze.losses import per_item_losses
+    from fastfreeze.core.losses import per_item_losses
 
     def squared_error(o, t):
         assert o.shape == t.shape == (1, 2)
@@ -111,6 +111,6 @@ def test_per_item_losses_call_a_loss_without_reduction_on_each_item_alone():
 
 
 def test_multi_label_loss_threshold():
-    from fastfreeze.losses import MultiLabelLoss
+    from fastfreeze.core.losses import MultiLabelLoss
     assert MultiLabelLoss().thresh == 0.5 and MultiLabelLoss(thresh=0.3).thresh == 0.3
     assert MultiLabelLoss(pos_weight=torch.tensor([2.0])).pos_weight.tolist() == [2.0]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.lr_finder import lr_find, minimum, slide, steep, sweep_window, valley
-from conftest import blobs, mlp2, mlp3
+from fastfreeze.finetune.lr_finder import lr_find, minimum, slide, steep, sweep_window, valley
+from helpers import blobs, mlp2, mlp3
 
 
 class RecordSweep(Callback):
@@ -142,7 +142,7 @@ def test_all_four_suggestions_returned_by_name(dls_5_batches):
         assert getattr(result, name) == func(res["lrs"], res["losses"], 100) == res["suggestions"][name]
 
 
-def snapshot(learn):
+def learner_state(learn):
     return {
         "model": {k: v.clone() for k, v in learn.model.state_dict().items()},
         "opt": copy.deepcopy(learn.opt.state_dict()),
@@ -190,9 +190,9 @@ def test_everything_is_restored_exactly_and_no_file_is_written(dls_5_batches, tm
         learn.freeze()
         learn.fit_one_cycle(1, 1e-3)
     learn.model.train()  # a mode fit would not leave behind
-    before, files_before = snapshot(learn), listing(tmp_path)
+    before, files_before = learner_state(learn), listing(tmp_path)
     lr_find(learn, num_it=50)
-    assert_same(before, snapshot(learn))
+    assert_same(before, learner_state(learn))
     assert listing(tmp_path) == files_before
     # the sweep did move the weights (so the restore is what put them back)
     assert not torch.equal(rec.after_fit_weight, learn.model[-1].weight)
@@ -219,9 +219,9 @@ def test_restore_undoes_what_callbacks_did_during_the_sweep(dls_5_batches):
     learn.fit_one_cycle(1, 1e-2)
     learn.freeze()
     learn.fit_one_cycle(1, 1e-2)
-    before = snapshot(learn)
+    before = learner_state(learn)
     lr_find(learn, num_it=12)
-    assert_same(before, snapshot(learn))
+    assert_same(before, learner_state(learn))
     assert learn.frozen_groups == 2 and not learn.model[0][0].weight.requires_grad
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastfreeze.lrs import LayerDecay, expand_lrs, lrs_decay
+from fastfreeze.core.lrs import LayerDecay, expand_lrs, lrs_decay
 
 
 def test_float_and_slice_of_the_head_lr():

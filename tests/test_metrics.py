@@ -6,11 +6,11 @@ import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FixedLogits
+from helpers import FixedLogits
 from fastfreeze import DataLoaders, Learner
-from fastfreeze.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
-                                accumulated_value, accuracy, accuracy_multi, as_metric, confusion_matrix, error_rate,
-                                metric_name, top_k, top_k_accuracy)
+from fastfreeze.core.metrics import (APScoreMulti, BalancedAccuracy, F1Score, F1ScoreMulti, Metric, RocAuc,
+                                     accumulated_value, accuracy, accuracy_multi, as_metric, confusion_matrix,
+                                     error_rate, metric_name, top_k, top_k_accuracy)
 
 PRED = torch.tensor([[0.1, 0.7, 0.2],    # argmax 1, ranking 1 > 2 > 0
                      [0.5, 0.3, 0.2],    # argmax 0, ranking 0 > 1 > 2

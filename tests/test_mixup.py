@@ -7,12 +7,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastfreeze import Callback, DataLoaders, Learner, accuracy
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.feature_cache import FeatureCache
-from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.losses import MultiLabelLoss
-from fastfreeze.mixup import CutMix, MixUp
-from conftest import blobs, mlp2, transfer_learner
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.finetune.feature_cache import FeatureCache
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.core.losses import MultiLabelLoss
+from fastfreeze.callbacks.mixup import CutMix, MixUp
+from helpers import blobs, mlp2, transfer_learner
 
 
 class Batches(Callback):

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback
-from fastfreeze.norm import is_norm, no_decay_param_ids, norm_param_ids
-from conftest import transfer_learner
+from fastfreeze.core.norm import is_norm, no_decay_param_ids, norm_param_ids
+from helpers import transfer_learner
 
 
 def test_every_normalization_layer_counts_and_nothing_else():

@@ -16,7 +16,7 @@ import pytest
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
 KERNEL_NAME = "python3"  # what the notebooks' metadata names; the temporary kernelspec below shadows it
-# The start of the FileNotFoundError `fastfreeze.datasets.load_fashion_mnist` raises when the files are absent.
+# The start of the FileNotFoundError `fastfreeze.data.fashion_mnist.load_fashion_mnist` raises when the files are absent.
 MISSING_DATA_MESSAGE = "Fashion-MNIST files ("
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastfreeze import ImageDataLoaders, vision_learner
-from fastfreeze.onnx_export import run_onnx
+from fastfreeze.inference.onnx_export import run_onnx
 
 pytest.importorskip("onnx", reason="to_onnx needs onnx (pip install 'fastfreeze[onnx]')")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (pip install 'fastfreeze[onnx]')")
@@ -58,8 +58,8 @@ def test_missing_exporter_packages_are_a_clear_error(exported, monkeypatch):
 
 def test_metadata_of_a_multi_label_learner_carries_its_threshold():
     from fastfreeze import Learner
-    from fastfreeze.losses import MultiLabelLoss
-    from fastfreeze.onnx_export import onnx_metadata
+    from fastfreeze.core.losses import MultiLabelLoss
+    from fastfreeze.inference.onnx_export import onnx_metadata
     x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
     tags = np.array([[1, 0, 1], [0, 1, 0]] * 4)
     dls = ImageDataLoaders.from_arrays(x, tags, x[:4], tags[:4], size=16, bs=4, vocab=["a", "b", "c"])

@@ -10,12 +10,8 @@ import torch
 import torch.nn as nn
 
 from fastfreeze import Callback, DataLoaders, Learner
-from fastfreeze.optim import DecoupledWeightDecay, adamw, momentum_of, set_momentum
-from conftest import blobs, mlp2, mlp3, one_cycle_oracle
-
-
-def snapshot(params):
-    return [p.detach().clone() for p in params]
+from fastfreeze.core.optim import DecoupledWeightDecay, adamw, momentum_of, set_momentum
+from helpers import blobs, mlp2, mlp3, one_cycle_oracle, snapshot
 
 
 def test_default_optimizer_is_fastai_adamw_with_no_decay_on_norm_and_bias(dls_5_batches):

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from fastfreeze.export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError
-from fastfreeze.predictor import load_learner
-from conftest import copy_export
+from fastfreeze.inference.export_format import CONFIG_FILE, WEIGHTS_FILE, InvalidExportError
+from fastfreeze.inference.predictor import load_learner
+from helpers import copy_export
 
 
 def test_weights_that_do_not_fit_are_a_clear_error(good_export, tmp_path):

@@ -8,9 +8,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from fastfreeze.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input, check_resize_method,
-                                   choose_config, image_layout, image_transform, interpolate_mode, open_image,
-                                   preprocess_image, resolve_data_config, to_rgb, with_input_size)
+from fastfreeze.data.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input,
+                                        check_resize_method, choose_config, image_layout, image_transform,
+                                        interpolate_mode, open_image, preprocess_image, resolve_data_config, to_rgb,
+                                        with_input_size)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -297,7 +298,7 @@ def test_one_item_of_every_kind_in_crop_mode_is_the_pil_evaluation_transform(tmp
 
 
 def test_denormalize_undoes_the_normalisation_and_clips():
-    from fastfreeze.preprocess import denormalize
+    from fastfreeze.data.preprocess import denormalize
     config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.5, 1.0)}
     x = torch.zeros(1, 3, 2, 2)
     x[0, 0], x[0, 1], x[0, 2] = 1.0, -0.5, 3.0  # 0.5 + 0.25, 0.5 - 0.25, 0.5 + 3 (clipped to 1)
@@ -307,7 +308,7 @@ def test_denormalize_undoes_the_normalisation_and_clips():
 
 
 def test_denormalize_clips_below_zero_too():
-    from fastfreeze.preprocess import denormalize
+    from fastfreeze.data.preprocess import denormalize
     config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.5, 1.0)}
     x = torch.tensor([-3.0, -0.5, -1.0]).view(1, 3, 1, 1)  # 0.5 - 0.75 (clipped to 0), 0.5 - 0.25, 0.5 - 1 (to 0)
     assert denormalize(x, config)[0, 0, 0].tolist() == pytest.approx([0.0, 0.25, 0.0])

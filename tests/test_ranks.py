@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.ranks import (ShardSampler, batches_per_epoch, broadcast_object, gather_across_ranks, is_rank_zero,
-                              on_rank_zero, rank, shard_train_loader, shard_valid_loader, sum_across_ranks, world_size)
-from conftest import blobs
+from fastfreeze.utils.ranks import (ShardSampler, batches_per_epoch, broadcast_object, gather_across_ranks,
+                                    is_rank_zero, on_rank_zero, rank, shard_train_loader, shard_valid_loader,
+                                    sum_across_ranks, world_size)
+from helpers import blobs
 
 N_TRAIN, N_VALID, BS = 64, 27, 8  # odd validation size: a padded split would repeat an item
 

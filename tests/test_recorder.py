@@ -3,19 +3,15 @@ import pytest
 import torch
 
 from fastfreeze import Callback, DataLoaders, Learner, accuracy
-from fastfreeze.checkpoint import CheckpointCallback
-from fastfreeze.recorder import DebiasedEMA
-from conftest import blobs, mlp2
+from fastfreeze.core.checkpoint import CheckpointCallback
+from fastfreeze.core.recorder import DebiasedEMA
+from helpers import KillAfterEpoch, blobs, make, mlp2
 
 
 def fresh_dls():
     """The data of the `dls_5_batches` fixture, with its shuffling at the start: runs compared with each other
     each get their own."""
     return DataLoaders.from_tensors(*blobs(40), *blobs(24, seed=1), bs=8, seed=0)
-
-
-def make(model, dls):
-    return Learner(model, dls, progress=False)
 
 
 def test_progress_table_printed(dls_5_batches, capsys):
@@ -67,21 +63,12 @@ def test_debiased_ema_by_hand():
     assert [float(on_tensors.update(torch.tensor(v))) for v in (1.0, 2.0, 3.0)] == pytest.approx([1.0, 5 / 3, 17 / 7])
 
 
-class KillAfterEpoch(CheckpointCallback):
-    """Writes the checkpoint, then stops the run as a crash would."""
-
-    def after_epoch(self):
-        super().after_epoch()
-        if self.learn.epoch == 0:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_fit_goes_on_with_the_smoothed_loss_of_an_uninterrupted_one(tmp_path):
     whole = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path / "a")
     whole.fit_one_cycle(3, 1e-2)
     killed = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        killed.fit_one_cycle(3, 1e-2, cbs=KillAfterEpoch())
+        killed.fit_one_cycle(3, 1e-2, cbs=[CheckpointCallback(), KillAfterEpoch()])
     resumed = Learner(mlp2(), fresh_dls(), progress=False, path=tmp_path / "b")
     resumed.fit_one_cycle(3, 1e-2, resume_from="checkpoint")
     assert resumed.recorder.losses == whole.recorder.losses

@@ -3,12 +3,8 @@ import numpy as np
 import pytest
 
 from fastfreeze import Callback, Learner
-from fastfreeze.schedule import ParamScheduler, one_cycle_scheduler
-from conftest import RecordParams, mlp2, mlp3, one_cycle_oracle
-
-
-def make(model, dls):
-    return Learner(model, dls, progress=False)
+from fastfreeze.finetune.schedule import ParamScheduler, one_cycle_scheduler
+from helpers import RecordParams, make, mlp2, mlp3, one_cycle_oracle
 
 
 def test_fit_one_cycle_single_lr_matches_spec_check_values(dls_5_batches):

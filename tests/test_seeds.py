@@ -10,7 +10,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastfreeze import CheckpointCallback, DataLoaders, ImageDataLoaders, Learner, vision_learner
-from fastfreeze.seeds import EpochSeededSampler, item_key, resume_warning, seed_for, seeded, set_seed
+from fastfreeze.utils.seeds import EpochSeededSampler, item_key, resume_warning, seed_for, seeded, set_seed
+from helpers import KillAfterEpoch
 
 
 def noise_folder(root, per_class=6):
@@ -122,30 +123,23 @@ def test_array_flips_are_the_same_with_0_or_2_workers(tmp_path):
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-def make_learner(path, folder, seed):
+def make_vision_learner(path, folder, seed):
     dls = ImageDataLoaders.from_folder(folder, bs=4, size=24, num_workers=2, seed=0)
     set_seed(seed)
     return vision_learner(dls, "test_resnet", pretrained=False, progress=False, path=path)
-
-
-class KillAfterFirstEpoch(CheckpointCallback):
-    def after_epoch(self):
-        super().after_epoch()
-        if self.learn.epoch == 0:
-            raise KeyboardInterrupt
 
 
 def test_resume_with_persistent_workers_is_exact(tmp_path):
     """from_folder's default: persistent worker processes. Killed after epoch 0 and resumed in a new learner
     (other global seed), the weights end bit-identical to the uninterrupted run's."""
     folder = noise_folder(tmp_path / "data")
-    full = make_learner(tmp_path / "full", folder, seed=0)
+    full = make_vision_learner(tmp_path / "full", folder, seed=0)
     assert full.dls.train.persistent_workers and full.dls.train.num_workers == 2
     full.fit_one_cycle(2, 1e-3)
-    killed = make_learner(tmp_path / "run", folder, seed=0)
+    killed = make_vision_learner(tmp_path / "run", folder, seed=0)
     with pytest.raises(KeyboardInterrupt):
-        killed.fit_one_cycle(2, 1e-3, cbs=KillAfterFirstEpoch())
-    resumed = make_learner(tmp_path / "run", folder, seed=99)
+        killed.fit_one_cycle(2, 1e-3, cbs=[CheckpointCallback(), KillAfterEpoch()])
+    resumed = make_vision_learner(tmp_path / "run", folder, seed=99)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to warn about: this resume is exact
         resumed.fit_one_cycle(2, 1e-3, resume_from="checkpoint")

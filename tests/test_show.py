@@ -1,7 +1,7 @@
-"""Tests for fastfreeze/show.py: a grid with one titled image per cell and the rest blank."""
+"""Tests for fastfreeze/utils/show.py: a grid with one titled image per cell and the rest blank."""
 import numpy as np
 
-from fastfreeze.show import image_grid
+from fastfreeze.utils.show import image_grid
 
 
 def test_image_grid_layout_titles_and_colours(tmp_path):

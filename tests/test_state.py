@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import fastfreeze.state
+import fastfreeze.utils.files
 from fastfreeze import DataLoaders
-from fastfreeze.state import (check_state_dict, load_torch, read_checkpoint, rng_states, save_figure, save_torch,
-                              set_rng_states, temporary_folder, temporary_name, write_file, write_files)
-from conftest import blobs
+from fastfreeze.utils.state_dicts import check_state_dict
+from fastfreeze.utils.files import (load_torch, save_figure, save_torch, temporary_folder, temporary_name, write_file,
+                                    write_files)
+from fastfreeze.core.checkpoint import read_checkpoint, rng_states, set_rng_states
+from helpers import blobs
 
 
 def test_check_state_dict_lists_missing_extra_reshaped_and_non_tensor_keys():
@@ -58,7 +60,7 @@ def test_write_files_puts_the_files_in_place_and_cleans_up(tmp_path):
 
 
 def test_other_ranks_write_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(fastfreeze.state, "is_rank_zero", lambda: False)
+    monkeypatch.setattr(fastfreeze.utils.files, "is_rank_zero", lambda: False)
     assert save_torch({"v": 1}, tmp_path / "a.pth") == tmp_path / "a.pth"
     assert write_files(tmp_path / "export", lambda tmp: (tmp / "x").write_text("x") or ["x"]) == tmp_path / "export"
     assert list(tmp_path.iterdir()) == []

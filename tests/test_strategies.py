@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from fastfreeze import Callback, Learner
-from fastfreeze.lrs import lrs_decay
-from fastfreeze.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy, UnfreezeMilestones,
-                                   discriminative, resolve_strategy)
-from conftest import mlp3
+from fastfreeze.core.lrs import lrs_decay
+from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy,
+                                            UnfreezeMilestones, discriminative, resolve_strategy)
+from helpers import mlp3
 
 BATCHES = 5  # per epoch, dls_5_batches
 BASE = 1e-2

@@ -1,11 +1,11 @@
-"""Tests for fastfreeze/table.py: columns by name or position, file paths as fastai builds them, validation
+"""Tests for fastfreeze/data/table.py: columns by name or position, file paths as fastai builds them, validation
 flags, and the errors that name the row or column."""
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from fastfreeze.table import column, read_csv, table_items, valid_flags
+from fastfreeze.data.table import column, read_csv, table_items, valid_flags
 
 
 def touch(root: Path, names):

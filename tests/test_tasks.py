@@ -1,4 +1,4 @@
-"""Tests for fastfreeze/tasks.py: the three tasks read from labels, encoded by hand-worked examples, and what
+"""Tests for fastfreeze/core/tasks.py: the three tasks read from labels, encoded by hand-worked examples, and what
 each implies for the loss and for predict."""
 import math
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastfreeze.losses import MultiLabelLoss
-from fastfreeze.tasks import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, encode_array, encode_values,
-                              loss_for, target_text, task_of)
+from fastfreeze.core.losses import MultiLabelLoss
+from fastfreeze.core.tasks import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, decode_prediction, encode_array,
+                                   encode_values, loss_for, target_text, task_of)
 
 
 def test_class_names_become_a_sorted_vocab():

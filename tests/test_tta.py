@@ -1,11 +1,11 @@
-"""Tests for fastfreeze/tta.py: deterministic views give back the plain predictions, a flip average worked out
+"""Tests for fastfreeze/inference/tta.py: deterministic views give back the plain predictions, a flip average worked out
 with torch, crops at the corners by a quadrant image, and data without labels."""
 import numpy as np
 import pytest
 import torch
 
-from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.tta import crop_view, hflip, identity, tta, tta_views
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.inference.tta import crop_view, hflip, identity, tta, tta_views
 from fastfreeze.vision import vision_learner
 
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import RecordLrs
-from fastfreeze.image_data import ImageDataLoaders
-from fastfreeze.metrics import accuracy
+from helpers import RecordLrs
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.core.metrics import accuracy
 from fastfreeze.vision import vision_learner
 
 # (architecture, timm kwargs) from ten families; tiny test_* models where timm has them
@@ -301,7 +301,7 @@ def test_group_level_fine_gives_one_group_per_block():
 # ------------------------------------------------------------------------------------------- the three tasks
 
 def test_multi_label_data_gets_bce_sigmoid_and_predict_above_the_threshold():
-    from fastfreeze.losses import MultiLabelLoss
+    from fastfreeze.core.losses import MultiLabelLoss
     g = np.random.default_rng(0)
     x = g.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
     y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]] * 4, dtype=np.float64)  # multi-hot floats

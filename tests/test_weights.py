@@ -9,7 +9,7 @@ import timm
 import torch
 from PIL import Image
 
-from fastfreeze.weights import efficientnet_lite_key_map, efficientnet_lite_state_dict, load_pretrained
+from fastfreeze.models.weights import efficientnet_lite_key_map, efficientnet_lite_state_dict, load_pretrained
 
 # ImageNet classes, by index.
 CAT_CLASSES = {281, 282, 283, 284, 285}        # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -1,0 +1,277 @@
+"""Preprocessing: what a model's weights expect of its input (the data config: size, interpolation, mean,
+std, crop) and how an image becomes that input.
+
+The data config comes from the model's timm `pretrained_cfg` (`resolve_data_config`); `IMAGENET_DATA_CONFIG`
+(timm's defaults) fills what a model does not say. Two ways to bring an image to the input size:
+
+- 'crop' (image files, `ImageDataLoaders.from_folder`): timm's own evaluation transform, resize to
+  `size / crop_pct` then centre crop to `size`, normalise (`image_transform`); in training, timm's random
+  resized crop and horizontal flip;
+- 'squish' (in-memory arrays, `ImageDataLoaders.from_arrays`): the whole image resized to the input size,
+  a batch at a time with `torch.nn.functional.interpolate` (`batch_to_model_input`): no crop, since small
+  datasets such as Fashion-MNIST are centred already.
+
+`preprocess_image` applies either to one item (a path, a PIL image, an array or a tensor) for `predict`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import timm
+import timm.data
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from ..utils.hub import hub_repo_id, timm_model_config
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+# timm's defaults for a model that says nothing of its preprocessing (timm.data.resolve_data_config's own)
+IMAGENET_DATA_CONFIG: dict[str, Any] = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": tuple(timm.data.IMAGENET_DEFAULT_MEAN),
+    "std": tuple(timm.data.IMAGENET_DEFAULT_STD),
+    "crop_pct": timm.data.DEFAULT_CROP_PCT,
+    "crop_mode": "center",
+}
+RESIZE_METHODS = ("crop", "squish")
+ImageItem = Union[str, Path, Image.Image, np.ndarray, Tensor]
+
+
+# ----------------------------------------------------------------------------------------------- data config
+def check_resize_method(resize_method: str) -> str:
+    if resize_method not in RESIZE_METHODS:
+        raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+    return resize_method
+
+
+def resolve_data_config(arch: Union[str, nn.Module, None] = None,
+                        size: Union[int, tuple[int, int], None] = None) -> dict[str, Any]:
+    """The preprocessing timm uses for `arch`: a dict with `input_size`, `interpolation`, `mean`, `std`,
+    `crop_pct`, `crop_mode`.
+
+    `arch` is a timm model name (its `pretrained_cfg` is read from timm's registry: nothing is downloaded; for a
+    Hub name 'hf-hub:org/name', from its config.json in the Hub cache, downloaded if needed),
+    a model (timm's resolution on it, or on its first sub-module carrying a `pretrained_cfg`, e.g. a timm body
+    inside a bigger model), or None (ImageNet defaults: 224 px, bicubic, crop_pct 0.875, ImageNet mean/std).
+    `size` (an int or `(height, width)`) overrides the input size; crop_pct is kept.
+    """
+    if arch is None:
+        config = dict(IMAGENET_DATA_CONFIG)
+    elif isinstance(arch, str):
+        config = dict(_timm_name_config(arch))
+    elif isinstance(arch, nn.Module):
+        config = _module_config(arch)
+    else:
+        raise TypeError(f"arch must be a timm model name, an nn.Module or None, not {type(arch).__name__}")
+    return with_input_size(config, size)
+
+
+@lru_cache(maxsize=None)
+def _timm_name_config(name: str) -> tuple[tuple[str, Any], ...]:
+    """Cached per name; a tuple of items so the cache cannot be mutated by callers. A Hub name
+    ('hf-hub:org/name') reads the `pretrained_cfg` of its config.json (from the Hub cache, or downloaded)."""
+    if hub_repo_id(name) is not None:
+        config = timm.data.resolve_data_config(pretrained_cfg=timm_model_config(name)[0])
+        return tuple((key, config[key]) for key in DATA_CONFIG_KEYS)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}: see timm.list_models() for the names, pass a Hub name "
+                         f"('hf-hub:org/name'), or pass data_config=... to give the preprocessing directly")
+    pretrained_cfg = timm.get_pretrained_cfg(name)
+    if pretrained_cfg is not None:
+        config = timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict())
+    else:  # no registry entry: build the model's skeleton on the meta device (no memory, no weights)
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+        config = timm.data.resolve_model_data_config(model)
+    return tuple((key, config[key]) for key in DATA_CONFIG_KEYS)
+
+
+def _module_config(model: nn.Module) -> dict[str, Any]:
+    carrier = next((m for m in model.modules() if getattr(m, "pretrained_cfg", None)), model)
+    config = timm.data.resolve_model_data_config(carrier)
+    return {key: config[key] for key in DATA_CONFIG_KEYS}
+
+
+def with_input_size(config: dict[str, Any], size: Union[int, tuple[int, int], None]) -> dict[str, Any]:
+    """A copy of `config` (missing keys filled from the ImageNet defaults) with its input size set to `size`."""
+    config = {key: config.get(key, IMAGENET_DATA_CONFIG[key]) for key in DATA_CONFIG_KEYS}
+    if size is not None:
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if height < 1 or width < 1:
+            raise ValueError(f"size must be positive, got {size!r}")
+        config["input_size"] = (config["input_size"][0], int(height), int(width))
+    config["input_size"] = tuple(config["input_size"])
+    config["mean"], config["std"] = tuple(config["mean"]), tuple(config["std"])
+    return config
+
+
+def choose_config(arch: Union[str, nn.Module, None], size: Union[int, tuple[int, int], None],
+                   data_config: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """`data_config` when given (completed with ImageNet defaults), else the one resolved from `arch`."""
+    if data_config is not None:
+        return with_input_size(dict(data_config), size)
+    return resolve_data_config(arch, size)
+
+
+# ------------------------------------------------------------------------------------- images: PIL + timm
+
+def image_transform(data_config: dict[str, Any], training: bool = False,
+                    augment: Union[bool, dict[str, Any]] = True) -> Callable[[Image.Image], Tensor]:
+    """timm's transform for `data_config`: the training one when `training` and `augment` (random resized crop
+    + horizontal flip; a dict `augment` is passed on to `timm.data.create_transform`, e.g.
+    `{'scale': (0.5, 1.0), 'auto_augment': 'rand-m9-mstd0.5'}`), else the evaluation one (resize, centre crop,
+    normalise)."""
+    config = with_input_size(data_config, None)
+    if training and augment:
+        options: dict[str, Any] = {"auto_augment": None, "re_prob": 0.0, "color_jitter": None}
+        if isinstance(augment, dict):
+            options.update(augment)
+        return timm.data.create_transform(**config, is_training=True, **options)
+    return timm.data.create_transform(**config, is_training=False)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB: grayscale is repeated, alpha dropped, palettes expanded, 16-bit scaled down."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the route PIL asks for; avoids its warning
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale: keep the full range
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def open_image(path: Union[str, Path]) -> Image.Image:
+    """Open and decode the image file at `path` as RGB; a file PIL cannot read gives a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated files fail here, and the pixels outlive the closed file
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image file {path}: {error}. The file is corrupt or not an image: "
+                         f"remove or replace it") from error
+
+
+
+# --------------------------------------------------------------------------- arrays: whole-batch transform
+
+def image_layout(item_shape: Sequence[int], channels_first_if_ambiguous: bool = True) -> str:
+    """'hw', 'hwc' or 'chw' for the shape of ONE image; channels are 1, 3 or 4 (alpha is dropped)."""
+    if len(item_shape) == 2:
+        return "hw"
+    if len(item_shape) == 3:
+        first, last = item_shape[0] in (1, 3, 4), item_shape[-1] in (1, 3, 4)
+        if first and (not last or channels_first_if_ambiguous):
+            return "chw"
+        if last:
+            return "hwc"
+    raise ValueError(f"cannot read an image of shape {tuple(item_shape)}: expected (H, W) grayscale, "
+                     f"(H, W, C) or (C, H, W) with C in 1, 3, 4 (one more leading dimension for a batch)")
+
+
+def as_image_tensor(images: Union[np.ndarray, Tensor]) -> Tensor:
+    """`images` as a uint8 or float tensor (shared with the input when possible), checking the value range:
+    integers must lie in 0-255, floats in [0, 1]."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()
+    images = torch.as_tensor(images)
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"images must be uint8 (0-255) or float (0-1), not {images.dtype}")
+    if images.numel() == 0:
+        raise ValueError("got no images (an empty array)")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"integer images must hold values 0-255, found {low}..{high}: rescale them to uint8")
+        return images.to(torch.uint8)
+    if images.is_floating_point():
+        low, high = float(images.min()), float(images.max())
+        if not (low >= 0.0 and high <= 1.0):
+            raise ValueError(f"float images must hold values in [0, 1], found {low:g}..{high:g}: "
+                             f"divide 0-255 images by 255 (or pass them as uint8)")
+        if images.dtype == torch.float64:
+            images = images.float()
+    return images
+
+
+def interpolate_mode(interpolation: str) -> str:
+    """timm's interpolation name as a `torch.nn.functional.interpolate` mode (lanczos → bicubic, other
+    filters → bilinear)."""
+    return {"bicubic": "bicubic", "lanczos": "bicubic", "nearest": "nearest-exact"}.get(interpolation, "bilinear")
+
+
+def batch_to_model_input(images: Tensor, layout: str, data_config: dict[str, Any],
+                         flip: Optional[Tensor] = None) -> Tensor:
+    """A batch of raw images (uint8 0-255 or float 0-1, in `layout` after the batch dimension) as the model's
+    input: float32 `(N, 3, H, W)` resized (whole image, no crop) to the config's input size, normalised.
+    `flip` is an optional boolean mask of the images to flip horizontally."""
+    if layout == "hw":
+        images = images.unsqueeze(1)
+    elif layout == "hwc":
+        images = images.permute(0, 3, 1, 2)
+    images = images[:, :3]  # drop alpha
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if flip is not None:  # on the small source images: flipping commutes with resizing
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    height, width = data_config["input_size"][-2:]
+    if tuple(x.shape[-2:]) != (height, width):
+        mode = interpolate_mode(data_config["interpolation"])
+        antialias = mode in ("bilinear", "bicubic")  # as PIL and torchvision's Resize do
+        x = F.interpolate(x, size=(height, width), mode=mode, antialias=antialias)
+        x = x.clamp_(0.0, 1.0)  # bicubic overshoots; saturate as an 8-bit image would
+    mean = torch.tensor(data_config["mean"], dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=x.dtype).view(1, -1, 1, 1)
+    # (x - mean) / std in one pass; a 1-channel x broadcasts to the 3 channels (grayscale repeated)
+    return torch.addcmul(-mean / std, x, 1.0 / std)
+
+
+
+def denormalize(x: Tensor, data_config: dict[str, Any]) -> np.ndarray:
+    """A batch of model inputs `(N, 3, H, W)` back to displayable images: `(N, H, W, 3)` floats in [0, 1]
+    (normalisation undone, clipped)."""
+    mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
+    return (x.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+# --------------------------------------------------------------------------------------------- one item
+
+def preprocess_image(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:
+    """The evaluation preprocessing of one image as a `(3, H, W)` float tensor.
+
+    `item` is an image file path, a PIL image, or an array/tensor image ((H, W), (H, W, C) or (C, H, W); uint8
+    0-255 or float 0-1). `resize_method` 'crop' is timm's evaluation transform (resize to size/crop_pct, centre
+    crop: what `from_folder` uses), 'squish' resizes the whole image to the input size (what `from_tensors` uses).
+    """
+    check_resize_method(resize_method)
+    if isinstance(item, (str, Path)):
+        item = open_image(item)
+    if isinstance(item, Image.Image):
+        item = to_rgb(item)
+        if resize_method == "crop":
+            return image_transform(data_config, training=False)(item)
+        item = torch.from_numpy(np.array(item))  # (H, W, 3) uint8
+    if not isinstance(item, (np.ndarray, Tensor)):
+        raise TypeError(f"cannot preprocess a {type(item).__name__}: pass a file path, a PIL image, or an "
+                        f"array/tensor image")
+    pixels = as_image_tensor(item)
+    layout = image_layout(pixels.shape, channels_first_if_ambiguous=not isinstance(item, np.ndarray))
+    if resize_method == "squish":
+        return batch_to_model_input(pixels.unsqueeze(0), layout, data_config)[0]
+    if pixels.dtype == torch.uint8:  # exactly the file path: through PIL
+        array = pixels.permute(1, 2, 0) if layout == "chw" else pixels
+        array = array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array
+        return preprocess_image(Image.fromarray(array.contiguous().numpy()), data_config, "crop")
+    x = pixels.unsqueeze(0) if layout == "hw" else (pixels.permute(2, 0, 1) if layout == "hwc" else pixels)
+    x = x[:3].expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
+    return image_transform(data_config, training=False)(x.float().contiguous())  # timm transforms take tensors

@@ -1,13 +1,15 @@
-"""fine_tune(choose='held_out'): the probe, 'gentle' and the stage-wise recipe compared on a held-out slice of
-the training set, the winner then run on all of it exactly as when asked for by name; the validation set is
-never read; the pieces (the item subset, the stratified slice, the run plan) against hand-worked numbers."""
+"""The default fine_tune's choice (choose='held_out'): a probe scored on a held-out fifth of the training set
+decides between keeping it and the stage-wise recipe, which then runs exactly as when asked for by number;
+the validation set is never read; the pieces (the item subset, the stratified slice, the probe's steps)
+against hand-worked numbers."""
 import numpy as np
 import pytest
 import torch
 
 import fastfreeze.finetune.default_choice as default_choice
-from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROXY_SHARE, ItemSubset,
-                                       held_out_split, proxy_plan)
+from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROBE_SEPARATES,
+                                                ItemSubset, held_out_split)
+from fastfreeze.finetune.linear_probe import probe_steps
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.vision import vision_learner
 
@@ -74,21 +76,9 @@ def test_the_held_out_slice_is_a_stratified_fifth_disjoint_from_the_fitted_items
     assert np.array_equal(held_out_split(targets, positions)[1], held)  # seeded: the same slice every time
 
 
-@pytest.mark.parametrize("n_items,epochs,freeze_epochs,expected", [
-    # 0.4 of (1 + 5) * 100 = 240 image passes over 80 fitted items: 3 epochs, one of them frozen
-    (100, 5, 1, (1, 2)),
-    # 0.4 * 11 * 100 = 440 -> 5 epochs: 1 frozen + 4 unfrozen
-    (100, 10, 1, (1, 4)),
-    # no frozen phase: 0.4 * 5 * 100 = 200 -> 2 unfrozen epochs
-    (100, 5, 0, (0, 2)),
-    # fine_tune(1): 0.4 * 2 * 100 = 80 -> 1 epoch, which the frozen one takes: still 1 unfrozen
-    (100, 1, 1, (1, 1)),
-    # 3 frozen epochs asked for: the shortened run keeps one; 0.4 * 8 = 3.2 -> 4 epochs: 1 + 3
-    (100, 5, 3, (1, 3)),
-])
-def test_the_shortened_stagewise_run_spends_its_share_of_a_plain_fine_tune(n_items, epochs, freeze_epochs, expected):
-    assert PROXY_SHARE == 0.4
-    assert proxy_plan(n_items, epochs, freeze_epochs) == expected
+def test_the_probe_makes_25_passes_over_the_cached_items():
+    # full-batch steps up to 512 items; above, steps of 512 random items, 25 per started 512
+    assert [probe_steps(n) for n in (10, 512, 513, 1024, 2048)] == [25, 25, 50, 50, 100]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -97,27 +87,27 @@ def test_the_shortened_stagewise_run_spends_its_share_of_a_plain_fine_tune(n_ite
 PER_CLASS = MIN_PER_CLASS_TO_FINE_TUNE  # the comparison's smallest training set: 25 per class, 75 items
 
 
-@pytest.mark.parametrize("margin", [1.0, -1.0], ids=["stage-wise", "probe"])
-def test_the_outcome_is_what_the_choice_says(margin, monkeypatch, capsys):
-    """A margin of 1 makes any shortened stage-wise run win: the full run is then bit-identical to
-    fine_tune(base_lr=<the 'auto' value>), since the comparison leaves the learner, its loaders and the RNG as
-    they were. A margin of -1 makes the probe win: fitted on all the cached features, the body untouched."""
-    monkeypatch.setattr(default_choice, "STAGEWISE_MARGIN", margin)
+@pytest.mark.parametrize("threshold", [1.01, 0.0], ids=["stage-wise", "probe"])
+def test_the_outcome_is_what_the_choice_says(threshold, monkeypatch, capsys):
+    """A threshold above 1 no probe reaches sends it to the stage-wise recipe, whose run is then bit-identical to
+    fine_tune(base_lr=<the 'auto' value>): measuring leaves the learner, its loaders and the RNG as they were.
+    A threshold of 0 keeps the probe: fitted on all the cached features, the body untouched, no epoch run."""
+    assert PROBE_SEPARATES == 0.95
+    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", threshold)
     learn = tiny_learner(image_dls(PER_CLASS))
     body = state_of(learn.model.body)
-    learn.fine_tune(1, choose="held_out")
+    learn.fine_tune(1)
     choice = learn.fine_tune_choice
     assert choice.holdout_items == round(PER_CLASS * HOLDOUT_FRACTION) * N_CLASSES  # 5 of each class
-    assert set(choice.scores) == {"probe", "stagewise"} == set(choice.losses)
+    assert set(choice.scores) == {"probe"} == set(choice.losses) and 0 <= choice.scores["probe"] <= 1
     out = capsys.readouterr().out
-    assert f"on {choice.holdout_items} held-out training images the probe scored" in out
-    assert "(1 frozen + 1 unfrozen epochs over the other 60)" in out  # 0.4 * 2 * 75 / 60 = 2 epochs
-    if margin > 0:
+    assert f"a probe fitted on 60 training images classifies {choice.scores['probe']:.1%} of the other 15" in out
+    if threshold > 1:
         assert choice.recipe == "stagewise" and "so fastai's recipe over the stage groups" in out
         named = tiny_learner(image_dls(PER_CLASS))
         named.fine_tune(1, base_lr=learn.auto_lr["base_lr"])
         assert same(state_of(named.model), state_of(learn.model))
-        assert learn.recorder.phases == named.recorder.phases  # the comparison's runs left no history
+        assert learn.recorder.phases == named.recorder.phases
     else:
         assert choice.recipe == "probe" and "fitted as a probe" in out
         assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
@@ -127,7 +117,7 @@ def test_the_comparison_never_reads_the_validation_set():
     finals = []
     for valid_seed, n_valid in [(100, 12), (200, 30)]:
         learn = tiny_learner(image_dls(PER_CLASS, valid_seed=valid_seed, n_valid=n_valid))
-        learn.fine_tune(1, choose="held_out")
+        learn.fine_tune(1)
         finals.append((state_of(learn.model), learn.fine_tune_choice.scores))
     assert finals[0][1] == finals[1][1]
     assert same(finals[0][0], finals[1][0])
@@ -136,7 +126,7 @@ def test_the_comparison_never_reads_the_validation_set():
 def test_below_25_images_per_class_the_probe_is_kept_without_comparing():
     learn = tiny_learner(image_dls(MIN_PER_CLASS_TO_FINE_TUNE - 1))
     body = state_of(learn.model.body)
-    learn.fine_tune(2, choose="held_out")
+    learn.fine_tune(2)
     choice = learn.fine_tune_choice
     assert choice.recipe == "probe" and choice.scores == {} and choice.holdout_items == 0
     assert choice.reason.startswith("24 training images per class (fewer than 25)")
@@ -145,6 +135,6 @@ def test_below_25_images_per_class_the_probe_is_kept_without_comparing():
 
 def test_an_unknown_chooser_is_refused_before_training():
     learn = tiny_learner(image_dls(PER_CLASS))
-    with pytest.raises(ValueError, match="choose must be one of 'by_size', 'held_out', got 'best'"):
+    with pytest.raises(ValueError, match="choose must be one of 'held_out', 'by_size', got 'best'"):
         learn.fine_tune(1, choose="best")
     assert learn.recorder.phases == []

@@ -138,12 +138,12 @@ def test_the_kept_head_is_adamw_on_the_training_features_written_out():
 
 
 def test_25_images_per_class_run_fastais_recipe_with_the_weights_of_base_lr_the_auto_value(capsys):
-    """From 25 images per class (so also at 50 and 500) the default is exactly the code path of before:
+    """From 25 images per class (so also at 50 and 500) choose='by_size' is exactly the code path of before:
     fastai's recipe at the 'auto' lr, bit-identical to passing that lr as a number, from the head's init."""
     learn = tiny_learner(image_dls(ENOUGH))
     head = state_of(learn.model.head)
     first = FirstHead()
-    learn.fine_tune(1, cbs=[first])
+    learn.fine_tune(1, cbs=[first], choose="by_size")
     nb = ENOUGH // 8
     assert learn.recorder.phases == ["frozen"] * nb + ["unfrozen"] * nb
     assert same(first.seen, head)  # no probe: the first step starts from the head's initialization

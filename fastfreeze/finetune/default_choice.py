@@ -1,31 +1,31 @@
 """The default `fine_tune` of a classifier chooses its recipe from the training set (docs/few-shot.md).
 
 How hard a pretrained body may be trained depends on how far the images are from its pretraining data: on
-photographs a probe of the frozen features wins, and training the late stages at a high lr distorts the
-features the task needs; on digits or clothing silhouettes the stage-wise recipe at the 'auto' lr wins by
-many points. So when `fine_tune` chooses for itself (`base_lr='auto'`, no strategy) on a single-label
-classifier with a body and a head (`TransferModel`, cross-entropy loss), it chooses between
+photographs the pretrained features already separate the classes, a probe of them wins, and training the late
+stages at a high lr distorts them; on digits or clothing silhouettes the body has to adapt, and the stage-wise
+recipe at the 'auto' lr wins by several points. So when `fine_tune` chooses for itself (`base_lr='auto'`, no
+strategy) on a single-label classifier with a body and a head (`TransferModel`, cross-entropy loss), it
+chooses between
 
 - `'probe'`: the head fitted on cached body features (`linear_probe.fit_probe`); the body is not trained;
-- `'stagewise'`: fastai's recipe over the timm stage groups at the 'auto' lr (`slice(lr/2/lr_mult, lr/2)`).
+- `'stagewise'`: fastai's recipe over the timm stage groups at the 'auto' lr (`slice(lr/2/lr_mult, lr/2)`),
+  exactly `fine_tune(base_lr=<the 'auto' value>)`.
 
-`choose='by_size'`: the probe below `MIN_PER_CLASS_TO_FINE_TUNE` training images per class, the stage-wise
-recipe from there. `choose='held_out'`: below `MIN_PER_CLASS_TO_FINE_TUNE` images per class the probe too,
-without training anything (fine-tuning has not beaten it there on any data set measured, and a held-out
-slice of a few images per class could not tell them apart). From there, a seeded, stratified
-`HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items is held out; a probe is fitted
-on the body features of the others, and a shortened stage-wise run (one frozen epoch, then as many unfrozen
-epochs as `PROXY_SHARE` of a plain fine_tune pays for) trains on them. When the stage-wise run's held-out
-accuracy is at least the probe's minus `STAGEWISE_MARGIN` the stage-wise recipe runs in full on all the
-training images (the same weights as `fine_tune(base_lr=<auto>)`: the comparison leaves the learner, its
-loaders and the global RNG state exactly as they were); otherwise the probe is fitted on all the cached
-features and kept. The margin favours the stage-wise recipe because its shortened run on fewer images
-underestimates the full one. It prints what it compared, chose and what it cost, and records it in
-`learn.fine_tune_choice` (a `FineTuneChoice`). The validation set is never read.
+`choose='held_out'` (the default): below `MIN_PER_CLASS_TO_FINE_TUNE` training images per class, the probe
+(fine-tuning did not beat it there on any data set measured). From there, a seeded, stratified
+`HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items is held out and a probe is
+fitted on the body's features of the others: when it classifies at least `PROBE_SEPARATES` of the held-out
+items, the pretrained features suffice and the probe (refitted on all the cached features) is kept; below,
+the stage-wise recipe runs. Nothing is trained to decide: the cost is one forward pass of the frozen body over
+the sample and two small probe fits. `choose='by_size'`: the rule before, the probe below
+`MIN_PER_CLASS_TO_FINE_TUNE` images per class and the stage-wise recipe from there.
+
+It prints what it measured and chose, and records it in `learn.fine_tune_choice` (a `FineTuneChoice`). The
+learner, its loaders and the global RNG state come out of the measurement exactly as they went in, and the
+validation set is never read.
 """
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,9 +36,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..core.divergence import DivergenceGuard
 from ..core.loop import BaseLearner
-from ..core.recorder import Recorder
 from ..core.tasks import SINGLE_LABEL, task_of
 from ..data.image_data import split_indices
 from ..models.body import transfer_model_problem
@@ -46,23 +44,20 @@ from ..utils.ranks import broadcast_object
 from ..utils.seeds import EpochSeededSampler, forked_rng
 from .auto_lr import choose_base_lr, training_features
 from .feature_cache import body_features
-from .linear_probe import PROBE_STEPS, fit_head, fit_probe, split_fixed_prefix
+from .linear_probe import PROBE_MAX_BATCH, fit_head, fit_probe, probe_steps, split_fixed_prefix
 from .lr_finder import everything_restored
-from .schedule import fit_one_cycle
-from .strategies import Discriminative, FastaiFineTune, KeepProbe, Strategy
+from .strategies import KeepProbe, Strategy
 
 CANDIDATES = ("probe", "stagewise")
-# how the default chooses: 'by_size' (the default) or 'held_out' (the comparison; see the module docstring)
-CHOOSERS = ("by_size", "held_out")
+# how the default chooses: 'held_out' (the default) or 'by_size' (see the module docstring)
+CHOOSERS = ("held_out", "by_size")
 # below this many training images per class: the probe, whichever chooser
 MIN_PER_CLASS_TO_FINE_TUNE = 25
 HOLDOUT_FRACTION = 0.2
 # at most this many training items are sampled for the comparison (held out or trained on)
 MAX_COMPARE_ITEMS = 2048
-# the shortened stage-wise run passes over at most this share of the images a plain fine_tune passes over
-PROXY_SHARE = 0.4
-# the stage-wise recipe wins when its shortened run's held-out accuracy is at least the probe's minus this
-STAGEWISE_MARGIN = 0.05
+# the probe is kept when it classifies at least this share of the held-out training images
+PROBE_SEPARATES = 0.95
 
 
 @dataclass
@@ -71,9 +66,9 @@ class FineTuneChoice:
 
     `recipe`: 'probe' (the head fitted on cached body features, the body untouched, no epoch run) or
     'stagewise' (see the module docstring); `base_lr` the 'auto' lr; `reason` why. `scores` / `losses`: the
-    held-out accuracy / cross-entropy of the probe and of the shortened stage-wise run (empty when it decided
-    without comparing); `holdout_items` how many training items were held out; `seconds` the time choosing
-    took (the comparison and the probe fit, not the 'auto' lr sweep, which `learn.auto_lr` times)."""
+    held-out accuracy / cross-entropy of the probe fitted on the other training items (empty when it decided
+    without measuring); `holdout_items` how many training items were held out; `seconds` the time choosing
+    took (the measurement and the probe fit, not the 'auto' lr sweep, which `learn.auto_lr` times)."""
     recipe: str
     base_lr: float
     reason: str
@@ -181,9 +176,8 @@ def decide(n_items: int, n_classes: int) -> tuple[bool, str]:
                    "fine-tuning with fastai's recipe over the stage groups at the 'auto' lr")
 
 
-def choose_fine_tune(learn: BaseLearner, epochs: int, freeze_epochs: int, disc: Discriminative,
-                     pct_start: float = 0.3, div: float = 5.0, verbose: bool = True,
-                     accum_steps: int = 1, choose: str = "by_size") -> tuple[float, Optional[Strategy]]:
+def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int = 1,
+                     choose: str = "held_out") -> tuple[float, Optional[Strategy]]:
     """The default `fine_tune`'s choice (see the module docstring): `(base_lr, strategy)` to run: `None` for the
     stage-wise recipe, `KeepProbe()` when the probe (already fitted into the model) is the result. When the choice does not apply (`probe_blocker`, targets
     that are not class indices) the stage-wise recipe at the 'auto' lr, with `learn.fine_tune_choice` None."""
@@ -202,7 +196,7 @@ def choose_fine_tune(learn: BaseLearner, epochs: int, freeze_epochs: int, disc: 
     blocker = comparison_blocker(learn)
     if choose == "held_out" and not keep:
         if blocker is None:
-            compare(learn, choice, epochs, freeze_epochs, disc, auto_lr, pct_start, div)
+            compare(learn, choice, auto_lr)
         else:
             choice.reason = f"{blocker}, so the recipes are not compared: {choice.reason}"
     choice.recipe = broadcast_object(choice.recipe)  # every rank of a DDP run follows rank 0
@@ -214,7 +208,9 @@ def choose_fine_tune(learn: BaseLearner, epochs: int, freeze_epochs: int, disc: 
     if verbose:
         done = f"{choice.seconds:.1f} s"
         if choice.recipe == "probe":
-            done = (f"{PROBE_STEPS} full-batch steps over {len(targs)} cached items, {done}; to fine-tune anyway, "
+            steps = (f"{probe_steps(len(targs))} full-batch steps" if len(targs) <= PROBE_MAX_BATCH else
+                     f"{probe_steps(len(targs))} steps of {PROBE_MAX_BATCH}")
+            done = (f"{steps} over {len(targs)} cached items, {done}; to fine-tune anyway, "
                     f"pass base_lr=, e.g. {auto_lr:.2e}")
         print(f"fine_tune: {choice.reason} ({done}).")
     return choice.base_lr, (None if choice.recipe == "stagewise" else KeepProbe())
@@ -227,20 +223,6 @@ def held_out_split(targets: torch.Tensor, positions: np.ndarray, seed: int = 0) 
     return positions[fit_idx], positions[held_idx]
 
 
-class only_core_callbacks:
-    """Within: only the learner's Recorder and DivergenceGuard run (no progress bar, logger or checkpoint)."""
-
-    def __init__(self, learn: BaseLearner):
-        self.learn = learn
-        self.removed = [cb for cb in learn.cbs if not isinstance(cb, (Recorder, DivergenceGuard))]
-
-    def __enter__(self) -> None:
-        self.learn.remove_cbs(self.removed)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.learn.add_cbs(self.removed)
-
-
 @torch.no_grad()
 def held_out_score(learn: BaseLearner, loader: DataLoader) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the learner's model over `loader`, in eval mode."""
@@ -251,11 +233,9 @@ def held_out_score(learn: BaseLearner, loader: DataLoader) -> tuple[float, float
 
 @dataclass
 class HeldOut:
-    """The comparison's data: loaders over the held-out training items and over the others (the fitted
-    items, shuffled; `fitted_in_order` unshuffled, for their features)."""
+    """The held-out training items and the others (the fitted items), as loaders in dataset order."""
     holdout: DataLoader
     fitted: DataLoader
-    fitted_in_order: DataLoader
     holdout_items: int
     fitted_items: int
 
@@ -269,15 +249,14 @@ def held_out_data(learn: BaseLearner) -> HeldOut:
     targs = torch.cat([batch[1] for batch in subset_loader(train, sample, shuffle=False)])
     fitted_pos, held_pos = held_out_split(targs, sample)
     return HeldOut(holdout=subset_loader(train, held_pos, shuffle=False),
-                   fitted=subset_loader(train, fitted_pos, shuffle=True),
-                   fitted_in_order=subset_loader(train, fitted_pos, shuffle=False),
+                   fitted=subset_loader(train, fitted_pos, shuffle=False),
                    holdout_items=len(held_pos), fitted_items=len(fitted_pos))
 
 
 def probe_score(learn: BaseLearner, data: HeldOut) -> tuple[float, float]:
     """Held-out (accuracy, loss) of a probe of the head fitted on the body's features of the fitted items
     (`fit_head`, as `fit_probe` fits it), the learner put back exactly."""
-    feats, targs = body_features(learn, data.fitted_in_order, storage="cpu")
+    feats, targs = body_features(learn, data.fitted, storage="cpu")
     with everything_restored(learn):
         prefix, rest = split_fixed_prefix(learn.model.head)
         with torch.no_grad():
@@ -286,58 +265,22 @@ def probe_score(learn: BaseLearner, data: HeldOut) -> tuple[float, float]:
         return held_out_score(learn, data.holdout)
 
 
-def run_recipe(learn: BaseLearner, data: HeldOut, base_lr: float, strategy: Strategy, epochs: int,
-               disc: Discriminative, pct_start: float, div: float) -> tuple[float, float]:
-    """Held-out (accuracy, loss) after the phases of `strategy` at `base_lr` over the fitted items, with the
-    learner's Recorder and DivergenceGuard only (no file-writing callback runs). The model is left as
-    trained; the learner's loaders are put back."""
-    dls = learn.dls
-    learn.dls = copy.copy(dls)
-    learn.dls.train, learn.dls.valid = data.fitted, None
-    try:
-        with only_core_callbacks(learn):
-            for phase in strategy.phases(learn, epochs, base_lr, disc):
-                learn.freeze_to(phase.freeze_to)
-                fit_one_cycle(learn, phase.epochs, phase.lr, pct_start=pct_start if phase.pct_start is None
-                              else phase.pct_start, div=div if phase.div is None else phase.div,
-                              phase=f"choosing: {phase.label}")
-    finally:
-        learn.dls = dls
-    return held_out_score(learn, data.holdout)
-
-
-def proxy_plan(n_items: int, epochs: int, freeze_epochs: int) -> tuple[int, int]:
-    """(frozen, unfrozen) epochs of the stage-wise proxy over the (1 - HOLDOUT_FRACTION) fitted items: as many
-    unfrozen epochs (at least 1, at most `epochs`) as `PROXY_SHARE` of a plain fine_tune's passes over images,
-    `(freeze_epochs + epochs) * n_items`, pays for after the frozen epoch (one at most)."""
-    frozen = min(freeze_epochs, 1)
-    passes_per_epoch = n_items * (1 - HOLDOUT_FRACTION)
-    affordable = int(PROXY_SHARE * (freeze_epochs + epochs) * n_items / passes_per_epoch + 1e-9) - frozen
-    return frozen, max(1, min(epochs, affordable))
-
-
-def compare(learn: BaseLearner, choice: FineTuneChoice, epochs: int, freeze_epochs: int, disc: Discriminative,
-            auto_lr: float, pct_start: float, div: float) -> None:
-    """Score the probe and a shortened stage-wise run on a held-out slice of the training set (the module
-    docstring); sets `choice`'s recipe, scores and reason. The learner, its loaders and the global RNG state
-    come out exactly as they went in."""
-    frozen, unfrozen = proxy_plan(choice.n_items, epochs, freeze_epochs)
+def compare(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> None:
+    """Hold out a fifth of the training set and score a probe fitted on the rest (the module docstring); sets
+    `choice`'s recipe, scores and reason. The learner, its loaders and the global RNG state come out exactly as
+    they went in."""
     with forked_rng(learn.device, seed=0):
         data = held_out_data(learn)
-        probe = probe_score(learn, data)
-        with everything_restored(learn):
-            stagewise = run_recipe(learn, data, auto_lr, FastaiFineTune(frozen), unfrozen, disc, pct_start, div)
-    choice.scores = {"probe": probe[0], "stagewise": stagewise[0]}
-    choice.losses = {"probe": probe[1], "stagewise": stagewise[1]}
-    choice.holdout_items = data.holdout_items
-    wins = stagewise[0] >= probe[0] - STAGEWISE_MARGIN
-    choice.recipe = "stagewise" if wins else "probe"
-    measured = (f"on {data.holdout_items} held-out training images the probe scored {probe[0]:.3f} and the "
-                f"stage-wise recipe {stagewise[0]:.3f} ({frozen} frozen + {unfrozen} unfrozen epochs over the other "
-                f"{data.fitted_items})")
-    if wins:
-        choice.reason = (f"{measured}: within {STAGEWISE_MARGIN:g} of the probe or better, so fastai's recipe over "
-                         f"the stage groups at the 'auto' base_lr {auto_lr:.2e} on all the training images")
+        accuracy, loss = probe_score(learn, data)
+    choice.scores, choice.losses, choice.holdout_items = {"probe": accuracy}, {"probe": loss}, data.holdout_items
+    measured = (f"a probe fitted on {data.fitted_items} training images classifies {accuracy:.1%} of the other "
+                f"{data.holdout_items}")
+    if accuracy >= PROBE_SEPARATES:
+        choice.recipe = "probe"
+        choice.reason = (f"{measured} (at least {PROBE_SEPARATES:.0%}): the pretrained features already separate the "
+                         "classes, and training the body would distort them; the head is fitted as a probe on the "
+                         "cached body features and the body is not trained")
     else:
-        choice.reason = (f"{measured}: more than {STAGEWISE_MARGIN:g} below the probe, so the head is fitted as a "
-                         "probe on the cached body features and the body is not trained")
+        choice.recipe = "stagewise"
+        choice.reason = (f"{measured} (less than {PROBE_SEPARATES:.0%}): the body has to adapt, so fastai's recipe "
+                         f"over the stage groups at the 'auto' base_lr {auto_lr:.2e}")

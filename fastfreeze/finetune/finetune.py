@@ -26,15 +26,14 @@ from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_s
 def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "auto", freeze_epochs: int = 1,
               lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0, strategy: StrategySpec = None,
               layer_decay: Optional[float] = None, resume_from: Optional[Union[str, Path]] = None,
-              cache_features: Union[str, bool] = "auto", choose: str = "by_size", **kwargs: Any) -> None:
+              cache_features: Union[str, bool] = "auto", choose: str = "held_out", **kwargs: Any) -> None:
     """Fine-tune in phases, one `fit_one_cycle` per phase, `freeze_to` between them (see `strategies`).
 
     `base_lr='auto'` (default) first picks base_lr from an lr sweep of the head (`auto_lr`, docs/auto-lr.md);
     a number is used as given. With 'auto' and no strategy, a single-label classifier on a body + head
-    chooses its recipe from the training set: a probe of the head on cached body features (no epoch runs),
-    fastai's gentle recipe ('gentle' at 2e-3) or the stage-wise recipe below at the 'auto' lr, compared on
-    a held-out slice of the training set (`default_choice`, docs/few-shot.md); `learn.fine_tune_choice`
-    records the candidates, their scores and the winner.
+    chooses its recipe from the training set: a probe of the head on cached body features (no epoch runs) or
+    the stage-wise recipe below at the 'auto' lr (`default_choice`, docs/few-shot.md); `learn.fine_tune_choice`
+    records what it measured and chose.
     `strategy=None` with a number is fastai's recipe over the layer groups (docs/schedules.md):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
@@ -51,10 +50,10 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     phases of 2+ epochs when that is exact (norm='frozen', data without random augmentation; see
     `feature_cache`), True accepts one fixed draw of augmentation, False never caches.
 
-    `choose` (with base_lr='auto' and no strategy): 'by_size' (the default) keeps a probe below 25 training
-    images per class and runs the stage-wise recipe from there; 'held_out' decides between the probe,
-    'gentle' and the stage-wise recipe on a held-out slice of the training set (`default_choice`,
-    docs/few-shot.md).
+    `choose` (with base_lr='auto' and no strategy): 'held_out' (the default) keeps a probe below 25 training
+    images per class, and from there when a probe fitted on four fifths of the training images classifies at
+    least 95% of the other fifth, else runs the stage-wise recipe; 'by_size' keeps a probe below 25 images per
+    class and runs the stage-wise recipe from there.
 
     `resume_from`: a checkpoint written during the same fine_tune (`CheckpointCallback`); the phases it
     completed are skipped and its phase goes on from its epoch, with the base_lr it recorded ('auto' is
@@ -74,8 +73,7 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     accum_steps = kwargs.get("accum_steps", 1)
     disc = discriminative(lr_mult, layer_decay)
     if isinstance(base_lr, str) and strategy is None:  # the default: choose the recipe from the training set
-        base_lr, strategy = choose_fine_tune(learn, epochs, freeze_epochs, disc, pct_start=pct_start, div=div,
-                                             accum_steps=accum_steps, choose=choose)
+        base_lr, strategy = choose_fine_tune(learn, accum_steps=accum_steps, choose=choose)
     elif isinstance(base_lr, str):
         base_lr = choose_base_lr(learn, accum_steps=accum_steps)
     plan = resolve_strategy(strategy, freeze_epochs)

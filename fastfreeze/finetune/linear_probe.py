@@ -1,15 +1,16 @@
 """A probe of the head: the head (whatever it is) fitted on cached features of the frozen body.
 
 A linear probe is the baseline transfer learning has to beat (Tian et al. 2020), and one of the candidates
-the default `fine_tune` compares (`default_choice`, docs/few-shot.md): `PROBE_STEPS` full-batch AdamW steps
-at `PROBE_LR` over the cached features (a head fitted longer overfits a few dozen images), the body untouched.
+the default `fine_tune` chooses between (`default_choice`, docs/few-shot.md): `PROBE_STEPS` passes of AdamW at
+`PROBE_LR` over the cached features (full-batch steps up to 512 items; a head fitted longer overfits a few
+dozen images), the body untouched.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -22,8 +23,8 @@ from ..models.head import AdaptiveConcatPool2d
 from ..utils.ranks import broadcast_object
 from ..utils.seeds import forked_rng
 
-# the probe: this many AdamW steps at this lr, each over all the cached features (a random
-# `PROBE_MAX_BATCH` of them when there are more)
+# the probe: this many passes of AdamW at this lr over the cached features, a step over all of them (over a
+# random `PROBE_MAX_BATCH` of them when there are more: `probe_steps`)
 PROBE_STEPS, PROBE_LR, PROBE_MAX_BATCH = 25, 3e-3, 512
 
 
@@ -39,13 +40,22 @@ def split_fixed_prefix(head: nn.Module) -> tuple[nn.Module, nn.Module]:
     return head[:k], head[k:]
 
 
+def probe_steps(n_items: int, max_batch: int = PROBE_MAX_BATCH) -> int:
+    """The probe's steps: `PROBE_STEPS` passes over the cached items, a step taking all of them up to
+    `max_batch` (25 full-batch steps), a random `max_batch` of them above (25 x ceil(n_items / max_batch):
+    100 steps for 2,048 items), so that a larger training set is not fitted less."""
+    return PROBE_STEPS * max(1, math.ceil(n_items / max_batch))
+
+
 def fit_head(head: nn.Module, feats: torch.Tensor, targs: torch.Tensor, loss_func: Callable,
-             steps: int = PROBE_STEPS, lr: float = PROBE_LR, wd: float = 0.01, max_batch: int = PROBE_MAX_BATCH,
+             steps: Optional[int] = None, lr: float = PROBE_LR, wd: float = 0.01, max_batch: int = PROBE_MAX_BATCH,
              seed: int = 0) -> None:
-    """Train `head` in place on cached features: `steps` AdamW steps (betas 0.9/0.99, eps 1e-5 and decoupled
-    weight decay `wd` on weights, none on norm parameters and biases, as the Learner trains), each over all
-    the items, or a random `max_batch` of them (drawn from `seed`) when there are more. Leaves it in eval mode.
-    Raises `FloatingPointError` at a non-finite loss, before that step touches the weights."""
+    """Train `head` in place on cached features: `steps` AdamW steps (default `probe_steps`; betas 0.9/0.99,
+    eps 1e-5 and decoupled weight decay `wd` on weights, none on norm parameters and biases, as the Learner
+    trains), each over all the items, or a random `max_batch` of them (drawn from `seed`) when there are more.
+    Leaves it in eval mode. Raises `FloatingPointError` at a non-finite loss, before that step touches the
+    weights."""
+    steps = probe_steps(len(targs), max_batch) if steps is None else steps
     no_decay = no_decay_param_ids(head)
     params = [p for p in head.parameters() if p.requires_grad]
     # the Learner's optimizer (`optim.adamw`), with torch's own decoupled decay per group: the same

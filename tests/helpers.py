@@ -171,3 +171,20 @@ class KillAfterEpoch(Callback):
     def after_epoch(self):
         if self.learn.epoch == self.epoch and self.phase in (None, self.learn.phase):
             raise KeyboardInterrupt
+
+
+def tiny_learner(dls, **kwargs) -> Learner:
+    """`vision_learner` on timm's tiny `test_resnet`, without weights, its head drawn from seed 0."""
+    from fastfreeze import vision_learner
+    torch.manual_seed(0)
+    return vision_learner(dls, "test_resnet", pretrained=False, progress=False, **kwargs)
+
+
+def state_of(module: nn.Module) -> dict:
+    """A copy of `module`'s state dict."""
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import fastfreeze.finetune.default_choice as default_choice
+from helpers import same, state_of, tiny_learner
+from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROBE_SEPARATES,
                                                 ItemSubset, held_out_split)
 from fastfreeze.finetune.linear_probe import probe_steps
-from fastfreeze.data.image_data import ImageDataLoaders
-from fastfreeze.vision import vision_learner
 
 N_CLASSES = 3
 
@@ -27,19 +27,6 @@ def image_dls(per_class, valid_seed=100, n_valid=12, size=32):
     yv = v.integers(0, N_CLASSES, n_valid)
     xv = (v.integers(0, 120, (n_valid, size, size, 3)) + 60 * yv[:, None, None, None]).astype(np.uint8)
     return ImageDataLoaders.from_arrays(x, y, xv, yv, size=size, bs=8, vocab=[f"c{i}" for i in range(N_CLASSES)])
-
-
-def tiny_learner(dls, **kwargs):
-    torch.manual_seed(0)
-    return vision_learner(dls, "test_resnet", pretrained=False, progress=False, **kwargs)
-
-
-def state_of(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from fastfreeze import Callback, DataLoaders, Learner
 from fastfreeze.core.checkpoint import CheckpointCallback
 from fastfreeze.core.divergence import DivergenceGuard, non_finite_tensors
 from fastfreeze.core.checkpoint import read_checkpoint
-from helpers import blobs, mlp2
+from helpers import blobs, mlp2, same
 
 
 def fresh_dls(x_valid=None):
@@ -19,10 +19,6 @@ def fresh_dls(x_valid=None):
 
 def state(learn):
     return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class SnapshotEpochs(Callback):

@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import RecordLrs, one_cycle_oracle
+from helpers import RecordLrs, one_cycle_oracle, same, state_of, tiny_learner
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.finetune.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, decide
 from fastfreeze.finetune.linear_probe import PROBE_LR, PROBE_STEPS, fit_probe
 from fastfreeze.inference.predictor import load_learner
-from fastfreeze.vision import vision_learner
 
 FEW = 3 * (MIN_PER_CLASS_TO_FINE_TUNE - 1)   # 3 classes, 24 images each: one per class short of fine-tuning
 ENOUGH = 3 * MIN_PER_CLASS_TO_FINE_TUNE      # 25 each
@@ -31,19 +30,6 @@ def image_dls(n_train, valid_seed=100, n_valid=12, n_classes=3, size=32, labels=
         return ImageDataLoaders.from_arrays(x, labels(n_train), xv, labels(n_valid), size=size, bs=8)
     return ImageDataLoaders.from_arrays(x, np.arange(n_train) % n_classes, xv, v.integers(0, n_classes, n_valid),
                                         size=size, bs=8, vocab=[f"c{i}" for i in range(n_classes)])
-
-
-def tiny_learner(dls, **kwargs):
-    torch.manual_seed(0)
-    return vision_learner(dls, "test_resnet", pretrained=False, progress=False, **kwargs)
-
-
-def state_of(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class FirstHead(Callback):

@@ -29,6 +29,7 @@ from .checkpoint import resume, rng_states, save_checkpoint, set_rng_states
 from .dataloaders import DataLoaders
 from .device import autocast, autocast_dtype, default_device, move_batch
 from .divergence import DivergenceGuard
+from .label_check import LabelCheck
 from .grad_clip import GradientClip
 from .layer_groups import Splitter, default_splitter, frozen_count, group_names, split_model
 from .losses import activate, activation_for
@@ -132,6 +133,7 @@ class BaseLearner:
         self.weight_decay = DecoupledWeightDecay(
             self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
 
+        self.label_check = LabelCheck()  # labels checked against the outputs once per loader (label_check.py)
         self.recorder = Recorder()
         self.divergence_guard = DivergenceGuard()  # stops a fit at a NaN/inf loss or weight (docs/divergence.md)
         self.cbs: list[Callback] = []
@@ -335,11 +337,13 @@ class BaseLearner:
     def _do_train(self) -> None:
         self.training, self.dl = True, self.dls.train
         self._set_train_mode()
+        self.label_check.begin(self.dl)
         try:
             self._event("before_train")
             for self.iter, batch in enumerate(self.dl):
                 self._do_batch(batch)
                 self.train_iter += 1
+            self.label_check.end()
             self._event("after_train")
         except CancelTrainException:
             self._event("after_cancel_train")
@@ -350,11 +354,13 @@ class BaseLearner:
             return
         self.training, self.dl = False, dl
         self.model.eval()
+        self.label_check.begin(dl)
         try:
             self._event("before_validate")
             with torch.no_grad():
                 for self.iter, batch in enumerate(self.dl):
                     self._do_batch(batch)
+            self.label_check.end()
             self._event("after_validate")
         except CancelValidException:
             self._event("after_cancel_validate")
@@ -366,7 +372,8 @@ class BaseLearner:
             with self.autocast():
                 self.pred = self.model(*self.xb)
                 self._event("after_pred")
-                self._check_targets(batch[-1])
+                self.label_check.check(self.loss_func, batch[-1], self.pred,
+                                       "training" if self.training else "validation")
                 self.loss = self.loss_func(self.pred, *self.yb)
             self._event("after_loss")
             if self.training:
@@ -430,29 +437,6 @@ class BaseLearner:
             return 1
         first = self.iter - self.iter % self.accum_steps
         return min(self.accum_steps, len(self.dls.train) - first)
-
-    def _check_targets(self, y: Any) -> None:
-        """A class label outside the model's outputs gives a clear error instead of cross-entropy's
-        "Target out of bounds" (CPU) or a device-side assert (GPU). Checked on the batch's labels as the
-        data gave them when they are on the CPU (a few microseconds, no GPU sync), for a
-        CrossEntropyLoss/NLLLoss with integer targets."""
-        if not (isinstance(self.loss_func, (nn.CrossEntropyLoss, nn.NLLLoss)) and isinstance(y, torch.Tensor)
-                and y.device.type == "cpu" and not y.is_floating_point() and y.numel()
-                and isinstance(self.pred, torch.Tensor) and self.pred.ndim >= 2):
-            return
-        n_out = self.pred.shape[1]
-        low, high = (int(v) for v in torch.aminmax(y))
-        if low >= 0 and high < n_out:
-            return
-        outside = y[((y < 0) | (y >= n_out)) & (y != self.loss_func.ignore_index)]
-        if outside.numel():
-            label = int(outside.max()) if int(outside.max()) >= n_out else int(outside.min())
-            split = "training" if self.training else "validation"
-            raise ValueError(
-                f"label {label} in a {split} batch, but the model has {n_out} outputs (labels must be 0..{n_out - 1}): "
-                f"the data has more classes than the model's head. Build the learner from these DataLoaders (the "
-                f"number of outputs defaults to dls.c, the length of dls.vocab) or pass n_out={max(high + 1, n_out)}; "
-                "check the labels if they should not go that high.")
 
     def _set_train_mode(self) -> None:
         self.model.train()

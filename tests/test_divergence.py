@@ -64,6 +64,7 @@ def test_non_finite_tensors_names_parameters_and_buffers():
 def test_a_huge_lr_stops_the_fit_and_puts_back_the_weights_of_its_start():
     """lr 1e20: the first step leaves BatchNorm's running_var infinite, and the second batch's loss is NaN."""
     learn = Learner(mlp2(), fresh_dls(), progress=False)
+    learn.divergence_guard.check_every = 1  # every step's loss read before the step
     before = state(learn)
     with pytest.raises(FloatingPointError, match=r"training diverged: the training loss is nan at epoch 0, batch 1 of "
                                                  r"'fit 1'\. 1 tensor of the model holds NaN or infinite values "
@@ -78,6 +79,7 @@ def test_a_huge_lr_stops_the_fit_and_puts_back_the_weights_of_its_start():
 def test_divergence_in_a_later_epoch_puts_back_the_last_good_epoch():
     snaps = SnapshotEpochs()
     learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=[snaps, Poison(epoch=1, batch=2)])
+    learn.divergence_guard.check_every = 1  # every step's loss read before the step
     # batch 3's forward pass spread the NaN into BatchNorm's running statistics: three tensors, all named
     with pytest.raises(FloatingPointError, match=r"the training loss is nan at epoch 1, batch 3 of 'fit 1'\. 3 tensors "
                                                  r"of the model hold NaN or infinite values \(0\.0\.weight, "
@@ -134,6 +136,7 @@ def test_weights_gone_non_finite_without_a_bad_loss_are_caught_at_the_epoch_end(
 def test_keep_weights_false_keeps_no_copy_and_says_so():
     learn = Learner(mlp2(), fresh_dls(), progress=False)
     learn.divergence_guard.keep_weights = False
+    learn.divergence_guard.check_every = 1  # every step's loss read before the step
     with pytest.raises(FloatingPointError, match=r"they were left as they are \(learn\.divergence_guard\.keep_weights "
                                                  r"is False\): reload a checkpoint"):
         learn.fit(1, lr=1e20)
@@ -162,3 +165,56 @@ def test_the_copy_is_taken_after_every_good_epoch_on_the_cpu_and_released_after_
 def test_check_every_must_be_a_positive_int():
     with pytest.raises(ValueError, match="check_every must be a positive int"):
         DivergenceGuard(check_every=0)
+
+
+class CountSteps(Callback):
+    order = 100
+
+    def __init__(self):
+        self.steps = 0
+
+    def after_step(self):
+        self.steps += 1
+
+
+def test_by_default_the_losses_are_read_at_the_end_of_the_training_pass_and_the_last_good_epoch_comes_back():
+    """The loss goes NaN at batch 2 of epoch 1 (5 batches an epoch): the default guard reads no loss during the
+    epoch, so all five steps of epoch 1 run (the NaN ones make the weights NaN); at the end of the training pass it
+    names batch 2 and puts back the weights of the end of epoch 0, which were taken after epoch 0 read finite."""
+    class NanLoss(Callback):
+        def after_loss(self):
+            if self.learn.training and self.learn.epoch == 1 and self.learn.iter >= 2:
+                self.learn.loss = self.learn.loss * float("nan")
+    snaps, steps = SnapshotEpochs(), CountSteps()
+    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=[NanLoss(), snaps, steps])
+    with pytest.raises(FloatingPointError, match=r"the training loss is nan at epoch 1, batch 2 of 'fit 1' \(read at "
+                                                 r"the end of the epoch's training.*\)\. \d+ tensors? of the model "
+                                                 r"holds? NaN or infinite values .*put back to its weights from the "
+                                                 r"end of epoch 0 of 'fit 1'"):
+        learn.fit(3, lr=1e-2)
+    assert steps.steps == 5 + 5 and sorted(snaps.at) == [0]  # epoch 1 trained in full and never ended
+    assert same(state(learn), snaps.at[0]) and not learn.opt.state
+    assert non_finite_tensors(learn.model) == []
+    assert len(learn.recorder.losses) == 10 and math.isnan(learn.recorder.losses[7])
+
+
+def test_a_deferred_bad_loss_with_finite_weights_still_puts_back_the_last_good_epoch():
+    """An infinite loss on the epoch's last batch only, `loss + inf`, whose gradient is the finite one of `loss`:
+    the weights stay finite, but the guard cannot tell what the step did from them, so it puts back the start of
+    the fit all the same."""
+    class InfLoss(Callback):
+        def after_loss(self):
+            if self.learn.training and self.learn.iter == 4:
+                self.learn.loss = self.learn.loss + float("inf")
+    learn = Learner(mlp2(), fresh_dls(), progress=False, cbs=InfLoss())
+    before = state(learn)
+    with pytest.raises(FloatingPointError, match=r"the training loss is inf at epoch 0, batch 4 of 'fit 1' .*The "
+                                                 r"weights are all finite; the learner was put back to its weights "
+                                                 r"from the start of this fit"):
+        learn.fit(1, lr=1e-2)
+    assert same(state(learn), before)  # BatchNorm's running statistics too: the whole state dict was put back
+
+
+def test_check_every_none_is_the_default_and_n_reads_every_nth_step():
+    assert DivergenceGuard().check_every is None
+    assert DivergenceGuard(check_every=3).check_every == 3

@@ -217,6 +217,7 @@ def test_nan_or_infinite_loss(dls_5_batches, bad):
         def after_step(self):
             stepped.append([p.detach().clone() for p in self.learn.model.parameters()])
     learn = Learner(mlp2(), dls_5_batches, cbs=[Poison(), Snap()], progress=False)
+    learn.divergence_guard.check_every = 1  # every step's loss read before the step (the default reads at the epoch's end)
     with pytest.raises(FloatingPointError, match=rf"training diverged: the training loss is {bad} at epoch 0, batch 2 "
                                                  r"of 'fit 1'\. The weights are all finite, and this batch's step did "
                                                  r"not run: the learner keeps them\. Lower the learning rate"):

@@ -260,6 +260,7 @@ def test_nan_loss_stops_before_touching_weights(dls_5_batches):
             if self.learn.training and self.learn.iter == 3:
                 self.learn.pred = self.learn.pred * float("nan")
     learn = Learner(mlp2(), dls_5_batches, cbs=Poison(), progress=False)
+    learn.divergence_guard.check_every = 1  # every step's loss read before the step (the default reads at the epoch's end)
     seen = []
 
     class Snap(Callback):

@@ -4,14 +4,17 @@
 `DivergenceGuard` is one of every learner's own callbacks (`learn.divergence_guard`, next to the Recorder). It
 stops a fit with a `FloatingPointError`:
 
-- at a non-finite training loss: on the CPU at every step, before that step touches the weights; on another
-  device every `check_every`-th step (a check waits for the device), the steps between checked at the
-  epoch's end;
+- at a non-finite training loss, read at the end of the epoch's training pass: the losses wait on the device,
+  and one read takes them all, on every device (no host-device synchronisation per step). The steps after a
+  non-finite loss have run by then (they may have made the weights NaN), so the learner gets back the weights of
+  the last good epoch. `check_every=n` also reads every n-th step's loss before that step runs (a
+  synchronisation each; `check_every=1` refuses every bad step before it touches the weights);
 - after an epoch whose validation loss, or any parameter or buffer of the model, is NaN or infinite.
 
-When it stops, the learner holds finite weights: its current ones when they are all finite, else the copy it
-took at the end of the last good epoch (or at the start of the fit), put back, with the optimizer's state
-(Adam's moments) cleared. The message says which of the two it did, and never that the weights are untouched
+When it stops, the learner holds finite weights: at a step's check (`check_every`) its current ones when they are
+all finite, else (and always at an epoch's end) the copy it took at the end of the last good epoch (or at the
+start of the fit), put back, with the optimizer's state (Adam's moments) cleared. That copy is only taken after
+the epoch's losses, its validation loss and its weights were all read finite. The message says which of the two it did, and never that the weights are untouched
 when they are not. The copy costs one state dict of the model in CPU memory during a fit (taken again after
 every epoch, released when the fit ends);
 `learn.divergence_guard.keep_weights = False` turns it off (the fit still stops; the weights stay as they are).
@@ -54,14 +57,16 @@ class DivergenceGuard(Callback):
     """Stops a fit at a NaN or infinite loss or weight, leaving finite weights (see the module docstring).
 
     `keep_weights`: keep a CPU copy of the weights of the last good epoch to put back (default True).
-    `check_every`: off the CPU, check the training loss every this many steps (the rest at the epoch's end).
+    `check_every`: read the training loss every this many steps, before the step (1: every step; None, the
+    default: never during the epoch, all of them at the end of its training pass).
     `cancel`: at a non-finite training loss end the fit cleanly (`CancelFitException`, with a warning) instead
     of raising, and watch nothing else (`TerminateOnNaN`); `stopped_at` is then `(epoch, batch)`.
     """
     order = 55  # after the Recorder (50) has the epoch's validation loss, before checkpoints (61) save the epoch
 
-    def __init__(self, keep_weights: bool = True, check_every: int = 20, cancel: bool = False):
-        check_int(check_every, "check_every", unit="training steps")
+    def __init__(self, keep_weights: bool = True, check_every: Optional[int] = None, cancel: bool = False):
+        if check_every is not None:
+            check_int(check_every, "check_every", unit="training steps")
         self.keep_weights, self.check_every, self.cancel = keep_weights, check_every, cancel
         if cancel:
             self.order = 54  # before the learner's own guard, which would raise
@@ -69,7 +74,7 @@ class DivergenceGuard(Callback):
         self.snapshot: Optional[dict[str, Any]] = None
         self.snapshot_of: Optional[nn.Module] = None
         self.snapshot_when = ""
-        self.unchecked_finite: Optional[torch.Tensor] = None  # off the CPU: all the epoch's unchecked losses finite
+        self.unchecked: list[tuple[int, torch.Tensor]] = []  # (batch, loss) of the steps not read yet
 
     def take_snapshot(self, when: str) -> None:
         """Copy the model's weights to the CPU, to put back if training diverges later (`keep_weights`)."""
@@ -80,7 +85,7 @@ class DivergenceGuard(Callback):
         self.take_snapshot("the start of this fit")
 
     def before_epoch(self) -> None:
-        self.unchecked_finite = None
+        self.unchecked = []
 
     def after_fit(self) -> None:
         self.snapshot, self.snapshot_of = None, None  # held during a fit only
@@ -89,28 +94,58 @@ class DivergenceGuard(Callback):
         learn = self.learn
         if not learn.training:
             return
-        finite = torch.isfinite(learn.loss.detach()).all()
-        on_cpu = learn.device.type == "cpu"
-        if on_cpu or learn.train_iter % self.check_every == 0:
-            if not bool(finite) and self.cancel:
-                self.stopped_at = (learn.epoch, learn.iter)
-                warnings.warn(f"{type(self).__name__}: the training loss is {float(learn.loss.detach())} at epoch "
-                              f"{learn.epoch}, batch {learn.iter}: the fit stops before this step")
-                raise CancelFitException()
-            if not bool(finite):
-                self.stop(f"the training loss is {float(learn.loss.detach())} at epoch {learn.epoch}, batch "
-                          f"{learn.iter} of {learn.phase!r}", step_skipped=True)
-        else:  # no synchronisation: read once at the end of the epoch
-            self.unchecked_finite = finite if self.unchecked_finite is None else self.unchecked_finite & finite
+        loss = learn.loss.detach()
+        if self.check_every is not None and learn.train_iter % self.check_every == 0:
+            self.check_now(loss)
+        else:  # no read: the loss waits on the device for the end of the training pass
+            self.unchecked.append((learn.iter, loss))
+
+    def check_now(self, loss: torch.Tensor) -> None:
+        """Read this step's loss (one synchronisation) and stop before the step at a non-finite one."""
+        learn = self.learn
+        if bool(torch.isfinite(loss).all()):
+            return
+        if self.cancel:
+            self.stopped_at = (learn.epoch, learn.iter)
+            warnings.warn(f"{type(self).__name__}: the training loss is {float(loss)} at epoch "
+                          f"{learn.epoch}, batch {learn.iter}: the fit stops before this step")
+            raise CancelFitException()
+        self.stop(f"the training loss is {float(loss)} at epoch {learn.epoch}, batch {learn.iter} of "
+                  f"{learn.phase!r}", step_skipped=True)
+
+    def check_unchecked(self) -> None:
+        """Read the losses kept on the device since the last check, in one transfer; stop at the first non-finite
+        one, putting back the last good epoch's weights (the steps after it ran)."""
+        if not self.unchecked:
+            return
+        iters, losses = zip(*self.unchecked)
+        self.unchecked = []
+        finite = torch.isfinite(torch.stack([loss.float() for loss in losses]))
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0, 0])
+        learn = self.learn
+        self.stop(f"the training loss is {float(losses[first])} at epoch {learn.epoch}, batch {iters[first]} of "
+                  f"{learn.phase!r} (read at the end of the epoch's training: learn.divergence_guard.check_every = 1 "
+                  "checks every step before it runs)", epoch_end=True)
+
+    def after_train(self) -> None:
+        self.check_unchecked()
+
+    def after_cancel_train(self) -> None:
+        self.check_unchecked()
+
+    def after_cancel_epoch(self) -> None:
+        self.check_unchecked()
+
+    def after_cancel_fit(self) -> None:
+        self.check_unchecked()
 
     def after_epoch(self) -> None:
         if self.cancel:
             return
         learn = self.learn
         where = f"epoch {learn.epoch} of {learn.phase!r}"
-        if self.unchecked_finite is not None and not bool(self.unchecked_finite):
-            self.stop(f"a training loss of {where} was NaN or infinite (on {learn.device.type} the loss is read "
-                      f"every {self.check_every} steps)", epoch_end=True)
         validation = learn.recorder.last_validation
         if validation and not math.isfinite(validation[0]):
             train_loss = learn.recorder.values[-1]["train_loss"] if learn.recorder.values else math.nan

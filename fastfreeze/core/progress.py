@@ -5,6 +5,7 @@ import contextlib
 import io
 import math
 import sys
+import time
 from typing import Any, Optional
 
 from .callback import Callback
@@ -18,13 +19,15 @@ class ProgressCallback(Callback):
     """fastprogress bars: a master bar over epochs, a bar over batches with the smoothed loss as comment,
     and the per-epoch table `epoch train_loss valid_loss <metrics> time` (docs/progress.md).
 
-    The smoothed loss in the comment is read back from the device every `refresh_every` steps only.
+    The smoothed loss in the comment is read back from the device (a synchronisation) at most every
+    `refresh_every` steps and every `refresh_seconds` seconds, so it may lag; the Recorder's losses are exact.
     """
     order = 60
 
-    def __init__(self, refresh_every: int = 10, batch_bars: Optional[bool] = None):
-        self.refresh_every = refresh_every
+    def __init__(self, refresh_every: int = 10, batch_bars: Optional[bool] = None, refresh_seconds: float = 0.5):
+        self.refresh_every, self.refresh_seconds = refresh_every, refresh_seconds
         self.batch_bars = batch_bars
+        self.last_read = -math.inf
         self.mbar = None
         self.pbar = None
 
@@ -63,8 +66,12 @@ class ProgressCallback(Callback):
         self.learn.dl = self.pbar
 
     def after_batch(self) -> None:
-        if self.pbar is not None and self.learn.training and self.learn.iter % self.refresh_every == 0:
+        if self.pbar is None or not self.learn.training or self.learn.iter % self.refresh_every:
+            return
+        now = time.perf_counter()
+        if now - self.last_read >= self.refresh_seconds:
             self.pbar.comment = f"{float(self.learn.smooth_loss):.4f}"
+            self.last_read = now
 
     def after_epoch(self) -> None:
         from fastprogress.fastprogress import format_time

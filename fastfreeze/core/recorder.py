@@ -232,10 +232,13 @@ class Recorder(Callback):
         self.flush()
 
     def flush(self) -> None:
-        """Read the losses of the steps since the last flush back from the device (one sync)."""
+        """Read the losses and smoothed losses of the steps since the last flush back from the device, in one
+        transfer (one sync)."""
         if self.pending_losses:
-            self.losses += torch.stack(self.pending_losses).tolist()
-            self.smooth_losses += torch.stack(self.pending_smooth).tolist()
+            n = len(self.pending_losses)
+            values = torch.stack(self.pending_losses + self.pending_smooth).tolist()
+            self.losses += values[:n]
+            self.smooth_losses += values[n:]
             self.pending_losses, self.pending_smooth = [], []
 
     # -- plots ----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastfreeze", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def training_args(p: argparse.ArgumentParser, arch: str, epochs: int, size: Optional[int]) -> None:
+    def training_args(p: argparse.ArgumentParser, arch: str, epochs: int, size: Optional[int], tta: int) -> None:
         p.add_argument("--arch", default=arch, help=f"timm architecture (default {arch})")
         p.add_argument("--epochs", type=int, default=epochs, help="unfrozen epochs")
         p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs first")
@@ -55,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true",
                        help="go on from OUT/checkpoint.pth when there is one (same arguments as the interrupted run): "
                             "the result is bit-identical to an uninterrupted run on the CPU")
-        p.add_argument("--tta", type=int, default=4,
-                       help="views averaged for the test-time-augmentation accuracy (default 4; 1 skips it)")
+        p.add_argument("--tta", type=int, default=tta, metavar="N",
+                       help=f"also measure the accuracy with test-time augmentation, N views averaged (default "
+                            f"{tta if tta > 1 else 'off'}; 1 skips it)")
 
     demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
-    training_args(demo, DEMO_ARCH, epochs=3, size=96)
+    training_args(demo, DEMO_ARCH, epochs=3, size=96, tta=1)  # the demo shows fine-tuning: TTA on request
     demo.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
     demo.add_argument("--valid-per-class", type=int, default=200,
                       help="test-split images per class for the per-epoch validation (default 200); the final "
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("fine-tune", help="fine-tune a timm model on an image folder (train/ and valid/ inside)")
     ft.add_argument("data_dir", type=Path)
-    training_args(ft, "resnet18", epochs=5, size=None)
+    training_args(ft, "resnet18", epochs=5, size=None, tta=4)
     ft.add_argument("--pretrained", type=_pretrained, default=True,
                     help="true (timm hub), false, a local .pth/.safetensors file, or 'efficientnet-lite0'")
     ft.add_argument("--valid-pct", type=float, default=None, help="split DATA_DIR/<class>/ instead of train/valid")
@@ -83,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                       final_dl: Any = None, final_name: str = "validation set") -> dict[str, Any]:
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
-    measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and with
-    test-time augmentation; the confusion matrix and the top losses are saved as plots."""
+    measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and, with
+    `--tta N` (N > 1), with test-time augmentation too; the confusion matrix and the top losses are saved as plots."""
     from .core.checkpoint import CheckpointCallback, read_checkpoint
     from .inference.interpret import ClassificationInterpretation
     from .utils.files import write_file
@@ -130,15 +131,15 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float,
                "base_lr": (learn.auto_lr or {}).get("base_lr", base_lr), "epochs": args.epochs,
                "freeze_epochs": args.freeze_epochs, "model": str(model_file),
                "probe_kept": probe_kept, "decision": choice.reason if choice is not None else None,
-               "tta_accuracy": tta_accuracy, "tta_views": args.tta,
+               "tta_accuracy": tta_accuracy, "tta_views": args.tta if args.tta > 1 else None,
                "most_confused": [list(pair) for pair in interp.most_confused()[:5]]}
     write_file(out / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     kept = " (probe kept: the head fitted on cached body features, the body not trained)" if probe_kept else ""
     print(f"after fine-tuning : loss {after[0]:.4f}, accuracy {after[1]:.4f} on the {final_name}{kept}")
     print("most confused (actual, predicted, count): " +
           ", ".join(f"{a} as {p} {n}" for a, p, n in interp.most_confused()[:5]))
-    print(f"fine_tune took {fit_seconds:.0f} s ({results['total_seconds']:.0f} s in all); plots (confusion matrix, "
-          f"top losses), model and results.json in {out}/")
+    print(f"took {results['total_seconds']:.0f} s in all, fine_tune {fit_seconds:.0f} s of it; plots (confusion "
+          f"matrix, top losses), model and results.json in {out}/")
     return results
 
 

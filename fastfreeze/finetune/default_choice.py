@@ -34,14 +34,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..core.loop import BaseLearner
 from ..core.tasks import SINGLE_LABEL, task_of
 from ..data.image_data import split_indices
 from ..models.body import transfer_model_problem
 from ..utils.ranks import broadcast_object
-from ..utils.seeds import EpochSeededSampler, forked_rng
+from ..utils.seeds import forked_rng
 from .auto_lr import choose_base_lr, training_features
 from .feature_cache import body_features
 from .linear_probe import PROBE_MAX_BATCH, fit_head, fit_probe, probe_steps, split_fixed_prefix
@@ -139,19 +139,11 @@ class ItemSubset(Dataset):
         return [self.dataset[k] for k in mapped]
 
 
-def subset_loader(train: DataLoader, positions: Sequence[int], shuffle: bool, seed: int = 0) -> DataLoader:
-    """A loader over the training items at `positions`, batched, collated and augmented as `train` is;
-    shuffled from its own generator seeded with `seed` (with epoch seeds when `train` uses them)."""
-    subset = ItemSubset(train.dataset, positions)
-    bs = train.batch_size or 1
-    order: dict[str, Any] = {"shuffle": False}
-    if shuffle:
-        generator = torch.Generator().manual_seed(seed)
-        epoch_seeds = isinstance(train.sampler, EpochSeededSampler)
-        order = {"sampler": EpochSeededSampler(subset, generator) if epoch_seeds
-                 else RandomSampler(subset, generator=generator)}
-    return DataLoader(subset, batch_size=bs, drop_last=shuffle and len(subset) > bs, collate_fn=train.collate_fn,
-                      num_workers=train.num_workers, **order)
+def subset_loader(train: DataLoader, positions: Sequence[int]) -> DataLoader:
+    """A loader over the training items at `positions`, in that order, batched, collated and augmented as
+    `train` is."""
+    return DataLoader(ItemSubset(train.dataset, positions), batch_size=train.batch_size or 1, shuffle=False,
+                      collate_fn=train.collate_fn, num_workers=train.num_workers)
 
 
 def comparison_blocker(learn: BaseLearner) -> Optional[str]:
@@ -179,8 +171,9 @@ def decide(n_items: int, n_classes: int) -> tuple[bool, str]:
 def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int = 1,
                      choose: str = "held_out") -> tuple[float, Optional[Strategy]]:
     """The default `fine_tune`'s choice (see the module docstring): `(base_lr, strategy)` to run: `None` for the
-    stage-wise recipe, `KeepProbe()` when the probe (already fitted into the model) is the result. When the choice does not apply (`probe_blocker`, targets
-    that are not class indices) the stage-wise recipe at the 'auto' lr, with `learn.fine_tune_choice` None."""
+    stage-wise recipe, `KeepProbe()` when the probe (already fitted into the model) is the result. When the
+    choice does not apply (`probe_blocker`, targets that are not class indices) the stage-wise recipe at the
+    'auto' lr, with `learn.fine_tune_choice` None."""
     learn.fine_tune_choice = None
     if probe_blocker(learn) is not None:
         return choose_base_lr(learn, verbose=verbose, accum_steps=accum_steps), None
@@ -193,8 +186,8 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
     choice = FineTuneChoice("probe", auto_lr, "", n_items, n_classes)
     keep, choice.reason = decide(n_items, n_classes)
     choice.recipe = "probe" if keep else "stagewise"
-    blocker = comparison_blocker(learn)
     if choose == "held_out" and not keep:
+        blocker = comparison_blocker(learn)
         if blocker is None:
             compare(learn, choice, auto_lr)
         else:
@@ -202,7 +195,6 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
     choice.recipe = broadcast_object(choice.recipe)  # every rank of a DDP run follows rank 0
     if choice.recipe == "probe":
         fit_probe(learn, feats, targs)
-    choice.base_lr = auto_lr
     choice.seconds = time.perf_counter() - start
     learn.fine_tune_choice = choice
     if verbose:
@@ -246,10 +238,10 @@ def held_out_data(learn: BaseLearner) -> HeldOut:
     train = learn.dls.train
     sample = torch.randperm(len(train.dataset), generator=torch.Generator().manual_seed(0))
     sample = sample[:MAX_COMPARE_ITEMS].sort().values.numpy()
-    targs = torch.cat([batch[1] for batch in subset_loader(train, sample, shuffle=False)])
+    targs = torch.cat([batch[1] for batch in subset_loader(train, sample)])
     fitted_pos, held_pos = held_out_split(targs, sample)
-    return HeldOut(holdout=subset_loader(train, held_pos, shuffle=False),
-                   fitted=subset_loader(train, fitted_pos, shuffle=False),
+    return HeldOut(holdout=subset_loader(train, held_pos),
+                   fitted=subset_loader(train, fitted_pos),
                    holdout_items=len(held_pos), fitted_items=len(fitted_pos))
 
 

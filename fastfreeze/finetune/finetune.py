@@ -37,7 +37,8 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     `strategy=None` with a number is fastai's recipe over the layer groups (docs/schedules.md):
     1. `freeze()`; one-cycle for `freeze_epochs` at `slice(base_lr)` with pct_start 0.99 (div 25);
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
-    `freeze_epochs=0` skips phase 1. Other strategies: 'freeze', 'no_freeze', ('freeze_unfreeze', e),
+    `freeze_epochs=0` skips phase 1. Other strategies: 'gentle' (phase 2 with the whole body at the first
+    group's lr), 'freeze', 'no_freeze', ('freeze_unfreeze', e),
     ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a `Strategy` object; their phases use
     `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is the default's only).
 

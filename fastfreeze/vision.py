@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from .core.dataloaders import DataLoaders
-from .core.losses import SupervisedContrastiveLoss
-from .core.tasks import loss_for
+from .core.losses import SupervisedContrastiveLoss, class_weighted_loss
+from .core.tasks import MULTI_LABEL, REGRESSION, loss_for
 from .data.preprocess import preprocess_image
+from .data.sampling import dataset_targets
 from .inference.export_format import build_spec
 from .learner import Learner
 from .models.body import BodyInfo, TransferModel, create_timm_body, cut_classifier
@@ -117,7 +118,8 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
                    output_dim: Optional[int] = None, splitter: Optional[Callable] = None, group_level: str = "coarse",
                    max_groups: Optional[int] = None, metrics: Any = None, loss_func: Optional[Callable] = None,
                    channels_last: Optional[bool] = None, timm_kwargs: Optional[dict[str, Any]] = None,
-                   y_range: Optional[Sequence[float]] = None, **learner_kwargs: Any) -> VisionLearner:
+                   y_range: Optional[Sequence[float]] = None, class_weights: Any = None,
+                   **learner_kwargs: Any) -> VisionLearner:
     """A Learner for transfer learning: `arch`'s body split into layer groups (timm's own stem/stages, or
     top-level children for other modules), a new head as the last group, discriminative lrs throughout.
 
@@ -129,6 +131,9 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
         loss_func: default from the data's task (`dls.task`, docs/tasks.md): cross-entropy for single-label,
             `MultiLabelLoss` (BCE with logits, threshold 0.5 for `predict`) for multi-label, MSE for regression;
             `get_preds`/`predict` follow the loss (softmax, sigmoid, the outputs as they are).
+        class_weights: weight the default loss per class for imbalanced classes (docs/imbalance.md): 'balanced'
+            (`n_items / (n_classes * count_c)` from the training set; multi-label: BCE's `pos_weight`, each tag's
+            negatives / positives), or one weight per class (tag), a list or a tensor. Only the loss changes.
         y_range: `(low, high)` for regression: the default head ends with `SigmoidRange(low, high)` (fastai's).
         head: a list of layers (wrapped after pooling; its first layer must take the body's feature count) or an
             nn.Module used as it is. Default: fastai's head (docs/head.md) built from `lin_ftrs`, `ps`,
@@ -152,6 +157,8 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
     _warn_if_preprocessing_differs(data_config, info, pretrained)
     if loss_func is None and output_dim is not None:
         loss_func = SupervisedContrastiveLoss()
+    if class_weights is not None:
+        loss_func = _weighted_loss(dls, class_weights, n_out, loss_func, output_dim)
     if loss_func is None and getattr(dls, "task", None) is not None:
         loss_func = loss_for(dls.task)
     if splitter is None:
@@ -164,9 +171,33 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
     learn.build_spec = build_spec(arch, timm_kwargs, head=head, output_dim=output_dim, n_out=n_out, lin_ftrs=lin_ftrs,
                                   ps=ps, concat_pool=concat_pool, first_bn=first_bn, bn_final=bn_final,
                                   lin_first=lin_first, y_range=y_range)
+    if class_weights is not None:
+        learn.loss_func.to(learn.device)  # the weights go where the outputs are
     if pretrained is not False:
         learn.freeze()
     return learn
+
+
+def _weighted_loss(dls: DataLoaders, class_weights: Any, n_out: Optional[int], loss_func: Optional[Callable],
+                   output_dim: Optional[int]) -> nn.Module:
+    """The data's default loss weighted per class (`losses.class_weighted_loss`); 'balanced' counts the
+    training targets (`sampling.dataset_targets`)."""
+    if loss_func is not None or output_dim is not None:
+        raise ValueError("class_weights weights the default classification loss: give either class_weights= or "
+                         "loss_func= / output_dim=, not both (pass the weights to your own loss instead)")
+    task = getattr(dls, "task", None)
+    if task == REGRESSION:
+        raise ValueError("class_weights needs classes, and the data is a regression task: drop class_weights")
+    if n_out is None:
+        raise ValueError("the number of outputs is unknown, so class_weights cannot be checked: pass n_out=")
+    targets = torch.zeros(0)
+    if isinstance(class_weights, str):
+        dataset = getattr(dls.train, "dataset", None)
+        if dataset is None:
+            raise TypeError(f"class_weights='balanced' counts the training targets, which a "
+                            f"{type(dls.train).__name__} does not expose: give class_weights as one weight per class")
+        targets = dataset_targets(dataset)
+    return class_weighted_loss(class_weights, targets, n_out, multi_label=task == MULTI_LABEL)
 
 
 def _warn_if_preprocessing_differs(data_config: dict[str, Any], info: BodyInfo, pretrained: Pretrained) -> None:

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
 
-from ..utils.seeds import EpochSeededSampler, seed_for
+from ..utils.seeds import EpochSeededSampler, EpochSeededWeightedSampler, seed_for
 
 
 class DataLoaders:
@@ -40,7 +40,7 @@ class DataLoaders:
     def from_dsets(cls, train_ds: Dataset, valid_ds: Optional[Dataset] = None, bs: Optional[int] = None, shuffle: bool = True,
                    num_workers: int = 0, vocab: Optional[Sequence[str]] = None, c: Optional[int] = None,
                    seed: Optional[int] = None, pin_memory: Optional[bool] = None, item_seeds: bool = False,
-                   **kwargs: Any) -> "DataLoaders":
+                   sample_weights: Optional[torch.Tensor] = None, **kwargs: Any) -> "DataLoaders":
         """Wrap two torch Datasets in DataLoaders (the training one shuffled, the last partial batch dropped
         when there is more than one batch, as fastai does). `bs=None`: `default_batch_size(len(train_ds))`,
         64 unless the training set is too small for 16 batches of 64; validation batches are twice as big.
@@ -49,21 +49,32 @@ class DataLoaders:
         processes from a generator of its own, so neither moves the other nor torch's global generator (a
         checkpoint restores them; docs/reproducibility.md). `item_seeds` (with `seed` and `shuffle`): the
         training dataset takes `(index, epoch_seed)` keys from a `seeds.EpochSeededSampler` and seeds its
-        random augmentation from them, the same with any number of workers."""
+        random augmentation from them, the same with any number of workers. `sample_weights` (one per training
+        item): instead of a shuffle, each epoch draws `len(train_ds)` items with replacement, item i with
+        probability `sample_weights[i] / sum` (torch's `WeightedRandomSampler`), from the same seeded generator
+        (`data.sampling.balance_weights` gives weights that balance the classes)."""
         if bs is None:
             bs = default_batch_size(len(train_ds))  # type: ignore[arg-type]
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         drop_last = len(train_ds) > bs  # type: ignore[arg-type]
+        if sample_weights is not None and len(sample_weights) != len(train_ds):  # type: ignore[arg-type]
+            raise ValueError(f"{len(sample_weights)} sample weights for {len(train_ds)} training items: "  # type: ignore[arg-type]
+                             "give one weight per item")
         train_order: dict[str, Any] = {"shuffle": shuffle}
         train_workers = valid_workers = None
         if seed is not None:
             order = torch.Generator().manual_seed(seed)
-            if shuffle:
+            if sample_weights is not None:
+                train_order = {"sampler": EpochSeededWeightedSampler(sample_weights, order) if item_seeds
+                               else WeightedRandomSampler(sample_weights, len(sample_weights), generator=order)}
+            elif shuffle:
                 train_order = {"sampler": EpochSeededSampler(train_ds, order) if item_seeds
                                else RandomSampler(train_ds, generator=order)}
             train_workers = torch.Generator().manual_seed(seed_for(seed, 1))
             valid_workers = torch.Generator().manual_seed(seed_for(seed, 2))
+        elif sample_weights is not None:
+            train_order = {"sampler": WeightedRandomSampler(sample_weights, len(sample_weights))}
         train = DataLoader(train_ds, batch_size=bs, drop_last=drop_last, num_workers=num_workers,
                            generator=train_workers, pin_memory=pin_memory, **train_order, **kwargs)
         valid = None

@@ -1,8 +1,10 @@
 """Losses beyond torch's own (a supervised contrastive loss for projection heads, docs/head.md; the multi-label
-loss, docs/tasks.md), the activation a loss implies for predictions, and the loss of each item."""
+loss, docs/tasks.md), losses weighted per class for imbalanced classes (docs/imbalance.md), the activation a
+loss implies for predictions, and the loss of each item."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -87,3 +89,66 @@ def per_item_losses(loss_func: object, out: torch.Tensor, targ: torch.Tensor) ->
         losses = unreduced(out, targ).float()
         return losses.reshape(len(out), -1).mean(1) if losses.ndim > 1 else losses
     return torch.stack([loss_func(out[i:i + 1], targ[i:i + 1]).float() for i in range(len(out))])
+
+
+# -------------------------------------------------------------------------------------------------
+# class weights for imbalanced classes (docs/imbalance.md)
+# -------------------------------------------------------------------------------------------------
+def balanced_class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's 'balanced' class weights from the training items of each class:
+    `weight_c = n_items / (n_classes * count_c)` (1 for every class when they are equally frequent), float32.
+    A class without a training item has no weight: ValueError."""
+    counts = torch.as_tensor(counts).double()
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"class(es) {empty} have no training item, so 'balanced' cannot weight them (n_items / "
+                         f"(n_classes * 0)): add training items of those classes, or give class_weights as one "
+                         f"weight per class")
+    return (counts.sum() / (len(counts) * counts)).float()
+
+
+def balanced_pos_weight(positives: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Multi-label 'balanced' weights, BCE's `pos_weight`: for each tag `negatives / positives` of the training
+    items, so that its positives weigh as much as its negatives in the loss, float32. A tag that no training
+    item has, or that every one has, cannot be balanced: ValueError."""
+    positives = torch.as_tensor(positives).double()
+    negatives = n_items - positives
+    never = (positives == 0).nonzero().flatten().tolist()
+    always = (negatives == 0).nonzero().flatten().tolist()
+    if never or always:
+        which = (f"tag(s) {never} are on no training item" if never else "") + \
+                ("; " if never and always else "") + (f"tag(s) {always} are on every training item" if always else "")
+        raise ValueError(f"{which}, so 'balanced' cannot weigh their positives against their negatives: add "
+                         f"training items with and without those tags, or give class_weights as one pos_weight "
+                         f"per tag")
+    return (negatives / positives).float()
+
+
+def class_weighted_loss(class_weights: Any, targets: torch.Tensor, n_out: int, multi_label: bool) -> nn.Module:
+    """The default loss weighted per class: `nn.CrossEntropyLoss(weight=w)` (single-label; the batch loss is
+    `sum_i w[y_i] * nll_i / sum_i w[y_i]`) or `MultiLabelLoss(pos_weight=w)` (multi-label: each tag's positive
+    term times `w[tag]`).
+
+    `class_weights`: 'balanced' (`balanced_class_weights` of the counts of `targets`, the training targets:
+    class indices, or `balanced_pos_weight` of multi-hot rows), or one non-negative finite weight per output
+    (a list or a tensor of length `n_out`)."""
+    targets = torch.as_tensor(targets)
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ValueError(f"class_weights must be 'balanced' or one weight per class, got {class_weights!r}")
+        if multi_label:
+            weights = balanced_pos_weight(targets.long().sum(0), len(targets))
+        else:
+            weights = balanced_class_weights(torch.bincount(targets.long().reshape(-1), minlength=n_out))
+    else:
+        try:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise TypeError(f"class_weights must be 'balanced', a list or a tensor of numbers, got "
+                            f"{type(class_weights).__name__}") from None
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not bool((weights > 0).any()):
+            raise ValueError(f"class_weights must be finite, non-negative and not all zero, got {weights.tolist()}")
+    if len(weights) != n_out:
+        raise ValueError(f"{len(weights)} class weights for a model with {n_out} outputs: give one weight per "
+                         f"{'tag' if multi_label else 'class'}, in the vocab's order")
+    return MultiLabelLoss(pos_weight=weights) if multi_label else nn.CrossEntropyLoss(weight=weights)

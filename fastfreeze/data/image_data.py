@@ -34,6 +34,7 @@ from ..utils.show import image_grid
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
                          with_input_size)
+from .sampling import sample_weights
 from .table import Column, read_csv, table_items
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -285,7 +286,7 @@ class ImageDataLoaders(DataLoaders):
                     size: Union[int, tuple[int, int], None] = None, num_workers: Optional[int] = None,
                     augment: Union[bool, dict[str, Any]] = True, arch: Union[str, nn.Module, None] = None,
                     data_config: Optional[dict[str, Any]] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                    check: bool = False) -> "ImageDataLoaders":
+                    check: bool = False, balance: bool = False) -> "ImageDataLoaders":
         """Images from `path/train/<class>/*` and `path/valid/<class>/*`, or, with `valid_pct`, from
         `path/<class>/*` split at random (stratified per class, seeded by `seed`).
 
@@ -294,7 +295,8 @@ class ImageDataLoaders(DataLoaders):
         size. `num_workers=None` uses `min(4, cpu count)` worker processes (pass 0 to load in the main process).
         `check=True` decodes every file first and reports all unreadable ones at once; otherwise a bad file
         fails when it is loaded, with an error naming it. `bs=None`: 64, or smaller for a small training set
-        (`data.default_batch_size`).
+        (`data.default_batch_size`). `balance=True`: each epoch draws the training items with probability
+        1/count of their class, with replacement (`data.sampling`, docs/imbalance.md).
         """
         path = Path(path)
         if not path.exists():
@@ -327,7 +329,8 @@ class ImageDataLoaders(DataLoaders):
         valid_ds = ImageFolderDataset(valid_files, valid_labels, image_transform(config, False))
         workers = default_num_workers() if num_workers is None else num_workers
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
-                                         item_seeds=bool(augment), persistent_workers=workers > 0)
+                                         item_seeds=bool(augment), persistent_workers=workers > 0,
+                                         sample_weights=sample_weights(balance, train_labels))
         return cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
 
     @classmethod
@@ -338,7 +341,7 @@ class ImageDataLoaders(DataLoaders):
                      size: Union[int, tuple[int, int], None] = None, arch: Union[str, nn.Module, None] = None,
                      data_config: Optional[dict[str, Any]] = None, bs: Optional[int] = None, augment: bool = False,
                      seed: int = 0, num_workers: int = 0, task: str = "auto",
-                     allow_empty: bool = False) -> "ImageDataLoaders":
+                     allow_empty: bool = False, balance: bool = False) -> "ImageDataLoaders":
         """In-memory images: uint8 `(N,H,W)` grayscale, `(N,H,W,C)`, or uint8/float `(N,C,H,W)` (C in 1, 3, 4;
         floats in [0, 1]), with labels `y`: integer class indices, multi-hot rows (2-D, 0s and 1s: multi-label)
         or floats (regression), read as `tasks.encode_array` says (`task=` overrides the guess; `allow_empty`
@@ -349,7 +352,8 @@ class ImageDataLoaders(DataLoaders):
         size with the config's interpolation (antialiased), normalised; `augment=True` adds random horizontal
         flips to training batches. The images are not copied. `num_workers=0` by default: the batch resize
         already uses torch's threads. `bs=None`: 64, or smaller for a small training set
-        (`data.default_batch_size`).
+        (`data.default_batch_size`). `balance=True`: each epoch draws the training items with probability
+        1/count of their class, with replacement (`data.sampling`, docs/imbalance.md).
         """
         config = choose_config(arch, size, data_config)
         _check_image_batch(x, "x")
@@ -383,7 +387,8 @@ class ImageDataLoaders(DataLoaders):
             c = None
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
                                          item_seeds=augment, collate_fn=whole_batch,
-                                         persistent_workers=num_workers > 0)
+                                         persistent_workers=num_workers > 0,
+                                         sample_weights=sample_weights(balance, train_ds.labels[train_ds.indices], task))
         return cls(loaders.train, loaders.valid, vocab=vocab, c=c, data_config=config, resize_method="squish",
                    task=task)
 
@@ -400,7 +405,8 @@ class ImageDataLoaders(DataLoaders):
                    allow_empty: bool = False, bs: Optional[int] = None, size: Union[int, tuple[int, int], None] = None,
                    num_workers: Optional[int] = None, augment: Union[bool, dict[str, Any]] = True,
                    arch: Union[str, nn.Module, None] = None, data_config: Optional[dict[str, Any]] = None,
-                   check: bool = False, rows: Optional[Sequence[str]] = None) -> "ImageDataLoaders":
+                   check: bool = False, rows: Optional[Sequence[str]] = None,
+                   balance: bool = False) -> "ImageDataLoaders":
         """Image files `fnames` (relative to `path`) with their `labels`, one per file: class names, tag lists or
         strings split at `label_delim` (multi-label), numbers (regression), or an array (class indices,
         multi-hot rows, floats). The task is read from the labels (`tasks`, docs/tasks.md); `task=` overrides
@@ -408,7 +414,8 @@ class ImageDataLoaders(DataLoaders):
 
         Validation: the items whose `valid` flag is True, else a random `valid_pct` split seeded by `seed`
         (stratified per class for single-label data). The other arguments are `from_folder`'s; `rows` describes
-        each item in errors (`from_df` passes the table rows).
+        each item in errors (`from_df` passes the table rows); `balance=True` draws training items by the inverse
+        frequency of their class (`data.sampling`).
         """
         files = [Path(path) / f for f in fnames]
         rows = list(rows) if rows is not None else [f"item {i} ({f})" for i, f in enumerate(files)]
@@ -439,8 +446,10 @@ class ImageDataLoaders(DataLoaders):
                                       image_transform(config, training, augment), rows=[rows[i] for i in idx])
         valid_ds = dataset(valid_idx, False) if len(valid_idx) else None
         workers = default_num_workers() if num_workers is None else num_workers
-        loaders = DataLoaders.from_dsets(dataset(train_idx, True), valid_ds, bs=bs, num_workers=workers, seed=seed,
-                                         persistent_workers=workers > 0)
+        train_ds = dataset(train_idx, True)
+        loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
+                                         persistent_workers=workers > 0,
+                                         sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
         return cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
                    resize_method="crop", task=encoded.task)
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 SEED_BITS = 63
 MASK64 = 2**64 - 1
@@ -89,6 +89,19 @@ class EpochSeededSampler(RandomSampler):
             yield index, epoch_seed
 
 
+class EpochSeededWeightedSampler(WeightedRandomSampler):
+    """A `WeightedRandomSampler` (`len(weights)` draws with replacement from `generator`) whose keys carry the
+    epoch's seed, as `EpochSeededSampler`'s do: each epoch first draws `epoch_seed`, then the items."""
+
+    def __init__(self, weights: torch.Tensor, generator: torch.Generator):
+        super().__init__(weights, len(weights), replacement=True, generator=generator)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        for index in super().__iter__():
+            yield index, epoch_seed
+
+
 def item_key(key: Any) -> tuple[int, Optional[int]]:
     """`(index, seed)` for a dataset key: a plain index has no seed; `(index, epoch_seed)` from
     `EpochSeededSampler` gives `seed_for(epoch_seed, index)`."""
@@ -110,7 +123,7 @@ def resume_warning(train_dl: Any) -> Optional[str]:
     persistent worker processes keep a random state no checkpoint holds, unless items are seeded by key."""
     if not (getattr(train_dl, "num_workers", 0) and getattr(train_dl, "persistent_workers", False)):
         return None
-    if isinstance(getattr(train_dl, "sampler", None), EpochSeededSampler):
+    if isinstance(getattr(train_dl, "sampler", None), (EpochSeededSampler, EpochSeededWeightedSampler)):
         return None
     return ("the training DataLoader keeps persistent worker processes, whose random state no checkpoint holds: "
             "random augmentation drawn in them will not be exactly the interrupted run's. For an exact resume, "

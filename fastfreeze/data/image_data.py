@@ -31,6 +31,7 @@ from ..core.dataloaders import DataLoaders, class_count, whole_batch
 from ..core.tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
 from ..utils.seeds import batch_keys, item_key, seeded
 from ..utils.show import image_grid
+from .hf import HFImageDataset, hf_splits
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
                          with_input_size)
@@ -481,6 +482,39 @@ class ImageDataLoaders(DataLoaders):
         (`pip install 'fastfreeze[table]'`)."""
         df = read_csv(Path(path) / csv_fname, header=header, delimiter=delimiter)
         return cls.from_df(df, path=path, source=csv_fname, **kwargs)
+
+    @classmethod
+    def from_hf(cls, data: Any, image_col: str = "image", label_col: str = "label", valid_split: Optional[str] = "validation",
+                valid_pct: Optional[float] = None, train_split: str = "train", seed: int = 0, task: str = "auto",
+                vocab: Optional[Sequence[str]] = None, label_delim: Optional[str] = None, allow_empty: bool = False,
+                bs: Optional[int] = None, size: Union[int, tuple[int, int], None] = None,
+                num_workers: Optional[int] = None, augment: Union[bool, dict[str, Any]] = True,
+                arch: Union[str, nn.Module, None] = None, data_config: Optional[dict[str, Any]] = None,
+                balance: bool = False) -> "ImageDataLoaders":
+        """A Hugging Face `datasets.Dataset` or `DatasetDict` (`data.hf`, docs/hf-datasets.md; needs
+        `pip install 'fastfreeze[hf]'`): images from `image_col`, decoded one at a time as the loader reads them
+        and preprocessed as image files are; labels from `label_col` (a `ClassLabel`: its names are the vocab;
+        a `Sequence(ClassLabel)`: multi-label; strings: class names, sorted; `task=` overrides).
+
+        Validation: the `valid_split` of a DatasetDict (training: `train_split`), else a `valid_pct` split of
+        the training items (default 0.2 for a Dataset; stratified per class, seeded by `seed`). The other
+        arguments are `from_lists`'s."""
+        splits = hf_splits(data, image_col, label_col, train_split, valid_split, valid_pct, seed, task,
+                           None if vocab is None else list(vocab), label_delim, allow_empty, split_indices)
+        encoded = splits.encoded
+        if encoded.task == SINGLE_LABEL:
+            class_count(splits.train_targets, splits.valid_targets,
+                        fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
+        config = choose_config(arch, size, data_config)
+        train_ds = HFImageDataset(splits.train, image_col, splits.train_targets,
+                                  image_transform(config, True, augment))
+        valid_ds = HFImageDataset(splits.valid, image_col, splits.valid_targets, image_transform(config, False))
+        workers = default_num_workers() if num_workers is None else num_workers
+        loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
+                                         item_seeds=bool(augment), persistent_workers=workers > 0,
+                                         sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
+        return cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
+                   resize_method="crop", task=encoded.task)
 
     def test_dl(self, items: Union[np.ndarray, Tensor, Sequence[ImageItem]], labels: Any = None,
                 bs: Optional[int] = None, num_workers: int = 0) -> torch.utils.data.DataLoader:

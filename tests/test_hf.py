@@ -1,6 +1,8 @@
 """`ImageDataLoaders.from_hf` (data/hf.py, docs/hf-datasets.md) on Hugging Face datasets built in memory: the
 vocab read from `ClassLabel`, multi-label from `Sequence(ClassLabel)`, string labels, splits, the preprocessing
 of image files (checked against timm's transform run by hand), lazy decoding, and the errors."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,9 @@ def test_balance_and_training_on_hf_data():
     assert learn.loss_func.weight.tolist() == pytest.approx([10 / 18, 10 / 6, 10 / 6])
     learn.fit(1, 1e-3)
     assert len(learn.recorder.values) == 1
+
+
+def test_without_datasets_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    with pytest.raises(ImportError, match=r"from_hf needs Hugging Face datasets: pip install 'fastfreeze\[hf\]'"):
+        ImageDataLoaders.from_hf(object(), size=8)

@@ -109,8 +109,8 @@ def report(out: Path) -> str:
             values = [r[key] for r in runs.values()]
             sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
             return f"{statistics.mean(values):.{digits}f}{sd}"
-        lines.append(f"| {row} | {cell('balanced_accuracy')} | {cell('accuracy_at_training_mix')} | {cell('rare_recall')} | "
-                     f"{cell('common_recall')} | {cell('seconds', 0)} | {len(runs)} |")
+        lines.append(f"| {row} | {cell('balanced_accuracy')} | {cell('accuracy_at_training_mix')} | "
+                     f"{cell('rare_recall')} | {cell('common_recall')} | {cell('seconds', 0)} | {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -132,7 +132,8 @@ def main() -> None:
                 with args.out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 print(f"seed {seed} {row:13s} balanced accuracy {result['balanced_accuracy']:.4f}  at the training "
-                      f"mix {result['accuracy_at_training_mix']:.4f}  rare {result['rare_recall']:.4f}  {result['seconds']:.0f} s",
+                      f"mix {result['accuracy_at_training_mix']:.4f}  rare {result['rare_recall']:.4f}  "
+                      f"{result['seconds']:.0f} s",
                       flush=True)
     print(report(args.out))
 

@@ -122,7 +122,8 @@ def test_the_checks_of_the_other_entry_points_apply():
 
 
 def test_balance_and_training_on_hf_data():
-    data = DatasetDict(train=class_label_dataset([0] * 6 + [1] * 2 + [2] * 2), validation=class_label_dataset([0, 1, 2]))
+    data = DatasetDict(train=class_label_dataset([0] * 6 + [1] * 2 + [2] * 2),
+                       validation=class_label_dataset([0, 1, 2]))
     dls = ImageDataLoaders.from_hf(data, size=8, bs=2, num_workers=0, balance=True)
     assert dls.train.sampler.weights.tolist() == pytest.approx([1 / 6] * 6 + [1 / 2] * 4)
     learn = tiny_learner(dls, class_weights="balanced")

@@ -152,7 +152,8 @@ def test_every_file_entry_point_takes_balance(tmp_path):
     expected = [1 / 6] * 6 + [1 / 2] * 2  # the training items in order: 6 of 'a', then 2 of 'b'
     dls = ImageDataLoaders.from_folder(folder, size=8, bs=2, num_workers=0, balance=True)
     assert dls.train.sampler.weights.tolist() == pytest.approx(expected)
-    files = [f"train/a/{i}.png" for i in range(6)] + ["train/b/0.png", "train/b/1.png", "valid/a/0.png", "valid/b/0.png"]
+    files = ([f"train/a/{i}.png" for i in range(6)] + ["train/b/0.png", "train/b/1.png"]
+             + ["valid/a/0.png", "valid/b/0.png"])
     labels = ["a"] * 6 + ["b"] * 2 + ["a", "b"]
     is_valid = [False] * 8 + [True] * 2
     lists = ImageDataLoaders.from_lists(folder, files, labels, valid=is_valid, size=8, bs=2, num_workers=0,

@@ -58,9 +58,10 @@ class DataLoaders:
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         drop_last = len(train_ds) > bs  # type: ignore[arg-type]
-        if sample_weights is not None and len(sample_weights) != len(train_ds):  # type: ignore[arg-type]
-            raise ValueError(f"{len(sample_weights)} sample weights for {len(train_ds)} training items: "  # type: ignore[arg-type]
-                             "give one weight per item")
+        n_train = len(train_ds)  # type: ignore[arg-type]
+        if sample_weights is not None and len(sample_weights) != n_train:
+            raise ValueError(f"{len(sample_weights)} sample weights for {n_train} training items: give one weight "
+                             "per item")
         train_order: dict[str, Any] = {"shuffle": shuffle}
         train_workers = valid_workers = None
         if seed is not None:

@@ -389,7 +389,8 @@ class ImageDataLoaders(DataLoaders):
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
                                          item_seeds=augment, collate_fn=whole_batch,
                                          persistent_workers=num_workers > 0,
-                                         sample_weights=sample_weights(balance, train_ds.labels[train_ds.indices], task))
+                                         sample_weights=sample_weights(balance, train_ds.labels[train_ds.indices],
+                                                                       task))
         return cls(loaders.train, loaders.valid, vocab=vocab, c=c, data_config=config, resize_method="squish",
                    task=task)
 
@@ -484,8 +485,9 @@ class ImageDataLoaders(DataLoaders):
         return cls.from_df(df, path=path, source=csv_fname, **kwargs)
 
     @classmethod
-    def from_hf(cls, data: Any, image_col: str = "image", label_col: str = "label", valid_split: Optional[str] = "validation",
-                valid_pct: Optional[float] = None, train_split: str = "train", seed: int = 0, task: str = "auto",
+    def from_hf(cls, data: Any, image_col: str = "image", label_col: str = "label",
+                valid_split: Optional[str] = "validation", valid_pct: Optional[float] = None,
+                train_split: str = "train", seed: int = 0, task: str = "auto",
                 vocab: Optional[Sequence[str]] = None, label_delim: Optional[str] = None, allow_empty: bool = False,
                 bs: Optional[int] = None, size: Union[int, tuple[int, int], None] = None,
                 num_workers: Optional[int] = None, augment: Union[bool, dict[str, Any]] = True,
@@ -504,7 +506,7 @@ class ImageDataLoaders(DataLoaders):
         encoded = splits.encoded
         if encoded.task == SINGLE_LABEL:
             class_count(splits.train_targets, splits.valid_targets,
-                        fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
+                        fix="split the items with valid_pct= instead (stratified per class)")
         config = choose_config(arch, size, data_config)
         train_ds = HFImageDataset(splits.train, image_col, splits.train_targets,
                                   image_transform(config, True, augment))

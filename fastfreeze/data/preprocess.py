@@ -137,30 +137,80 @@ def image_transform(data_config: dict[str, Any], training: bool = False,
     return timm.data.create_transform(**config, is_training=False)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def integer_image_range(image: Image.Image) -> int:
+    """The largest value the stored dtype of an integer grayscale image holds: 65535 for 16-bit images (modes
+    'I;16*', and mode 'I' unless the file says otherwise: a 16-bit PNG opens as 'I'), 2**31 - 1 for a TIFF
+    whose BitsPerSample says 32 (PIL's 'I' is a signed 32-bit integer)."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if image.mode == "I" and bits == 32:
+        return 2 ** 31 - 1
+    return 65535
+
+
+def scaled_to_8_bits(image: Image.Image) -> Image.Image:
+    """An integer ('I', 'I;16') or float ('F') grayscale image as 8-bit grayscale, scaled by the range of its
+    dtype: integers by `integer_image_range` (0 to that maximum becomes 0 to 255), floats from [0, 1] (the
+    convention of float images, as for arrays). Negative integers, floats outside [0, 1] and NaN or infinite
+    values are a ValueError that says how to save the image instead."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(pixels).all():
+            raise ValueError("this float ('F') image holds NaN or infinite values: fix or remove the image")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"this float ('F') image holds values {low:g}..{high:g}, outside [0, 1], the range a "
+                             f"float image is read in: save it scaled to [0, 1], or as an 8- or 16-bit image")
+        scale = 255.0
+    else:
+        top = integer_image_range(image)
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > top:
+            raise ValueError(f"this {image.mode!r} image holds values {low}..{high}, outside 0..{top}, the range "
+                             f"of its dtype: save it as an 8-bit or 16-bit image (values 0..255 or 0..65535)")
+        scale = 255.0 / top
+    return Image.fromarray(np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` as 8-bit RGB: grayscale is repeated, alpha dropped, palettes expanded, 16-bit scaled down."""
+    """`image` as 8-bit RGB: grayscale is repeated, alpha dropped, palettes expanded, 16-bit, 32-bit and float
+    grayscale scaled by their dtype's range (`scaled_to_8_bits`)."""
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # the route PIL asks for; avoids its warning
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale: keep the full range
-        pixels = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    if image.mode in ("I", "F") + SIXTEEN_BIT_MODES:
+        image = scaled_to_8_bits(image)
     return image.convert("RGB")
 
 
 def open_image(path: Union[str, Path]) -> Image.Image:
-    """Open and decode the image file at `path` as RGB; a file PIL cannot read gives a ValueError naming it."""
+    """Open and decode the image file at `path` as RGB; every failure is an error naming the file: a file PIL
+    cannot read or whose values cannot be scaled (`to_rgb`) a ValueError, a missing file (or a dangling link)
+    a FileNotFoundError, an image above PIL's size limit against decompression bombs a ValueError saying how to
+    raise it."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now: truncated files fail here, and the pixels outlive the closed file
-            return to_rgb(image)
+            decoded = image
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"image file {path} does not exist (or is a link to a file that does not): "
+                                f"restore it or remove it from the data") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"cannot read image file {path}: {error} If you trust this file, raise PIL's limit "
+                         f"before building the data: PIL.Image.MAX_IMAGE_PIXELS = None (no limit) or a larger "
+                         f"number of pixels; otherwise remove the file") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image file {path}: {error}. The file is corrupt or not an image: "
                          f"remove or replace it") from error
-
+    try:
+        return to_rgb(decoded)
+    except ValueError as error:
+        raise ValueError(f"image file {path}: {error}") from error
 
 
 # --------------------------------------------------------------------------- arrays: whole-batch transform

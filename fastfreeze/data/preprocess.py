@@ -245,6 +245,12 @@ def as_image_tensor(images: Union[np.ndarray, Tensor]) -> Tensor:
             raise ValueError(f"integer images must hold values 0-255, found {low}..{high}: rescale them to uint8")
         return images.to(torch.uint8)
     if images.is_floating_point():
+        finite = torch.isfinite(images.reshape(len(images), -1) if images.ndim == 4 else images.reshape(1, -1))
+        if not bool(finite.all()):
+            first = int((~finite.all(1)).nonzero()[0]) if images.ndim == 4 else None
+            where = f"image {first} of the batch holds" if first is not None else "the image holds"
+            raise ValueError(f"{where} NaN or infinite values ({int((~finite).sum())} in all): fix or drop those "
+                             f"images (e.g. np.nan_to_num(x, nan=0.0) if a missing pixel may read as black)")
         low, high = float(images.min()), float(images.max())
         if not (low >= 0.0 and high <= 1.0):
             raise ValueError(f"float images must hold values in [0, 1], found {low:g}..{high:g}: "
@@ -295,6 +301,48 @@ def denormalize(x: Tensor, data_config: dict[str, Any]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- one item
+
+def is_preprocessed(item: Union[np.ndarray, Tensor]) -> bool:
+    """Whether an array or tensor is taken as an already preprocessed (normalised) model input rather than an
+    image, from its dtype and range only, the same at every size (docs/input.md): a float array/tensor holding a
+    value outside [0, 1] is a model input; a float one within [0, 1], and any integer one, is an image."""
+    values = torch.as_tensor(np.asarray(item) if isinstance(item, np.ndarray) else item)
+    if not values.is_floating_point() or values.numel() == 0:
+        return False
+    return bool((values < 0).any() or (values > 1).any())
+
+
+def describe_item(item: Any) -> str:
+    """A short description of an item for messages: the file, or the kind, dtype and shape of the image."""
+    if isinstance(item, (str, Path)):
+        return f"image file {item}"
+    if isinstance(item, Image.Image):
+        return f"PIL image (mode {item.mode!r}, size {item.size})"
+    kind = "array" if isinstance(item, np.ndarray) else type(item).__name__
+    return f"{kind} of dtype {item.dtype} and shape {tuple(item.shape)}"
+
+
+def item_to_model_input(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:
+    """One item as the model's `(3, H, W)` input, for `predict`: an already preprocessed array/tensor as it is
+    (`is_preprocessed`; it must have the model's input shape), anything else through `preprocess_image`. NaN or
+    infinite values are refused, naming the item."""
+    if isinstance(item, (np.ndarray, Tensor)):
+        values = torch.as_tensor(item.copy() if isinstance(item, np.ndarray) and not item.flags.writeable else item)
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise ValueError(f"cannot predict on this {describe_item(item)}: it holds {bad} NaN or infinite "
+                             f"value(s), for which every output would be NaN. Fix the image first (e.g. "
+                             f"np.nan_to_num(x, nan=0.0)), or leave it out")
+        if is_preprocessed(values):
+            expected = tuple(data_config["input_size"])
+            if tuple(values.shape) != expected:
+                raise ValueError(f"this {describe_item(item)} holds values outside [0, 1] "
+                                 f"({float(values.min()):g}..{float(values.max()):g}), so it is taken as an already "
+                                 f"preprocessed model input (docs/input.md), which must have the model's input "
+                                 f"shape {expected}. For an image, pass uint8 values 0-255 or floats in [0, 1]")
+            return values.float()
+    return preprocess_image(item, data_config, resize_method)
+
 
 def preprocess_image(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:
     """The evaluation preprocessing of one image as a `(3, H, W)` float tensor.

@@ -199,7 +199,8 @@ def test_a_symlink_loop_counts_each_real_file_once_and_summary_says_so(tmp_path)
     root = folder(tmp_path / "d", n=4)
     os.symlink(root / "cat", root / "cat" / "again")  # a loop: cat/again/again/... is cat
     os.symlink(root / "cat" / "cat0.png", root / "cat" / "same.png")  # the same file twice in its class
-    dls = ImageDataLoaders.from_folder(root, valid_pct=0.25, num_workers=0)
+    with pytest.warns(UserWarning, match=r"1 item\(s\) repeat another with the same label and are counted once"):
+        dls = ImageDataLoaders.from_folder(root, valid_pct=0.25, num_workers=0)
     report = dls.summary(show=False)
     assert report.n_train + report.n_valid == 8  # 4 + 4 real files (before: one per path through the loop)
     assert report.train_counts == [3, 3] and report.valid_counts == [1, 1]

@@ -31,12 +31,12 @@ class DataLoaders:
     def summary(self, show: bool = True) -> DataReport:
         """Items per class and split, what was skipped and why, and the warnings given while the data was built
         (fastai's name): printed when `show`, and returned (`validation.DataReport`; `str(report)` is the text)."""
-        report = self.report if self.report is not None else self._counted_report()
+        report = self.report if self.report is not None else self.counted_report()
         if show:
             print(report.text())
         return report
 
-    def _counted_report(self) -> DataReport:
+    def counted_report(self) -> DataReport:
         """A report from the loaders themselves: their datasets' sizes, and the classes of integer labels held
         by a TensorDataset."""
         def dataset(dl: Any) -> Any:
@@ -125,7 +125,7 @@ class DataLoaders:
             kwargs["c"] = check_classes(y_train, y_valid, notes=notes,
                                         fix="pass c= (the number of classes) or vocab= (their names)")
         dls = cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
-        dls.report = dls._counted_report()
+        dls.report = dls.counted_report()
         dls.report.notes = notes
         return dls
 

@@ -240,7 +240,9 @@ class ImageDataLoaders(DataLoaders):
         """Images from `path/train/<class>/*` and `path/valid/<class>/*`, or, with `valid_pct`, from
         `path/<class>/*` split at random (stratified per class, seeded by `seed`).
 
-        Classes are the sub-folder names, sorted (`dls.vocab`); images anywhere below a class folder count.
+        Classes are the sub-folder names, sorted (`dls.vocab`); images anywhere below a class folder count, each
+        real file once (links followed, loops read once); images outside the class folders and dangling links are
+        skipped with a warning, and `dls.summary()` lists what was used and skipped (`folders`, docs/input.md).
         Preprocessing comes from `data_config`, else from `arch`'s timm config, with `size` overriding the input
         size. `num_workers=None` uses `min(4, cpu count)` worker processes (pass 0 to load in the main process).
         `check=True` decodes every file first and reports all unreadable ones at once; otherwise a bad file

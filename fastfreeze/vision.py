@@ -12,7 +12,7 @@ import torch.nn as nn
 from .core.dataloaders import DataLoaders
 from .core.losses import SupervisedContrastiveLoss, class_weighted_loss
 from .core.tasks import MULTI_LABEL, REGRESSION, loss_for
-from .data.preprocess import preprocess_image
+from .data.preprocess import item_to_model_input
 from .data.sampling import dataset_targets
 from .inference.export_format import build_spec
 from .learner import Learner
@@ -39,11 +39,9 @@ class VisionLearner(Learner):
         return getattr(self.dls, "data_config", None) or self.body_info.data_config
 
     def _prepare_item(self, item: Any) -> torch.Tensor:
-        method = getattr(self.dls, "resize_method", "crop")
-        if isinstance(item, torch.Tensor) and item.is_floating_point() and item.ndim == 3 and \
-                tuple(item.shape) == tuple(self.data_config["input_size"]):
-            return item  # already preprocessed (e.g. taken from the validation dataset)
-        return preprocess_image(item, self.data_config, resize_method=method)
+        """An image (file, PIL image, array or tensor) preprocessed, or an already preprocessed input as it is: the
+        rule reads the dtype and range only (`preprocess.is_preprocessed`, docs/input.md)."""
+        return item_to_model_input(item, self.data_config, resize_method=getattr(self.dls, "resize_method", "crop"))
 
 
 def _make_body(arch: Union[str, nn.Module], pretrained: Pretrained, input_size: Optional[int],

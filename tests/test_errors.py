@@ -50,7 +50,8 @@ def test_empty_data_folder(tmp_path):
 
 
 def test_one_class_only(tmp_path):
-    with pytest.raises(ValueError, match=r"need at least 2 classes, found only 'cats'"):
+    with pytest.raises(ValueError, match=r"the training labels hold a single class \('cats', 2 items\): a classifier "
+                                         r"needs at least 2\. Add items of the other classes"):
         ImageDataLoaders.from_folder(image_folder(tmp_path / "d", classes=("cats",)), valid_pct=0.3, num_workers=0)
 
 

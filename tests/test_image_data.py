@@ -147,7 +147,8 @@ def test_folder_errors(tmp_path):
         ImageDataLoaders.from_folder(tmp_path / "noimages", valid_pct=0.2, num_workers=0)
     for i in range(3):
         save_uniform(tmp_path / "single" / "cats" / f"{i}.png", 10, "RGB")
-    with pytest.raises(ValueError, match=r"need at least 2 classes, found only 'cats' in"):
+    with pytest.raises(ValueError, match=r"the training labels hold a single class \('cats', 2 items\): a classifier needs at "
+                                         r"least 2\. Add items of the other classes"):
         ImageDataLoaders.from_folder(tmp_path / "single", valid_pct=0.3, num_workers=0)
     root = make_folder(tmp_path / "extra")
     save_uniform(root / "valid" / "zebras" / "0.png", 10, "RGB")

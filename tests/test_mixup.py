@@ -147,9 +147,17 @@ def test_targets_and_batches_it_cannot_mix_are_refused():
         Learner(mlp2(), odd, cbs=MixUp(), progress=False).fit(1)
     with pytest.raises(ValueError, match="CutMix .* needs image batches"):
         Learner(mlp2(), five_batches(), cbs=CutMix(), progress=False).fit(1)
-    no_classes = DataLoaders(five_batches().train)
-    with pytest.raises(ValueError, match="needs the number of classes"):
-        Learner(mlp2(), no_classes, cbs=MixUp(), progress=False).fit(1)
+    no_classes = DataLoaders(five_batches().train)  # the model's last nn.Linear says 3 (test_validation)
+
+    class NoLinear(nn.Module):  # and a model without one cannot say it
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(4, 3))
+
+        def forward(self, x):
+            return x @ self.w
+    with pytest.raises(ValueError, match=r"needs the number of classes .* pass MixUp\(num_classes=\.\.\.\)"):
+        Learner(NoLinear(), no_classes, cbs=MixUp(), progress=False).fit(1)
     with pytest.raises(ValueError, match="alpha must be a number >= 0"):
         MixUp(-1)
 

@@ -230,7 +230,7 @@ def test_pixel_types_and_ranges():
             (np.array([[0, 256]]), ValueError, r"found 0\.\.256"),
             (np.array([[0.0, 1.5]]), ValueError, r"float images must hold values in \[0, 1\], found 0\.\.1\.5"),
             (np.array([[-0.5, 0.5]]), ValueError, r"found -0\.5\.\.0\.5"),
-            (np.array([[float("nan")]]), ValueError, r"found nan\.\.nan"),
+            (np.array([[float("nan")]]), ValueError, r"the image holds NaN or infinite values \(1 in all\): fix or drop"),
             (np.zeros((0, 4, 4)), ValueError, "got no images"),
             (np.zeros((2, 2), dtype=bool), TypeError, "images must be uint8 .* or float .*, not torch.bool"),
             (np.zeros((2, 2), dtype=np.complex64), TypeError, "not torch.complex64")]:
@@ -380,9 +380,9 @@ def test_float_items_in_every_layout_in_crop_mode_are_the_transform_on_the_tenso
     torch.testing.assert_close(half, rgb, atol=2e-3, rtol=0)  # float16 holds the pixels to 1/2048
 
 
-def test_sixteen_bit_grey_in_every_byte_order_with_transparency_and_32_bit_saturating():
+def test_sixteen_bit_grey_in_every_byte_order_with_transparency_and_32_bit_refused_outside_16_bits():
     """16-bit grey is scaled by 255 / 65535 (x / 257, rounded) whatever its byte order or a transparent grey level;
-    32-bit grey (mode I) outside 0-65535 saturates at 0 and 255."""
+    32-bit grey (mode I) that no file says is 32-bit is read as 16-bit, and values outside 0-65535 are refused."""
     levels = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
     for mode, dtype in (("I;16B", ">u2"), ("I;16L", "<u2"), ("I;16N", "=u2")):
         image = Image.frombytes(mode, (3, 1), levels.astype(dtype).tobytes())
@@ -390,8 +390,10 @@ def test_sixteen_bit_grey_in_every_byte_order_with_transparency_and_32_bit_satur
     transparent = Image.fromarray(levels)  # a 16-bit grey PNG with a tRNS chunk
     transparent.info["transparency"] = 0
     assert np.asarray(to_rgb(transparent)).tolist() == [[[0] * 3, [100] * 3, [255] * 3]]
-    wide = Image.fromarray(np.array([[-257 * 5, 257 * 3, 70000]], dtype=np.int32))  # 70000 / 257 = 272.4
-    assert np.asarray(to_rgb(wide)).tolist() == [[[0] * 3, [3] * 3, [255] * 3]]
+    wide = Image.fromarray(np.array([[257 * 5, 257 * 3, 70000]], dtype=np.int32))
+    with pytest.raises(ValueError, match=r"this 'I' image holds values 771\.\.70000, outside 0\.\.65535, the range "
+                                         r"of its dtype: save it as an 8-bit or 16-bit image"):
+        to_rgb(wide)
 
 
 def test_a_palette_with_alpha_per_entry_becomes_its_colours_without_pils_warning():

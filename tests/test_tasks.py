@@ -21,7 +21,10 @@ def test_class_names_become_a_sorted_vocab():
 def test_numbers_in_a_table_are_class_names_sorted_by_value():
     t = encode_values([10, 2, 2, 7])  # as fastai's Categorize: the distinct values, sorted
     assert t.task == SINGLE_LABEL and t.vocab == ["2", "7", "10"] and t.targets.tolist() == [2, 0, 0, 1]
-    assert encode_values([1.0, 3.0]).vocab == ["1", "3"]  # integral floats (pandas) are classes too
+    with pytest.warns(UserWarning, match=r"floats that are all whole numbers \(2 distinct values, 1 to 3\): read as "
+                                         r"class names \(task='single_label'\)\. If they are numbers to predict, pass "
+                                         r"task='regression'"):
+        assert encode_values([1.0, 3.0]).vocab == ["1", "3"]  # integral floats (pandas) are classes too, said
 
 
 def test_tags_split_at_the_delimiter_or_given_as_lists_are_multi_hot_rows():

@@ -29,6 +29,13 @@ from ..core.tasks import MULTI_LABEL, REGRESSION, task_of
 from ..utils.checks import is_int, is_real
 
 
+def output_count(model: nn.Module) -> Optional[int]:
+    """The number of outputs of a classifier: the `out_features` of its last `nn.Linear` (a learner's head comes
+    last), or None when it has none."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
 class MixUp(Callback):
     """Mixup (Zhang et al., 2018) on every training batch, through timm's `Mixup` (module docstring).
 
@@ -38,7 +45,8 @@ class MixUp(Callback):
             (`nn.CrossEntropyLoss(label_smoothing=...)`), which gives the same targets.
         prob: the probability that a batch is mixed.
         cutmix_alpha: also CutMix with this alpha, each batch one or the other (`switch_prob` CutMix).
-        num_classes: default `dls.c`.
+        num_classes: default `dls.c`, else (DataLoaders without a vocab) the model's number of outputs, the
+            `out_features` of its last `nn.Linear` (`output_count`).
     """
     mixes_inputs = True  # FeatureCache does not cache a fit with such a callback
     learn: BaseLearner
@@ -80,9 +88,11 @@ class MixUp(Callback):
                 f"the loss smooths labels (CrossEntropyLoss(label_smoothing={loss.label_smoothing:g})) and {name} "
                 f"too (label_smoothing={self.label_smoothing:g}): they would be smoothed twice. Keep one of them")
         n_classes = self.num_classes if self.num_classes is not None else getattr(self.learn.dls, "c", None)
+        if n_classes is None:  # data without a vocab: the classes are the model's outputs
+            n_classes = output_count(self.learn.model)
         if not is_int(n_classes) or n_classes < 2:
-            raise ValueError(f"{name} needs the number of classes to build one-hot targets: give the DataLoaders a "
-                             f"vocab or c, or pass {name}(num_classes=...)")
+            raise ValueError(f"{name} needs the number of classes to build one-hot targets: neither the DataLoaders "
+                             f"(vocab or c) nor the model (a last nn.Linear) say it; pass {name}(num_classes=...)")
         self.mixer = Mixup(mixup_alpha=self.alpha, cutmix_alpha=self.cutmix_alpha, prob=self.prob,
                            switch_prob=self.switch_prob, mode="batch", label_smoothing=self.label_smoothing,
                            num_classes=n_classes)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
 
 from ..utils.seeds import EpochSeededSampler, EpochSeededWeightedSampler, seed_for
+from .validation import DataReport, check_classes, label_counts
 
 
 class DataLoaders:
@@ -16,6 +17,7 @@ class DataLoaders:
 
     `vocab` is the list of class names when known; `c` the number of outputs (defaults to `len(vocab)`).
     `data_config` carries preprocessing facts (mean, std, input size...) when the data was built for a model.
+    `report` (a `validation.DataReport`) is what the builder found: `summary()` prints it.
     """
 
     def __init__(self, train: Iterable, valid: Optional[Iterable] = None, vocab: Optional[Sequence[str]] = None,
@@ -24,6 +26,38 @@ class DataLoaders:
         self.vocab = list(vocab) if vocab is not None else None
         self.c = c if c is not None else (len(self.vocab) if self.vocab is not None else None)
         self.data_config = data_config
+        self.report: Optional[DataReport] = None
+
+    def summary(self, show: bool = True) -> DataReport:
+        """Items per class and split, what was skipped and why, and the warnings given while the data was built
+        (fastai's name): printed when `show`, and returned (`validation.DataReport`; `str(report)` is the text)."""
+        report = self.report if self.report is not None else self.counted_report()
+        if show:
+            print(report.text())
+        return report
+
+    def counted_report(self) -> DataReport:
+        """A report from the loaders themselves: their datasets' sizes, and the classes of integer labels held
+        by a TensorDataset."""
+        def dataset(dl: Any) -> Any:
+            return getattr(dl, "dataset", None)
+
+        def size(dl: Any) -> Optional[int]:
+            try:
+                return len(dataset(dl)) if dataset(dl) is not None else None
+            except TypeError:
+                return None
+
+        def labels(dl: Any) -> Optional[torch.Tensor]:
+            ds = dataset(dl)
+            return ds.tensors[-1] if isinstance(ds, TensorDataset) and len(ds.tensors) > 1 else None
+        classes = self.vocab if self.vocab is not None else \
+            (None if self.c is None else [str(i) for i in range(self.c)])
+        train_counts = label_counts(labels(self.train), None, self.c)
+        valid_counts = None if self.valid is None else label_counts(labels(self.valid), None, self.c)
+        return DataReport(getattr(self, "task", None), size(self.train),
+                          None if self.valid is None else size(self.valid), classes if train_counts else None,
+                          train_counts, valid_counts)
 
     def __getitem__(self, i: int) -> Optional[Iterable]:
         return (self.train, self.valid)[i]
@@ -87,8 +121,10 @@ class DataLoaders:
     @classmethod
     def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: Optional[torch.Tensor] = None,
                      y_valid: Optional[torch.Tensor] = None, **kwargs: Any) -> "DataLoaders":
-        """DataLoaders over in-memory tensors; `c` is inferred from integer targets when not given
-        (`class_count`: at least 2 training classes, no class in validation only)."""
+        """DataLoaders over in-memory tensors. Without `c`/`vocab`, `c` is inferred from integer targets and checked
+        (`validation.check_classes`: a single training class, a class only in validation or a gap in the class
+        indices is refused). With them, the labels are left to the learner's check of each first pass
+        (`label_check`), which allows a loss's `ignore_index`."""
         if len(x_train) != len(y_train):
             raise ValueError(f"x_train has {len(x_train)} items but y_train has {len(y_train)}: they must match")
         valid_ds = None
@@ -96,33 +132,21 @@ class DataLoaders:
             if y_valid is None or len(x_valid) != len(y_valid):
                 raise ValueError("x_valid and y_valid must both be given and have the same length")
             valid_ds = TensorDataset(x_valid, y_valid)
+        notes: list[str] = []
         if kwargs.get("c") is None and kwargs.get("vocab") is None and not y_train.is_floating_point():
-            kwargs["c"] = class_count(y_train, y_valid, fix="pass c= (the number of classes) or vocab= (their names)")
-        return cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
+            kwargs["c"] = check_classes(y_train, y_valid, notes=notes,
+                                        fix="pass c= (the number of classes) or vocab= (their names)")
+        dls = cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
+        dls.report = dls.counted_report()
+        dls.report.notes = notes
+        return dls
 
 
 def class_count(y_train: Any, y_valid: Any = None, fix: str = "pass the number of classes") -> int:
-    """The number of classes integer labels stand for, `max + 1`, when it can be told from them: the training
-    labels must hold at least 2 classes, and every validation label must be among them (a class seen only in
-    validation would widen the model with an output it never trains). Otherwise a ValueError ending in `fix`,
-    the way to say the number of classes instead."""
-    train = torch.as_tensor(y_train).reshape(-1)
-    if train.numel() == 0:
-        raise ValueError("there are no training labels: pass at least one item per class")
-    seen = torch.unique(train)
-    if len(seen) < 2:
-        raise ValueError(f"the training labels hold a single class ({int(seen[0])}, {train.numel()} items): a "
-                         f"classifier needs at least 2. Add items of the other classes, or, if the model should have more "
-                         f"outputs than these labels show, {fix}")
-    if y_valid is not None:
-        valid = torch.unique(torch.as_tensor(y_valid).reshape(-1))
-        only_valid = valid[~torch.isin(valid, seen)].tolist()
-        if only_valid:
-            raise ValueError(f"validation label(s) {only_valid} never occur in the training labels (which hold "
-                             f"{len(seen)} classes, up to {int(seen.max())}): the model would get outputs it never "
-                             f"trains. Add training items of those classes or drop them from validation; if the "
-                             f"classes are meant to be there, {fix}")
-    return int(seen.max()) + 1
+    """The number of classes integer labels stand for, `max + 1`, when it can be told from them
+    (`validation.check_classes` without a vocab: at least 2 training classes, none only in validation, no gap);
+    otherwise a ValueError ending in `fix`, the way to say the number of classes instead."""
+    return check_classes(y_train, y_valid, fix=fix)
 
 
 def decode_label(vocab: Optional[Sequence[str]], index: int) -> Any:

@@ -38,7 +38,7 @@ from .norm import no_decay_param_ids, norm_param_ids
 from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
 from .progress import ProgressCallback
 from .recorder import Recorder
-from .tasks import decode_prediction, task_of
+from .tasks import check_metrics_for_task, decode_prediction, task_of
 
 NORM_POLICIES = ("train", "frozen", "recalibrate")
 Callbacks = Optional[Union[Callback, Sequence[Callback]]]
@@ -103,6 +103,7 @@ class BaseLearner:
         self.norm = norm or "train"
         self.train_bn = train_bn if norm is None else norm == "train"
         self.metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ([metrics] if metrics else [])
+        check_metrics_for_task(self.metrics, task_of(self.loss_func, dls))
         self.path, self.model_dir = Path(path), model_dir
         self.precision = precision
         self.autocast_dtype = autocast_dtype(precision, self.device)

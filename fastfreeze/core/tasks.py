@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Optional, Union
@@ -29,6 +30,8 @@ from torch import Tensor
 from ..utils.checks import is_real
 from .dataloaders import decode_label
 from .losses import MultiLabelLoss
+from .metrics import BalancedAccuracy, F1Score, accuracy, error_rate, top_k_accuracy
+from .validation import warn_spelling_variants, warn_whole_number_floats, whole_number_floats
 
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label", "multi_label", "regression"
 TASKS = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
@@ -78,8 +81,8 @@ def _names(values: Sequence[Any]) -> list[str]:
     """A sorted vocab: numbers sorted by value (then written as strings), strings alphabetically."""
     unique = set(values)
     if all(is_real(v) for v in unique):
-        return [_as_name(v) for v in sorted(unique)]
-    return sorted(_as_name(v) for v in unique)
+        return list(dict.fromkeys(_as_name(v) for v in sorted(unique)))  # 1 and 1.0 are one class
+    return sorted({_as_name(v) for v in unique})  # 'cat' and 'cat ' are one class
 
 
 def _as_name(value: Any) -> str:
@@ -103,18 +106,22 @@ def guess_value_task(values: Sequence[Any], label_delim: Optional[str] = None) -
 
 def encode_values(values: Sequence[Any], task: str = "auto", vocab: Optional[Sequence[str]] = None,
                   label_delim: Optional[str] = None, allow_empty: bool = False,
-                  rows: Optional[Sequence[str]] = None) -> Targets:
+                  rows: Optional[Sequence[str]] = None, notes: Optional[list[str]] = None) -> Targets:
     """Labels given one per image as values (a table column, a list): class names, tag lists or numbers.
 
     Single-label: the vocab is the sorted distinct values (numbers sorted by value), unless `vocab` is given.
     Multi-label: the sorted union of the tags. Regression: the floats. An empty label (None, NaN, '') is an
     error naming its row (`rows[i]`, else 'item i'), as is a label not in a given `vocab`; a multi-label row
-    without any tag is refused unless `allow_empty`.
+    without any tag is refused unless `allow_empty`. Warnings (kept in `notes`, `validation`): labels that
+    differ only by case or surrounding spaces, and floats that are all whole numbers read as class names.
     """
     values = list(values)
     task = check_task(task)
     if task == "auto":
         task = guess_value_task(values, label_delim)
+        floats = [v for v in values if isinstance(v, float) and not _is_empty(v)]
+        if task == SINGLE_LABEL and floats and len(floats) == len([v for v in values if not _is_empty(v)]):
+            warn_whole_number_floats(torch.tensor(floats, dtype=torch.float64), SINGLE_LABEL, notes)
     if task == REGRESSION:
         return encode_array(np.asarray(_numbers(values, rows), dtype=np.float64), REGRESSION, vocab)
     if task == MULTI_LABEL:
@@ -124,6 +131,8 @@ def encode_values(values: Sequence[Any], task: str = "auto", vocab: Optional[Seq
                 if not t:
                     raise ValueError(f"{_row_name(rows, i)} has no label: every image needs at least one tag "
                                      "(pass allow_empty=True if an image may have none)")
+        if vocab is None:
+            warn_spelling_variants(sorted({tag for t in tags for tag in t if isinstance(tag, str)}), notes)
         names = list(vocab) if vocab is not None else _names([tag for t in tags for tag in t])
         index = {name: j for j, name in enumerate(names)}
         targets = torch.zeros(len(values), len(names), dtype=torch.long)
@@ -137,6 +146,8 @@ def encode_values(values: Sequence[Any], task: str = "auto", vocab: Optional[Seq
     for i, v in enumerate(values):
         if _is_empty(v):
             raise ValueError(f"{_row_name(rows, i)} has an empty label: give every image its class (or drop the row)")
+    if vocab is None:
+        warn_spelling_variants(sorted({v for v in values if isinstance(v, str)}), notes)
     names = list(vocab) if vocab is not None else _names(values)
     index = {name: j for j, name in enumerate(names)}
     encoded = []
@@ -172,9 +183,15 @@ def guess_array_task(labels: Tensor) -> str:
 
 
 def encode_array(labels: Union[np.ndarray, Tensor, Sequence[Any]], task: str = "auto",
-                 vocab: Optional[Sequence[str]] = None, allow_empty: bool = False) -> Targets:
+                 vocab: Optional[Sequence[str]] = None, allow_empty: bool = False,
+                 notes: Optional[list[str]] = None) -> Targets:
     """Labels given as an array: class indices `(N,)`, multi-hot rows `(N, C)` or regression values `(N,)` /
-    `(N, k)` (see `guess_array_task`). A multi-hot row of zeros is refused unless `allow_empty`."""
+    `(N, k)` (see `guess_array_task`). A multi-hot row of zeros is refused unless `allow_empty`. Floats that
+    are all whole numbers, read as regression targets by the guess, are a warning (kept in `notes`) saying how
+    to choose classes instead. An array of strings is a TypeError: `encode_labels` reads it as class names."""
+    if isinstance(labels, np.ndarray) and labels.dtype.kind not in "biuf":
+        raise TypeError(f"labels must be numbers here, got a {labels.dtype} array (e.g. strings): pass class names "
+                        "through encode_labels, which builds a vocab, or integer class indices")
     tensor = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
     if tensor.dtype == torch.bool:
         tensor = tensor.long()
@@ -186,6 +203,8 @@ def encode_array(labels: Union[np.ndarray, Tensor, Sequence[Any]], task: str = "
         tensor = tensor[:, 0]  # a column of class indices
     if task == "auto":
         task = guess_array_task(tensor)
+        if task == REGRESSION and whole_number_floats(tensor):
+            warn_whole_number_floats(tensor, REGRESSION, notes)
     if task == REGRESSION:
         values = tensor.float().reshape(len(tensor), -1)
         if not bool(torch.isfinite(values).all()):
@@ -221,12 +240,12 @@ def encode_array(labels: Union[np.ndarray, Tensor, Sequence[Any]], task: str = "
 
 def encode_labels(labels: Any, task: str = "auto", vocab: Optional[Sequence[str]] = None,
                   label_delim: Optional[str] = None, allow_empty: bool = False,
-                  rows: Optional[Sequence[str]] = None) -> Targets:
+                  rows: Optional[Sequence[str]] = None, notes: Optional[list[str]] = None) -> Targets:
     """Labels as a numeric array or tensor (class indices, multi-hot rows, floats: `encode_array`), or as values
     one per item (class names, tag lists, numbers read from a table; also an array of strings: `encode_values`)."""
     if isinstance(labels, Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "biuf":
-        return encode_array(labels, task, vocab, allow_empty)
-    return encode_values(list(labels), task, vocab, label_delim, allow_empty, rows)
+        return encode_array(labels, task, vocab, allow_empty, notes)
+    return encode_values(list(labels), task, vocab, label_delim, allow_empty, rows, notes)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -282,3 +301,29 @@ def target_text(task: str, target: Tensor, vocab: Optional[Sequence[str]] = None
     if task == REGRESSION:
         return ", ".join(f"{v:.3g}" for v in torch.as_tensor(target).flatten().tolist())
     return str(decode_label(vocab, int(target)))
+
+
+def check_metrics_for_task(metrics: Sequence[Any], task: str) -> None:
+    """Class metrics (`accuracy`, `error_rate`, `top_k_accuracy`, `F1Score`, `BalancedAccuracy`) compare class
+    indices; on a regression task they are refused up front, naming the metric and how to choose a task."""
+    if task != REGRESSION:
+        return
+    class_metrics = (accuracy, error_rate, top_k_accuracy)
+    for m in metrics:
+        func = m.func if isinstance(m, partial) else m
+        if func in class_metrics or isinstance(m, (F1Score, BalancedAccuracy)):
+            name = getattr(func, "__name__", type(m).__name__)
+            raise ValueError(f"metrics={name} compares predicted classes with class labels, but this learner's task "
+                             f"is regression (float targets, MSE loss), where it means nothing. If the labels are "
+                             f"class ids, build the data with task='single_label' (or integer labels); for a "
+                             f"regression, drop {name} (the validation loss is the mean squared error)")
+
+
+def holds_names(labels: Any) -> bool:
+    """True for labels given as names (strings) rather than numbers: an array of strings or objects, or a
+    sequence holding a string."""
+    if isinstance(labels, np.ndarray):
+        return labels.dtype.kind in "US" or labels.dtype.kind == "O" and any(isinstance(v, str) for v in labels.flat)
+    if isinstance(labels, Tensor):
+        return False
+    return any(isinstance(v, str) for v in labels)

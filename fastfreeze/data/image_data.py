@@ -27,20 +27,21 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..core.dataloaders import DataLoaders, class_count, whole_batch
-from ..core.tasks import SINGLE_LABEL, TASKS, encode_array, encode_labels, target_text
+from ..core.dataloaders import DataLoaders, whole_batch
+from ..core.tasks import (MULTI_LABEL, SINGLE_LABEL, TASKS, encode_array, encode_labels, encode_values, holds_names,
+                          target_text)
+from ..core.validation import (DataReport, check_classes, check_known_classes, check_known_names, find_duplicates,
+                               label_counts, warn_spelling_variants)
 from ..utils.seeds import batch_keys, item_key, seeded
 from ..utils.show import image_grid
 from .hf import HFImageDataset, hf_splits
 from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
                          choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
                          with_input_size)
+from .folders import FOLDER_LAYOUT, IMAGE_EXTENSIONS, class_folders, read_class_folders, require_folder
 from .sampling import sample_weights
 from .table import Column, read_csv, table_items
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-FOLDER_LAYOUT = ("expected path/train/<class>/<image> and path/valid/<class>/<image>, "
-                 "or path/<class>/<image> with valid_pct=0.2")
 
 
 # ------------------------------------------------------------------------------------- files
@@ -99,63 +100,6 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"{self.rows[i]}: {error}") from error
         with seeded(seed):
             return (self.transform(image) if self.transform is not None else image), self.labels[i]
-
-
-def get_image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files anywhere under `folder`, sorted; hidden files and folders (names starting with '.',
-    e.g. `.ipynb_checkpoints` or macOS `._x.jpg`) are skipped."""
-    suffixes = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in suffixes]
-    return sorted(found)
-
-
-def class_folders(folder: Path) -> list[Path]:
-    """The visible sub-folders of `folder`, sorted by name: one per class."""
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-
-
-def _require_folder(folder: Path, what: str) -> None:
-    if not folder.exists():
-        raise FileNotFoundError(f"{what} {folder} does not exist ({FOLDER_LAYOUT})")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{what} {folder} is not a folder ({FOLDER_LAYOUT})")
-
-
-def _labelled_files(folder: Path, extensions: Sequence[str],
-                    vocab: Optional[list[str]] = None) -> tuple[list[str], list[Path], list[int]]:
-    """Classes, files and labels from `folder/<class>/...`. With `vocab` (the training classes) the folder is a
-    validation folder: its classes must be among them, and a class may be missing or empty."""
-    folders = class_folders(folder)
-    if not folders:
-        stray = get_image_files(folder, extensions)
-        found = "images but no class sub-folders" if stray else "no class sub-folders"
-        raise ValueError(f"found {found} in {folder}: {FOLDER_LAYOUT}")
-    names = [f.name for f in folders]
-    files_per_class = [get_image_files(f, extensions) for f in folders]
-    if vocab is None:
-        empty = [f for f, files in zip(folders, files_per_class) if not files]
-        if len(empty) == len(folders):
-            raise ValueError(f"no image files ({', '.join(extensions)}) in the class folders of {folder}: "
-                             f"{FOLDER_LAYOUT}")
-        if empty:
-            raise ValueError(f"class folder {empty[0]} holds no image files ({', '.join(extensions)}): "
-                             f"add images or remove the folder")
-        if len(names) < 2:
-            raise ValueError(f"need at least 2 classes, found only {names[0]!r} in {folder}: "
-                             f"add a sub-folder of images per class")
-        vocab = names
-    else:
-        unknown = [n for n in names if n not in vocab]
-        if unknown:
-            raise ValueError(f"validation classes {unknown} in {folder} are not among the training classes "
-                             f"{vocab}: rename or remove them, or add them to the training folder")
-    index = {name: i for i, name in enumerate(vocab)}
-    files = [p for class_files in files_per_class for p in class_files]
-    labels = [index[name] for name, class_files in zip(names, files_per_class) for _ in class_files]
-    return vocab, files, labels
 
 
 def split_indices(labels: Union[Sequence[int], np.ndarray, Tensor], valid_pct: float,
@@ -259,6 +203,13 @@ class ImageItemsDataset(Dataset):
 
 # ------------------------------------------------------------------------------------------ DataLoaders
 
+def _class_names(vocab: Optional[Sequence[str]], c: Optional[int], task: str) -> Optional[list[str]]:
+    """The names of the classes (or tags) for a summary: the vocab, else the indices; None for regression."""
+    if vocab is not None:
+        return list(vocab)
+    return None if task not in (SINGLE_LABEL, MULTI_LABEL) or c is None else [str(i) for i in range(c)]
+
+
 def default_num_workers() -> int:
     """Worker processes for decoding image files: `min(4, cpu count)`."""
     return min(4, os.cpu_count() or 1)
@@ -291,7 +242,9 @@ class ImageDataLoaders(DataLoaders):
         """Images from `path/train/<class>/*` and `path/valid/<class>/*`, or, with `valid_pct`, from
         `path/<class>/*` split at random (stratified per class, seeded by `seed`).
 
-        Classes are the sub-folder names, sorted (`dls.vocab`); images anywhere below a class folder count.
+        Classes are the sub-folder names, sorted (`dls.vocab`); images anywhere below a class folder count, each
+        real file once (links followed, loops read once); images outside the class folders and dangling links are
+        skipped with a warning, and `dls.summary()` lists what was used and skipped (`folders`, docs/input.md).
         Preprocessing comes from `data_config`, else from `arch`'s timm config, with `size` overriding the input
         size. `num_workers=None` uses `min(4, cpu count)` worker processes (pass 0 to load in the main process).
         `check=True` decodes every file first and reports all unreadable ones at once; otherwise a bad file
@@ -302,27 +255,47 @@ class ImageDataLoaders(DataLoaders):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"image folder {path} does not exist")
+        notes: list[str] = []
+        is_valid: Optional[list[bool]] = None
         if valid_pct is None:
             train_folder, valid_folder = path / train, path / valid
-            _require_folder(train_folder, "training folder")
-            _require_folder(valid_folder, "validation folder")
-            vocab, train_files, train_labels = _labelled_files(train_folder, extensions)
-            _, valid_files, valid_labels = _labelled_files(valid_folder, extensions, vocab)
-            if not valid_files:
+            require_folder(train_folder, "training folder")
+            require_folder(valid_folder, "validation folder")
+            found = read_class_folders(train_folder, extensions, notes)
+            found_valid = read_class_folders(valid_folder, extensions, notes, training=False)
+            if not found_valid.files:
                 raise ValueError(f"no image files in the class folders of {valid_folder}: {FOLDER_LAYOUT}")
+            vocab = found.names + [n for n in found_valid.names if n not in found.names]
+            files, classes = found.files + found_valid.files, found.classes + found_valid.classes
+            is_valid = [False] * len(found.files) + [True] * len(found_valid.files)
+            skipped = found.skipped + found_valid.skipped
         else:
-            _require_folder(path, "image folder")
+            require_folder(path, "image folder")
             names = {f.name for f in class_folders(path)}
             if {train, valid} <= names:
                 raise ValueError(f"{path} has '{train}' and '{valid}' folders, which valid_pct would take as "
                                  f"classes: drop valid_pct to use them, or point path at the folder of classes")
-            vocab, files, labels = _labelled_files(path, extensions)
+            found = read_class_folders(path, extensions, notes)
+            vocab, files, classes, skipped = found.names, found.files, found.classes, found.skipped
+        warn_spelling_variants(vocab, notes)
+        # each real file once: a file reached through links again is dropped, or refused across classes/splits
+        unique = find_duplicates([os.path.realpath(f) for f in files], classes, [str(f) for f in files], is_valid,
+                                 notes)
+        skipped += unique.dropped
+        index = {name: i for i, name in enumerate(vocab)}
+        files = [files[i] for i in unique.keep]
+        labels = [index[classes[i]] for i in unique.keep]
+        if is_valid is None:
             train_idx, valid_idx = split_indices(labels, valid_pct, seed)
             if len(valid_idx) == 0:
                 raise ValueError(f"valid_pct={valid_pct} leaves no validation images out of {len(files)} in {path}: "
                                  f"raise valid_pct or add images")
-            train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
-            valid_files, valid_labels = [files[i] for i in valid_idx], [labels[i] for i in valid_idx]
+        else:
+            flags = np.array([is_valid[i] for i in unique.keep], dtype=bool)
+            train_idx, valid_idx = np.flatnonzero(~flags), np.flatnonzero(flags)
+        train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
+        valid_files, valid_labels = [files[i] for i in valid_idx], [labels[i] for i in valid_idx]
+        check_classes(train_labels, valid_labels, vocab, notes=notes, named=False, fix=None)
         if check:
             check_images(train_files + valid_files)
         config = choose_config(arch, size, data_config)
@@ -332,7 +305,11 @@ class ImageDataLoaders(DataLoaders):
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
                                          item_seeds=bool(augment), persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_labels))
-        return cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
+        dls = cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
+        dls.report = DataReport(SINGLE_LABEL, len(train_files), len(valid_files), list(vocab),
+                                label_counts(torch.tensor(train_labels), SINGLE_LABEL, len(vocab)),
+                                label_counts(torch.tensor(valid_labels), SINGLE_LABEL, len(vocab)), skipped, notes)
+        return dls
 
     @classmethod
     def from_tensors(cls, x: Union[np.ndarray, Tensor], y: Union[np.ndarray, Tensor, Sequence[int]],
@@ -358,15 +335,24 @@ class ImageDataLoaders(DataLoaders):
         """
         config = choose_config(arch, size, data_config)
         _check_image_batch(x, "x")
-        encoded = encode_array(y, task, vocab, allow_empty)
-        labels, task = encoded.targets, encoded.task
         if x_valid is not None:
             if y_valid is None:
                 raise ValueError("x_valid was given without y_valid: pass both")
             _check_image_batch(x_valid, "x_valid")
+        notes: list[str] = []
+        if holds_names(y):  # class names: one vocab for both splits, so a class only in validation is seen
+            values = list(y) + ([] if x_valid is None else list(y_valid))
+            encoded = encode_values(values, task, vocab, allow_empty=allow_empty, notes=notes)
+            labels, valid_labels = encoded.targets[:len(y)], encoded.targets[len(y):]
+        else:
+            encoded = encode_array(y, task, vocab, allow_empty, notes)
+            labels = encoded.targets
+            valid_labels = None if x_valid is None else \
+                encode_array(y_valid, encoded.task, vocab, allow_empty=allow_empty).targets
+        task, names = encoded.task, encoded.vocab
+        if x_valid is not None:
             train_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task)
-            valid_ds = ArrayImageDataset(x_valid, encode_array(y_valid, task, allow_empty=allow_empty).targets,
-                                         config, task=task)
+            valid_ds = ArrayImageDataset(x_valid, valid_labels, config, task=task)
         elif valid_pct:
             train_idx, valid_idx = split_indices(labels if task == SINGLE_LABEL else np.zeros(len(labels)),
                                                  valid_pct, seed)
@@ -375,24 +361,23 @@ class ImageDataLoaders(DataLoaders):
                                          task=task)
         else:
             train_ds, valid_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task), None
+        train_targets = train_ds.labels[train_ds.indices]
+        valid_targets = None if valid_ds is None else valid_ds.labels[valid_ds.indices]
         c = encoded.c
-        if task == SINGLE_LABEL and vocab is None:
-            c = class_count(train_ds.labels[train_ds.indices],
-                            None if valid_ds is None else valid_ds.labels[valid_ds.indices],
-                            fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
-        elif task == SINGLE_LABEL:
-            all_labels = train_ds.labels if valid_ds is None else torch.cat([train_ds.labels, valid_ds.labels])
-            n_classes = int(all_labels.max()) + 1
-            if n_classes > len(vocab):
-                raise ValueError(f"labels go up to {n_classes - 1} but vocab has only {len(vocab)} classes")
-            c = None
+        if task == SINGLE_LABEL:
+            c = check_classes(train_targets, valid_targets, names, notes=notes, named=vocab is not None,
+                              fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
                                          item_seeds=augment, collate_fn=whole_batch,
                                          persistent_workers=num_workers > 0,
-                                         sample_weights=sample_weights(balance, train_ds.labels[train_ds.indices],
-                                                                       task))
-        return cls(loaders.train, loaders.valid, vocab=vocab, c=c, data_config=config, resize_method="squish",
-                   task=task)
+                                         sample_weights=sample_weights(balance, train_targets, task))
+        dls = cls(loaders.train, loaders.valid, vocab=names, c=c, data_config=config, resize_method="squish",
+                  task=task)
+        dls.report = DataReport(task, len(train_ds), None if valid_ds is None else len(valid_ds), _class_names(names, dls.c, task),
+                                label_counts(train_targets, task, dls.c),
+                                None if valid_targets is None else label_counts(valid_targets, task, dls.c),
+                                notes=notes)
+        return dls
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: Union[np.ndarray, Sequence[int]], x_valid: Optional[np.ndarray] = None,
@@ -423,11 +408,23 @@ class ImageDataLoaders(DataLoaders):
         rows = list(rows) if rows is not None else [f"item {i} ({f})" for i, f in enumerate(files)]
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels: give one label per file")
-        encoded = encode_labels(labels, task, vocab, label_delim, allow_empty, rows)
+        notes: list[str] = []
+        encoded = encode_labels(labels, task, vocab, label_delim, allow_empty, rows, notes)
+        flags = None
         if valid is not None:
             flags = np.asarray(valid, dtype=bool)
             if len(flags) != len(files):
                 raise ValueError(f"{len(files)} files but {len(flags)} validation flags: give one per file")
+        # each real file once: listed again with the same label it is dropped; otherwise refused, naming the rows
+        texts = [target_text(encoded.task, t, encoded.vocab) for t in encoded.targets]
+        unique = find_duplicates([os.path.realpath(f) for f in files], texts, rows,
+                                 None if flags is None else flags.tolist(), notes)
+        if len(unique.keep) < len(files):
+            keep = torch.as_tensor(unique.keep, dtype=torch.long)
+            files, rows = [files[i] for i in unique.keep], [rows[i] for i in unique.keep]
+            encoded.targets = encoded.targets[keep]
+            flags = None if flags is None else flags[unique.keep]
+        if flags is not None:
             train_idx, valid_idx = np.flatnonzero(~flags), np.flatnonzero(flags)
         elif valid_pct:
             strata = encoded.targets.numpy() if encoded.task == SINGLE_LABEL else np.zeros(len(files))
@@ -439,6 +436,11 @@ class ImageDataLoaders(DataLoaders):
         if len(valid_idx) == 0 and (valid is not None or valid_pct):
             raise ValueError(f"no validation items among {len(files)}: mark some rows as validation rows, or raise "
                              "valid_pct")
+        train_targets = encoded.targets[torch.as_tensor(train_idx, dtype=torch.long)]
+        valid_targets = encoded.targets[torch.as_tensor(valid_idx, dtype=torch.long)] if len(valid_idx) else None
+        if encoded.task == SINGLE_LABEL:
+            check_classes(train_targets, valid_targets, encoded.vocab, notes=notes, named=vocab is not None,
+                          fix="pass vocab= naming every class")
         if check:
             check_images(files, rows)
         config = choose_config(arch, size, data_config)
@@ -452,8 +454,13 @@ class ImageDataLoaders(DataLoaders):
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
                                          persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
-        return cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
-                   resize_method="crop", task=encoded.task)
+        dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
+                  resize_method="crop", task=encoded.task)
+        dls.report = DataReport(encoded.task, len(train_idx), len(valid_idx) if valid_ds is not None else None,
+                                _class_names(encoded.vocab, encoded.c, encoded.task),
+                                label_counts(train_targets, encoded.task, encoded.c),
+                                label_counts(valid_targets, encoded.task, encoded.c), unique.dropped, notes)
+        return dls
 
     @classmethod
     def from_df(cls, df: Any, path: Union[str, Path] = ".", valid_pct: Optional[float] = 0.2, seed: int = 0,
@@ -504,9 +511,11 @@ class ImageDataLoaders(DataLoaders):
         splits = hf_splits(data, image_col, label_col, train_split, valid_split, valid_pct, seed, task,
                            None if vocab is None else list(vocab), label_delim, allow_empty, split_indices)
         encoded = splits.encoded
+        notes: list[str] = []
         if encoded.task == SINGLE_LABEL:
-            class_count(splits.train_targets, splits.valid_targets,
-                        fix="split the items with valid_pct= instead (stratified per class)")
+            check_classes(splits.train_targets, splits.valid_targets, encoded.vocab, notes=notes,
+                          named=vocab is not None,
+                          fix="pass vocab= naming every class, or split the items with valid_pct= (stratified)")
         config = choose_config(arch, size, data_config)
         train_ds = HFImageDataset(splits.train, image_col, splits.train_targets,
                                   image_transform(config, True, augment))
@@ -515,8 +524,13 @@ class ImageDataLoaders(DataLoaders):
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
                                          item_seeds=bool(augment), persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
-        return cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
-                   resize_method="crop", task=encoded.task)
+        dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
+                  resize_method="crop", task=encoded.task)
+        dls.report = DataReport(encoded.task, len(train_ds), len(valid_ds),
+                                _class_names(encoded.vocab, encoded.c, encoded.task),
+                                label_counts(splits.train_targets, encoded.task, encoded.c),
+                                label_counts(splits.valid_targets, encoded.task, encoded.c), notes=notes)
+        return dls
 
     def test_dl(self, items: Union[np.ndarray, Tensor, Sequence[ImageItem]], labels: Any = None,
                 bs: Optional[int] = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
@@ -528,7 +542,15 @@ class ImageDataLoaders(DataLoaders):
         and `get_preds` returns no targets; `labels` are read as the training labels were (this data's task and
         vocab)."""
         batch_size = bs or getattr(self.valid, "batch_size", None) or 128
-        if labels is not None:
+        if labels is not None and self.task == SINGLE_LABEL:
+            if holds_names(labels):  # class names: each must be in the vocab
+                check_known_names(list(labels), self.vocab)
+                labels = encode_values(list(labels), SINGLE_LABEL, self.vocab).targets
+            else:  # class indices: each must be one of this data's classes
+                labels = encode_array(labels if isinstance(labels, (np.ndarray, Tensor)) else np.asarray(labels),
+                                      SINGLE_LABEL).targets
+                check_known_classes(labels, self.c, self.vocab)
+        elif labels is not None:
             labels = encode_labels(labels, self.task, self.vocab, allow_empty=True).targets
         if isinstance(items, (np.ndarray, Tensor)) and items.ndim in (3, 4):
             dataset: Dataset = ArrayImageDataset(items, labels, self.data_config, task=self.task)

@@ -137,30 +137,80 @@ def image_transform(data_config: dict[str, Any], training: bool = False,
     return timm.data.create_transform(**config, is_training=False)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def integer_image_range(image: Image.Image) -> int:
+    """The largest value the stored dtype of an integer grayscale image holds: 65535 for 16-bit images (modes
+    'I;16*', and mode 'I' unless the file says otherwise: a 16-bit PNG opens as 'I'), 2**31 - 1 for a TIFF
+    whose BitsPerSample says 32 (PIL's 'I' is a signed 32-bit integer)."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if image.mode == "I" and bits == 32:
+        return 2 ** 31 - 1
+    return 65535
+
+
+def scaled_to_8_bits(image: Image.Image) -> Image.Image:
+    """An integer ('I', 'I;16') or float ('F') grayscale image as 8-bit grayscale, scaled by the range of its
+    dtype: integers by `integer_image_range` (0 to that maximum becomes 0 to 255), floats from [0, 1] (the
+    convention of float images, as for arrays). Negative integers, floats outside [0, 1] and NaN or infinite
+    values are a ValueError that says how to save the image instead."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(pixels).all():
+            raise ValueError("this float ('F') image holds NaN or infinite values: fix or remove the image")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"this float ('F') image holds values {low:g}..{high:g}, outside [0, 1], the range a "
+                             f"float image is read in: save it scaled to [0, 1], or as an 8- or 16-bit image")
+        scale = 255.0
+    else:
+        top = integer_image_range(image)
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > top:
+            raise ValueError(f"this {image.mode!r} image holds values {low}..{high}, outside 0..{top}, the range "
+                             f"of its dtype: save it as an 8-bit or 16-bit image (values 0..255 or 0..65535)")
+        scale = 255.0 / top
+    return Image.fromarray(np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` as 8-bit RGB: grayscale is repeated, alpha dropped, palettes expanded, 16-bit scaled down."""
+    """`image` as 8-bit RGB: grayscale is repeated, alpha dropped, palettes expanded, 16-bit, 32-bit and float
+    grayscale scaled by their dtype's range (`scaled_to_8_bits`)."""
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # the route PIL asks for; avoids its warning
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale: keep the full range
-        pixels = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    if image.mode in ("I", "F") + SIXTEEN_BIT_MODES:
+        image = scaled_to_8_bits(image)
     return image.convert("RGB")
 
 
 def open_image(path: Union[str, Path]) -> Image.Image:
-    """Open and decode the image file at `path` as RGB; a file PIL cannot read gives a ValueError naming it."""
+    """Open and decode the image file at `path` as RGB; every failure is an error naming the file: a file PIL
+    cannot read or whose values cannot be scaled (`to_rgb`) a ValueError, a missing file (or a dangling link)
+    a FileNotFoundError, an image above PIL's size limit against decompression bombs a ValueError saying how to
+    raise it."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now: truncated files fail here, and the pixels outlive the closed file
-            return to_rgb(image)
+            decoded = image
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"image file {path} does not exist (or is a link to a file that does not): "
+                                f"restore it or remove it from the data") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"cannot read image file {path}: {error} If you trust this file, raise PIL's limit "
+                         f"before building the data: PIL.Image.MAX_IMAGE_PIXELS = None (no limit) or a larger "
+                         f"number of pixels; otherwise remove the file") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image file {path}: {error}. The file is corrupt or not an image: "
                          f"remove or replace it") from error
-
+    try:
+        return to_rgb(decoded)
+    except ValueError as error:
+        raise ValueError(f"image file {path}: {error}") from error
 
 
 # --------------------------------------------------------------------------- arrays: whole-batch transform
@@ -195,6 +245,12 @@ def as_image_tensor(images: Union[np.ndarray, Tensor]) -> Tensor:
             raise ValueError(f"integer images must hold values 0-255, found {low}..{high}: rescale them to uint8")
         return images.to(torch.uint8)
     if images.is_floating_point():
+        finite = torch.isfinite(images.reshape(len(images), -1) if images.ndim == 4 else images.reshape(1, -1))
+        if not bool(finite.all()):
+            first = int((~finite.all(1)).nonzero()[0]) if images.ndim == 4 else None
+            where = f"image {first} of the batch holds" if first is not None else "the image holds"
+            raise ValueError(f"{where} NaN or infinite values ({int((~finite).sum())} in all): fix or drop those "
+                             f"images (e.g. np.nan_to_num(x, nan=0.0) if a missing pixel may read as black)")
         low, high = float(images.min()), float(images.max())
         if not (low >= 0.0 and high <= 1.0):
             raise ValueError(f"float images must hold values in [0, 1], found {low:g}..{high:g}: "
@@ -245,6 +301,48 @@ def denormalize(x: Tensor, data_config: dict[str, Any]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- one item
+
+def is_preprocessed(item: Union[np.ndarray, Tensor]) -> bool:
+    """Whether an array or tensor is taken as an already preprocessed (normalised) model input rather than an
+    image, from its dtype and range only, the same at every size (docs/input.md): a float array/tensor holding a
+    value outside [0, 1] is a model input; a float one within [0, 1], and any integer one, is an image."""
+    values = torch.as_tensor(np.asarray(item) if isinstance(item, np.ndarray) else item)
+    if not values.is_floating_point() or values.numel() == 0:
+        return False
+    return bool((values < 0).any() or (values > 1).any())
+
+
+def describe_item(item: Any) -> str:
+    """A short description of an item for messages: the file, or the kind, dtype and shape of the image."""
+    if isinstance(item, (str, Path)):
+        return f"image file {item}"
+    if isinstance(item, Image.Image):
+        return f"PIL image (mode {item.mode!r}, size {item.size})"
+    kind = "array" if isinstance(item, np.ndarray) else type(item).__name__
+    return f"{kind} of dtype {item.dtype} and shape {tuple(item.shape)}"
+
+
+def item_to_model_input(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:
+    """One item as the model's `(3, H, W)` input, for `predict`: an already preprocessed array/tensor as it is
+    (`is_preprocessed`; it must have the model's input shape), anything else through `preprocess_image`. NaN or
+    infinite values are refused, naming the item."""
+    if isinstance(item, (np.ndarray, Tensor)):
+        values = torch.as_tensor(item.copy() if isinstance(item, np.ndarray) and not item.flags.writeable else item)
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise ValueError(f"cannot predict on this {describe_item(item)}: it holds {bad} NaN or infinite "
+                             f"value(s), for which every output would be NaN. Fix the image first (e.g. "
+                             f"np.nan_to_num(x, nan=0.0)), or leave it out")
+        if is_preprocessed(values):
+            expected = tuple(data_config["input_size"])
+            if tuple(values.shape) != expected:
+                raise ValueError(f"this {describe_item(item)} holds values outside [0, 1] "
+                                 f"({float(values.min()):g}..{float(values.max()):g}), so it is taken as an already "
+                                 f"preprocessed model input (docs/input.md), which must have the model's input "
+                                 f"shape {expected}. For an image, pass uint8 values 0-255 or floats in [0, 1]")
+            return values.float()
+    return preprocess_image(item, data_config, resize_method)
+
 
 def preprocess_image(item: ImageItem, data_config: dict[str, Any], resize_method: str = "crop") -> Tensor:
     """The evaluation preprocessing of one image as a `(3, H, W)` float tensor.

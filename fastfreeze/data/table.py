@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..core.validation import warn_data
 from ..utils.checks import is_int
 
 Column = Union[int, str]
@@ -93,10 +94,27 @@ def table_items(df: Any, path: Union[str, Path] = ".", fn_col: Column = 0,
         label_array = np.stack([column(df, c, "label_col").to_numpy() for c in label_col], axis=1)
     else:
         labels = column(df, label_col, "label_col").tolist()
+        check_header(column_name(df, fn_col), prefix / f"{column_name(df, fn_col)}{suff}",
+                     column_name(df, label_col), labels, source)
     is_valid = None
     if valid_col is not None:
         is_valid = valid_flags(column(df, valid_col, "valid_col").tolist(), rows, column_name(df, valid_col))
     return TableItems(files, labels, label_array, label_names, is_valid, rows)
+
+
+def check_header(fn_name: str, fn_file: Path, label_name: str, labels: Sequence[Any], source: str) -> None:
+    """A table read from a CSV file without a header line takes its first row as the column names, and that row
+    is lost. Refused when the file-name column's name is an existing file; a warning when the label column's
+    name is one of the labels. The fix: read the file with `header=None`."""
+    fix = (f"if {source} has no header line, read it with header=None (ImageDataLoaders.from_csv(..., "
+           f"header=None), or pd.read_csv(..., header=None)), so that its first row is data")
+    if fn_file.is_file():
+        raise ValueError(f"the column names of {source} look like a row of data: the file-name column is called "
+                         f"{fn_name!r}, which is an existing file ({fn_file}), and that row would be lost: {fix}")
+    names = {str(v).strip() for v in labels if isinstance(v, (str, int, np.integer))}
+    if str(label_name).strip() in names:
+        warn_data(f"the label column of {source} is called {label_name!r}, which is also one of its labels: if this "
+                  f"is a row of data, it is lost; {fix}")
 
 
 def check_files_exist(files: Sequence[Path], rows: Sequence[str], hint: str) -> None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..core.device import as_model_input
 from ..core.losses import activate
 from ..core.tasks import decode_prediction
-from ..data.preprocess import preprocess_image
+from ..data.preprocess import item_to_model_input
 from ..utils.hub import download_files, hub_repo_id
 from ..utils.state_dicts import check_state_dict
 from .export_format import CONFIG_FILE, InvalidExportError, WEIGHTS_FILE, build_model, check_config
@@ -81,7 +81,9 @@ class Predictor:
     single-label classifier (multi-label: `(labels, mask, probabilities)`; regression: `(value, values, values)`).
 
     `item` is an image file path, a PIL image, or an array/tensor image (preprocessed as the learner's
-    validation data was), or an already preprocessed `(C, H, W)` float tensor. `predict_batch(x)` takes a
+    validation data was), or an already preprocessed `(C, H, W)` float input: which one an array or tensor is
+    depends on its dtype and range only (`preprocess.is_preprocessed`, docs/input.md); NaN or infinite values
+    are refused, naming the item. `predict_batch(x)` takes a
     preprocessed batch and returns the activated outputs (probabilities for a classifier).
     Attributes: `model` (eval mode), `vocab`, `n_out`, `data_config`, `resize_method`, `config`.
     """
@@ -111,11 +113,12 @@ class Predictor:
             if not isinstance(item, torch.Tensor):
                 raise TypeError(f"this model takes tensors (it was exported without image preprocessing), "
                                 f"got {type(item).__name__}")
+            if item.is_floating_point() and not bool(torch.isfinite(item).all()):
+                raise ValueError(f"cannot predict on this tensor of shape {tuple(item.shape)}: it holds "
+                                 f"{int((~torch.isfinite(item)).sum())} NaN or infinite value(s), for which every "
+                                 f"output would be NaN. Fix the input first, or leave it out")
             return item
-        if isinstance(item, torch.Tensor) and item.is_floating_point() and item.ndim == 3 and \
-                tuple(item.shape) == tuple(self.data_config["input_size"]):
-            return item  # already preprocessed
-        return preprocess_image(item, self.data_config, resize_method=self.resize_method)
+        return item_to_model_input(item, self.data_config, resize_method=self.resize_method)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -622,7 +622,7 @@ class BaseLearner:
         state: dict[str, Any] = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()
-        return save_torch(state, self.file_path(name))
+        return save_torch(state, self.file_path(name), "the model state (learn.save) to")
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "BaseLearner":
         """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with

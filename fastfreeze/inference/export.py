@@ -189,7 +189,7 @@ def export_learner(learn: BaseLearner, path: Union[str, Path], timm_kwargs: Opti
             _verify(learn, tmp, factory_name(factory)[1] if factory is not None else None)
         return [WEIGHTS_FILE, CONFIG_FILE]  # the config last: the export is complete once it is in place
 
-    return write_files(folder, fill)
+    return write_files(folder, fill, "the export to")
 
 
 @torch.no_grad()

@@ -66,7 +66,8 @@ from ..utils.hub import hub_repo_id, model_card, timm_model_config, upload_folde
 from ..utils.ranks import is_rank_zero
 from ..version import __version__
 from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, Factory,
-                            InvalidExportError, WEIGHTS_FILE, check_config, factory_name, layer_spec, plain_json)
+                            InvalidExportError, WEIGHTS_FILE, check_config, factory_name, layer_spec, plain_json,
+                            weights_metadata)
 from .predictor import Predictor, load_learner
 
 
@@ -182,7 +183,7 @@ def export_learner(learn: BaseLearner, path: Union[str, Path], timm_kwargs: Opti
         state[key] = value.detach().to("cpu", copy=True).contiguous()
 
     def fill(tmp: Path) -> list[str]:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=weights_metadata(config))
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1, allow_nan=False)
         if verify:

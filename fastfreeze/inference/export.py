@@ -7,7 +7,7 @@
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```
-{"format": "fastfreeze-export", "format_version": 2, "fastfreeze_version": "0.1.0",
+{"format": "fastfreeze-export", "format_version": 3, "fastfreeze_version": "0.1.0",
  "model": {"kind": "transfer",
            "body": {"kind": "timm", "arch": "resnet18", "timm_kwargs": {"global_pool": ""}, "removed": []},
            "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ..., "y_range": null}},

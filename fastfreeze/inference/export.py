@@ -3,7 +3,8 @@
 `export_learner(learn, path)` (also `learn.export(path)`) writes a folder with two files:
 
 - `model.safetensors`: every tensor of the model's state dict (safetensors holds tensors only: loading it
-  runs no code);
+  runs no code), with the sha256 of `config.json` and a copy of it in its metadata (`weights_metadata`), so that
+  `load_learner` refuses a config edited after the export, naming what changed;
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```

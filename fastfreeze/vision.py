@@ -144,7 +144,9 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
         learner_kwargs: go to `Learner` (lr, wd, norm, train_bn, cbs, opt_func, precision, ...).
     """
     check_dropout(ps), check_layer_sizes(lin_ftrs)  # before the body is built (or its weights downloaded)
-    check_wd(learner_kwargs.get("wd", 0.01)), callback_list(learner_kwargs.get("cbs"))
+    check_wd(learner_kwargs.get("wd", 0.01))
+    if "cbs" in learner_kwargs:
+        learner_kwargs["cbs"] = callback_list(learner_kwargs["cbs"])
     data_config = getattr(dls, "data_config", None) or {}
     input_size = tuple(data_config["input_size"]) if "input_size" in data_config else None
     info = _make_body(arch, pretrained, input_size[-1] if input_size else None, dict(timm_kwargs or {}))

@@ -161,3 +161,14 @@ def test_a_callback_class_given_for_an_object_says_to_call_it(dls_5_batches):
     with pytest.raises(TypeError, match=r"cbs must be a callback object or a list of them \(e.g. cbs=\[EMA\(\)\]\), "
                                         r"got 'ema'"):
         learn.fit(1, 1e-2, cbs="ema")
+
+
+def test_callbacks_and_sizes_given_as_other_sequences_are_taken_as_lists(dls_5_batches):
+    import numpy as np
+    ema = EMA()
+    learn = _learner(dls_5_batches, cbs=(cb for cb in [ema]))  # a generator, read once
+    assert ema in learn.cbs and ema.learn is learn
+    head = create_head(8, 3, lin_ftrs=np.array([4]), ps=np.array([0.1, 0.2]))
+    assert [m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)] == pytest.approx([0.1, 0.2])
+    assert [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)] == [4, 3]
+    learn.fit_one_cycle(1, 1e-2, moms=np.array([0.95, 0.85, 0.95]))

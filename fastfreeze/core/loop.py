@@ -98,7 +98,7 @@ class BaseLearner:
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
         self.splitter = splitter or default_splitter
         wd = check_wd(wd)
-        callback_list(cbs)  # a callback class or a non-callback refused before anything is built
+        cbs = callback_list(cbs)  # a callback class or a non-callback refused before anything is built
         self.opt_func, self.lr, self.wd, self.wd_bn_bias = opt_func, lr, wd, wd_bn_bias
         if norm is not None and norm not in NORM_POLICIES:
             raise ValueError(f"norm must be one of {NORM_POLICIES} (or None to follow train_bn), got {norm!r}")
@@ -140,8 +140,7 @@ class BaseLearner:
         self.divergence_guard = DivergenceGuard()  # stops a fit at a NaN/inf loss or weight (docs/divergence.md)
         self.cbs: list[Callback] = []
         self.add_cbs([self.recorder, self.divergence_guard] + ([ProgressCallback()] if progress else []))
-        if cbs is not None:
-            self.add_cbs(cbs)
+        self.add_cbs(cbs)
 
     # ---------------------------------------------------------------------------------------------
     # layer groups and freezing

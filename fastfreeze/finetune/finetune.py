@@ -118,7 +118,8 @@ def _check_hyper_parameters(pct_start: Any, div: Any, kwargs: dict[str, Any]) ->
     check_one_cycle(div, kwargs.get("div_final", 1e5), pct_start, kwargs.get("moms"))
     if kwargs.get("wd") is not None:
         check_wd(kwargs["wd"])
-    callback_list(kwargs.get("cbs"))
+    if "cbs" in kwargs:
+        kwargs["cbs"] = callback_list(kwargs["cbs"])  # a list: every phase gets them
 
 
 def _resume_point(learn: BaseLearner, resume_from: Union[str, Path], base_lr: Union[float, str]) -> tuple[int, float]:

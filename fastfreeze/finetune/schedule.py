@@ -95,7 +95,7 @@ def fit_one_cycle(learn: BaseLearner, n_epoch: int, lr_max: Union[None, LrSpec, 
     check_one_cycle(div, div_final, pct_start, moms)  # before an 'auto' lr is chosen
     if wd is not None:
         wd = check_wd(wd)
-    callback_list(cbs)
+    cbs = callback_list(cbs)
     if isinstance(lr_max, str) and lr_max == "auto":
         lr_max = choose_base_lr(learn, accum_steps=accum_steps)
     lrs = expand_lrs(learn.lr if lr_max is None else lr_max, learn.n_groups)

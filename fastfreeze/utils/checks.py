@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 
@@ -68,6 +67,13 @@ def check_wd(wd: Any, name: str = "wd") -> float:
     return float(wd)
 
 
+def _as_list(value: Any) -> Optional[list[Any]]:
+    """The items of a list, tuple, array or other sequence (not a string or a mapping); None for anything else."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__") or not hasattr(value, "__len__"):
+        return None
+    return list(value)
+
+
 def check_moms(moms: Any, name: str = "moms") -> Optional[tuple[float, float, float]]:
     """One-cycle momentums as a tuple of 3 floats in [0, 1) (start, middle, end), or None (momentum left alone);
     else a ValueError (TypeError for something that is not 3 numbers) naming fastai's values."""
@@ -75,12 +81,12 @@ def check_moms(moms: Any, name: str = "moms") -> Optional[tuple[float, float, fl
         return None
     hint = ("fastai's are (0.95, 0.85, 0.95) (for Adam they are beta1, which must stay below 1); moms=None leaves "
             "the optimizer's momentum alone")
-    if isinstance(moms, (str, bytes)) or not isinstance(moms, Sequence) or len(moms) != 3 or \
-            not all(is_real(m) for m in moms):
+    values = _as_list(moms)
+    if values is None or len(values) != 3 or not all(is_real(m) for m in values):
         raise TypeError(f"{name} must be 3 momentums (start, middle, end), got {moms!r}: {hint}")
-    if not all(_finite_real(m) and 0 <= m < 1 for m in moms):
-        raise ValueError(f"{name} must be 3 momentums each in [0, 1), got {tuple(moms)!r}: {hint}")
-    return (float(moms[0]), float(moms[1]), float(moms[2]))
+    if not all(_finite_real(m) and 0 <= m < 1 for m in values):
+        raise ValueError(f"{name} must be 3 momentums each in [0, 1), got {tuple(values)!r}: {hint}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def check_div(div: Any, name: str = "div") -> float:
@@ -112,8 +118,7 @@ def check_dropout(ps: Any, name: str = "ps") -> Union[float, list[float]]:
     something that is not numbers)."""
     hint = ("fastai's default head has ps=0.5 (0.25 before its hidden layer); 0 turns dropout off, and 1 would "
             "drop every feature")
-    values = [ps] if is_real(ps) else (list(ps) if isinstance(ps, Sequence) and not isinstance(ps, (str, bytes))
-                                       else None)
+    values = [ps] if is_real(ps) else _as_list(ps)
     if values is None or not values or not all(is_real(p) for p in values):
         raise TypeError(f"{name} (the head's dropout probabilities) must be a number or a list of numbers, "
                         f"got {ps!r}: {hint}")
@@ -129,13 +134,12 @@ def check_layer_sizes(lin_ftrs: Any, name: str = "lin_ftrs") -> Optional[list[in
     if lin_ftrs is None:
         return None
     hint = "e.g. [512] (the default), [1024, 256] for two hidden layers, or [] for none"
-    if isinstance(lin_ftrs, (str, bytes)) or not isinstance(lin_ftrs, Sequence) or \
-            not all(is_int(n) for n in lin_ftrs):
+    values = _as_list(lin_ftrs)
+    if values is None or not all(is_int(n) for n in values):
         raise TypeError(f"{name} (the head's hidden layer sizes) must be a list of ints, got {lin_ftrs!r}: {hint}")
-    if not all(n >= 1 for n in lin_ftrs):
-        raise ValueError(f"{name} (the head's hidden layer sizes) must be positive ints, got {list(lin_ftrs)!r}: "
-                         f"{hint}")
-    return [int(n) for n in lin_ftrs]
+    if not all(n >= 1 for n in values):
+        raise ValueError(f"{name} (the head's hidden layer sizes) must be positive ints, got {values!r}: {hint}")
+    return [int(n) for n in values]
 
 
 def check_not_a_class(value: Any, name: str = "callbacks") -> None:

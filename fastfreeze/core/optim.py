@@ -55,9 +55,10 @@ def check_single_weight_decay(opt: torch.optim.Optimizer, wd: float) -> None:
 
 
 def check_decay_rate(lr: float, wd: float) -> None:
-    """Refuse a decoupled weight decay that multiplies the weights by `1 - lr*wd <= 0` (zeroes or flips them):
-    `lr*wd` must stay below 1."""
-    if lr * wd >= 1:
+    """Refuse a weight decay of 1 or more that multiplies the weights by `1 - lr*wd <= 0` (zeroes or flips them) at
+    this lr. (With a usual wd, an lr that large is the lr's fault: the divergence check stops that fit and says
+    to lower the lr.)"""
+    if wd >= 1 and lr * wd >= 1:
         raise ValueError(
             f"weight decay would multiply the weights by 1 - lr*wd = {1 - lr * wd:g} at each step (lr={lr:g}, "
             f"wd={wd:g}): lr*wd must stay below 1, or every step zeroes or flips the weights. Lower wd (typical "

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from .core.callback import callback_list
 from .core.dataloaders import DataLoaders
 from .core.losses import SupervisedContrastiveLoss, class_weighted_loss
 from .core.tasks import MULTI_LABEL, REGRESSION, loss_for
@@ -20,6 +21,7 @@ from .models.body import BodyInfo, TransferModel, create_timm_body, cut_classifi
 from .models.groups import layer_groups
 from .models.head import create_head, head_from_layers, projection_head
 from .models.weights import load_pretrained
+from .utils.checks import check_dropout, check_layer_sizes, check_wd
 
 Pretrained = Union[bool, str, os.PathLike]
 
@@ -144,6 +146,10 @@ def vision_learner(dls: DataLoaders, arch: Union[str, nn.Module], pretrained: Pr
         timm_kwargs: extra arguments for `timm.create_model` (e.g. `img_size`, `drop_path_rate`).
         learner_kwargs: go to `Learner` (lr, wd, norm, train_bn, cbs, opt_func, precision, ...).
     """
+    check_dropout(ps), check_layer_sizes(lin_ftrs)  # before the body is built (or its weights downloaded)
+    check_wd(learner_kwargs.get("wd", 0.01))
+    if "cbs" in learner_kwargs:
+        learner_kwargs["cbs"] = callback_list(learner_kwargs["cbs"])
     data_config = getattr(dls, "data_config", None) or {}
     input_size = tuple(data_config["input_size"]) if "input_size" in data_config else None
     info = _make_body(arch, pretrained, input_size[-1] if input_size else None, dict(timm_kwargs or {}))

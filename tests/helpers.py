@@ -120,7 +120,10 @@ def array_dls(size=32, n=24):
     return ImageDataLoaders.from_arrays(x, y, x[:6], y[:6], size=size, bs=8, vocab=VOCAB)
 
 
-def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Path:
+def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None, keep_metadata=True) -> Path:
+    """A copy of the export `src` in `dst`, its config and weights edited by the functions given; the weights keep
+    their metadata (the exported config's checksum) unless `keep_metadata=False` (an export of format 1 or 2)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     dst.mkdir()
     config = json.loads((src / CONFIG_FILE).read_text())
@@ -128,9 +131,11 @@ def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Pa
         config_edit(config)
     (dst / CONFIG_FILE).write_text(json.dumps(config))
     weights = load_file(str(src / WEIGHTS_FILE))
+    with safe_open(str(src / WEIGHTS_FILE), framework="pt") as f:
+        metadata = f.metadata() if keep_metadata else None
     if weights_edit:
         weights_edit(weights)
-    save_file(weights, str(dst / WEIGHTS_FILE))
+    save_file(weights, str(dst / WEIGHTS_FILE), metadata=metadata)
     return dst
 
 

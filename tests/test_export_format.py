@@ -1,5 +1,6 @@
 """The export format: config.json checked key by key before anything is built, heads of plain layers to JSON and
 back, models rebuilt from a config."""
+import hashlib
 import json
 
 import pytest
@@ -67,3 +68,89 @@ def test_a_head_of_plain_layers_goes_to_json_and_back():
         for _ in range(18):
             deep = {"type": "Sequential", "layers": [deep]}
         build_layer(deep)
+
+
+# -------------------------------------------------------------------------------------------------
+# integrity: the config's checksum in model.safetensors' metadata (docs/export.md)
+# -------------------------------------------------------------------------------------------------
+def _canonical(config):
+    """docs/export.md: the checksum is the sha256 of the config as JSON with sorted keys and no spaces."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _reseal(folder):
+    """Write the weights again with the checksum and copy of the config.json now in `folder`, as export does."""
+    from safetensors.torch import load_file, save_file
+    text = _canonical(json.loads((folder / "config.json").read_text()))
+    save_file(load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"),
+              metadata={"format": "fastfreeze-export", "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "config": text})
+    return folder
+
+
+def test_export_keeps_the_sha256_of_its_config_and_a_copy_in_the_weights_metadata(good_export):
+    from safetensors import safe_open
+    config = json.loads((good_export / "config.json").read_text())
+    with safe_open(str(good_export / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["config_sha256"] == hashlib.sha256(_canonical(config).encode()).hexdigest()
+    assert json.loads(metadata["config"]) == config and metadata["format"] == "fastfreeze-export"
+
+
+@pytest.fixture(scope="module")
+def relu_export(tmp_path_factory):
+    """An export whose timm body was built with act_layer='relu'."""
+    from fastfreeze import vision_learner
+    from helpers import array_dls
+    learn = vision_learner(array_dls(), "test_resnet", pretrained=False, progress=False,
+                           timm_kwargs={"act_layer": "relu"})
+    return learn.export(tmp_path_factory.mktemp("relu") / "export")
+
+
+@pytest.mark.parametrize("edit,change", [
+    (lambda c: c["model"]["body"]["timm_kwargs"].update(act_layer="gelu"),
+     "config.json's model.body.timm_kwargs.act_layer is 'gelu' but the export wrote 'relu'"),
+    (lambda c: c.update(activation="none"), "config.json's activation is 'none' but the export wrote 'softmax'"),
+    (lambda c: c.update(vocab=["bee", "ant", "cat"]),
+     "config.json's vocab is ['bee', 'ant', 'cat'] but the export wrote ['ant', 'bee', 'cat']"),
+    (lambda c: c["preprocessing"]["data_config"].update(mean=[0.5, 0.5, 0.5]),
+     "config.json's preprocessing.data_config.mean is [0.5, 0.5, 0.5] but the export wrote [0.485, 0.456, 0.406]"),
+    (lambda c: c["model"]["body"]["timm_kwargs"].pop("act_layer"),
+     "config.json lacks model.body.timm_kwargs.act_layer, which the export wrote as 'relu'"),
+])
+def test_an_edited_config_is_refused_naming_each_changed_value(relu_export, tmp_path, edit, change):
+    edited = copy_export(relu_export, tmp_path / "edited", edit)
+    with pytest.raises(InvalidExportError) as info:
+        load_learner(edited)
+    message = str(info.value)
+    assert message.startswith(f"{edited / 'config.json'} was changed after the export (its checksum is not the one "
+                              f"model.safetensors keeps): {change}. ")
+    assert "put back the exported values, or export the learner again" in message
+    assert load_learner(copy_export(relu_export, tmp_path / "intact")).vocab == ["ant", "bee", "cat"]
+
+
+def test_weights_without_the_checksum_are_refused_with_a_format_3_config(good_export, tmp_path):
+    with pytest.raises(InvalidExportError, match=r"model.safetensors holds no checksum of .*config.json, which every "
+                                                 r"export of format 3 writes into it: .*Export the learner again"):
+        load_learner(copy_export(good_export, tmp_path / "e", keep_metadata=False))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["preprocessing"]["data_config"].update(std=[0, 0, 0]),
+     r"preprocessing.data_config.std is \[0, 0, 0\] .*each value must be > 0"),
+    (lambda c: c["model"]["body"]["timm_kwargs"].update(act_layer="relux"),
+     r"timm_kwargs.act_layer is 'relux', an activation timm does not know"),
+    (lambda c: c["model"]["body"]["timm_kwargs"].update(features_only=True),
+     r"timm_kwargs has features_only=True: such a body returns a list of feature maps"),
+    (lambda c: c["model"]["head"].update(ps=5),
+     r"model.head: ps \(the head's dropout probabilities\) must each be in \[0, 1\), got 5"),
+    (lambda c: c["model"]["head"].update(lin_ftrs=[0]), r"lin_ftrs \(the head's hidden layer sizes\) must be positive"),
+    (lambda c: c.update(vocab=["ant", "bee", "cat", "dog"], n_out=4), r"the head has 3 outputs but n_out is 4"),
+    (lambda c: c.update(threshold=2.0), r"threshold is 2.0, but it is a probability .* must be in \[0, 1\]"),
+])
+def test_values_that_cannot_be_right_are_refused_even_with_a_matching_checksum(good_export, tmp_path, edit, message):
+    sealed = _reseal(copy_export(good_export, tmp_path / "e", edit))
+    with pytest.raises(InvalidExportError, match=message) as info:
+        load_learner(sealed)
+    assert str(sealed / "config.json") in str(info.value)
+    assert "export the learner again (learn.export)" in str(info.value)

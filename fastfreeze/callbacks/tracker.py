@@ -3,13 +3,16 @@ and loads the best back at the end of the fit; `EarlyStopping` ends a fit when i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ..core.callback import Callback, CancelFitException
 from ..utils.checks import check_int
+from ..utils.files import WriteError
+from ..utils.state_dicts import to_cpu_copy
 
 Comparison = Callable[[float, float], bool]
 
@@ -51,7 +54,10 @@ class SaveModelCallback(TrackerCallback):
     """Save the model whenever `monitor` improves (`learn.save(fname)`: `models/{fname}.pth`, written
     atomically), or after every epoch as `{fname}_{epoch}` with `every_epoch=True`. With `load_best`
     (default) the best model is loaded back at the end of the fit, also after an interrupt.
-    The best is tracked per fit: in `fine_tune` each phase starts afresh."""
+    The best is tracked per fit: in `fine_tune` each phase starts afresh.
+    A save the disk or the folder refuses (full, not writable: `utils.files.WriteError`) is a warning, and
+    training goes on; the best model that could not be written is kept in memory (a copy on the CPU), and
+    `load_best` loads it from there."""
 
     def __init__(self, monitor: str = "valid_loss", comp: Optional[Comparison] = None, min_delta: float = 0.0,
                  fname: str = "model", every_epoch: bool = False, with_opt: bool = True, load_best: bool = True):
@@ -61,19 +67,47 @@ class SaveModelCallback(TrackerCallback):
     def before_fit(self) -> None:
         super().before_fit()
         self.saved_best = False
+        self.unsaved_best: Optional[dict[str, Any]] = None  # the best state when its file could not be written
 
     def after_epoch(self) -> None:
         if self.every_epoch:
-            self.learn.save(f"{self.fname}_{self.learn.epoch}", with_opt=self.with_opt)
+            self._save(f"{self.fname}_{self.learn.epoch}", f"the model after epoch {self.learn.epoch}")
             return
         super().after_epoch()
         if self.new_best:
-            self.learn.save(self.fname, with_opt=self.with_opt)
+            saved = self._save(self.fname, f"the best model so far ({self.monitor} {self.best:g} at epoch "
+                                           f"{self.best_epoch})")
             self.saved_best = True
+            self.unsaved_best = None if saved else self._state_copy()
+
+    def _save(self, name: str, what: str) -> bool:
+        """`learn.save(name)`; a write the disk or the folder refuses is a warning (training goes on). True if
+        written."""
+        try:
+            self.learn.save(name, with_opt=self.with_opt)
+            return True
+        except WriteError as e:
+            kept = " It is kept in memory and loaded back at the end of the fit." if self.load_best and \
+                not self.every_epoch else ""
+            warnings.warn(f"{what} was not saved; training goes on.{kept} {e}", stacklevel=3)
+            return False
+
+    def _state_copy(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"model": to_cpu_copy(self.learn.model.state_dict())}
+        if self.with_opt:
+            state["opt"] = to_cpu_copy(self.learn.opt.state_dict())
+        return state
 
     def after_fit(self) -> None:
-        if self.load_best and not self.every_epoch and self.saved_best:
+        if not (self.load_best and not self.every_epoch and self.saved_best):
+            return
+        if self.unsaved_best is None:
             self.learn.load(self.fname, with_opt=self.with_opt)
+            return
+        self.learn.model.load_state_dict(self.unsaved_best["model"])
+        if "opt" in self.unsaved_best:
+            self.learn.opt.load_state_dict(self.unsaved_best["opt"])
+        self.unsaved_best = None
 
 
 class EarlyStopping(TrackerCallback):

@@ -4,8 +4,10 @@ The loop (`loop.BaseLearner.fit`) calls, for every callback in increasing `order
 each event it reaches (see `EVENTS` for the order in one fit, and docs/callbacks.md)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Optional, Union
+
+from ..utils.checks import check_not_a_class
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import BaseLearner
@@ -57,5 +59,19 @@ class Callback:
 
 
 def callback_list(cbs: Union[None, Callback, Sequence[Callback]]) -> list[Callback]:
-    """`cbs` as a list: None gives [], one callback [cb]."""
-    return [] if cbs is None else ([cbs] if isinstance(cbs, Callback) else list(cbs))
+    """`cbs` as a list: None gives [], one callback [cb]. A callback class given for an object (`cbs=EMA` or
+    `cbs=[EMA]`), or anything that is not a callback, is a TypeError saying what to pass."""
+    check_not_a_class(cbs)
+    if cbs is None:
+        return []
+    if isinstance(cbs, Callback):
+        return [cbs]
+    if isinstance(cbs, (str, bytes)) or not isinstance(cbs, Iterable):
+        raise TypeError(f"cbs must be a callback object or a list of them (e.g. cbs=[EMA()]), got {cbs!r}")
+    out = list(cbs)
+    for cb in out:
+        check_not_a_class(cb)
+        if not isinstance(cb, Callback):
+            raise TypeError(f"cbs holds {cb!r} ({type(cb).__name__}), which is not a callback: callbacks are objects "
+                            "of a Callback subclass (e.g. EMA(), CSVLogger(), SaveModelCallback())")
+    return out

@@ -20,6 +20,7 @@ interrupt never leaves a half-written file, and read with `utils.files.load_torc
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from ..utils.checks import check_int
-from ..utils.files import PathLike, load_torch, save_torch
+from ..utils.files import PathLike, WriteError, load_torch, save_torch
 from ..utils.ranks import batches_per_epoch
 from ..utils.seeds import resume_warning
 from ..utils.warn import warn_once
@@ -101,7 +102,7 @@ def save_checkpoint(learn: "BaseLearner", name: Union[str, Path] = "checkpoint")
                          step_iter=done * learn.steps_per_epoch(n_batches))
     state.update(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, n_batches=n_batches,
                  n_groups=learn.n_groups)
-    return save_torch(state, learn.file_path(name))
+    return save_torch(state, learn.file_path(name), "the checkpoint")
 
 
 def resume(learn: "BaseLearner", file: Path, n_epoch: int) -> int:
@@ -137,7 +138,9 @@ def resume(learn: "BaseLearner", file: Path, n_epoch: int) -> int:
 class CheckpointCallback(Callback):
     """Write a resumable checkpoint (`learn.save_checkpoint(fname)`, by default `models/checkpoint.pth`)
     after every `every` epochs and after the last epoch of each fit. The file is overwritten each time.
-    Resume with `learn.fit_one_cycle(..., resume_from=fname)` (or `fit`/`fine_tune`, with the same arguments)."""
+    Resume with `learn.fit_one_cycle(..., resume_from=fname)` (or `fit`/`fine_tune`, with the same arguments).
+    A checkpoint the disk or the folder refuses (full, not writable: `utils.files.WriteError`) is a warning saying
+    so, and training goes on; the previous checkpoint file is kept."""
     order = 61  # after the Recorder (50) has the epoch's row and the progress table (60) printed it
     learn: "BaseLearner"
 
@@ -148,4 +151,10 @@ class CheckpointCallback(Callback):
     def after_epoch(self) -> None:
         done = self.learn.epoch + 1
         if done % self.every == 0 or done == self.learn.n_epoch:
-            self.learn.save_checkpoint(self.fname)
+            try:
+                self.learn.save_checkpoint(self.fname)
+            except WriteError as e:  # the disk is full or the folder not writable: the fit itself can go on
+                resume = ("a resume would start from the previous checkpoint, which is kept"
+                          if self.learn.file_path(self.fname).exists() else "no checkpoint is on disk to resume from")
+                warnings.warn(f"the checkpoint after epoch {done} of {self.learn.phase!r} was not written; training "
+                              f"goes on, and {resume}. {e}", stacklevel=2)

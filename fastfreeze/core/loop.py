@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..utils.checks import check_epochs, check_int
+from ..utils.checks import check_epochs, check_int, check_wd
 from ..utils.files import load_torch, save_torch
 from ..utils.state_dicts import FIT_HINT, check_state_dict
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelTrainException,
@@ -35,7 +35,7 @@ from .layer_groups import Splitter, default_splitter, frozen_count, group_names,
 from .losses import activate, activation_for
 from .lrs import LrSpec, expand_lrs
 from .norm import no_decay_param_ids, norm_param_ids
-from .optim import DecoupledWeightDecay, adamw, check_single_weight_decay
+from .optim import DecoupledWeightDecay, adamw, check_decay_rate, check_single_weight_decay
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .tasks import check_metrics_for_task, decode_prediction, task_of
@@ -97,6 +97,8 @@ class BaseLearner:
         self.dls = dls
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
         self.splitter = splitter or default_splitter
+        wd = check_wd(wd)
+        cbs = callback_list(cbs)  # a callback class or a non-callback refused before anything is built
         self.opt_func, self.lr, self.wd, self.wd_bn_bias = opt_func, lr, wd, wd_bn_bias
         if norm is not None and norm not in NORM_POLICIES:
             raise ValueError(f"norm must be one of {NORM_POLICIES} (or None to follow train_bn), got {norm!r}")
@@ -139,8 +141,7 @@ class BaseLearner:
         self.divergence_guard = DivergenceGuard()  # stops a fit at a NaN/inf loss or weight (docs/divergence.md)
         self.cbs: list[Callback] = []
         self.add_cbs([self.recorder, self.divergence_guard] + ([ProgressCallback()] if progress else []))
-        if cbs is not None:
-            self.add_cbs(cbs)
+        self.add_cbs(cbs)
 
     # ---------------------------------------------------------------------------------------------
     # layer groups and freezing
@@ -223,9 +224,7 @@ class BaseLearner:
     # ---------------------------------------------------------------------------------------------
     def add_cbs(self, cbs: Union[Callback, Iterable[Callback]]) -> None:
         """Add callbacks for every later fit (kept sorted by `order`)."""
-        for cb in [cbs] if isinstance(cbs, Callback) else cbs:
-            if isinstance(cb, type):
-                raise TypeError(f"callbacks are objects: pass {cb.__name__}(), not the class {cb.__name__}")
+        for cb in callback_list(cbs):
             cb.learn = self
             self.cbs.append(cb)
         self.cbs.sort(key=lambda c: c.order)
@@ -287,6 +286,9 @@ class BaseLearner:
         `clip_grad`: clip the gradients' global norm to this value before each step (`grad_clip.GradientClip`).
         """
         n_epoch = check_epochs(n_epoch)
+        if wd is not None:
+            wd = check_wd(wd)
+        cbs = callback_list(cbs)
         if not 0 <= start_epoch <= n_epoch:
             raise ValueError(f"start_epoch must be in [0, {n_epoch}], got {start_epoch}")
         self._check_accum_steps(accum_steps)
@@ -298,6 +300,8 @@ class BaseLearner:
             check_single_weight_decay(self.opt, wd)
             for g in self.opt.param_groups:
                 g["wd"] = wd
+        for g in self.opt.param_groups:  # before anything trains (the step hook checks the scheduled lrs too)
+            check_decay_rate(g["lr"], g.get("wd", 0.0))
         self.n_fits += 1
         self.phase = phase or f"fit {self.n_fits}"
         self.accum_steps = accum_steps
@@ -618,7 +622,7 @@ class BaseLearner:
         state: dict[str, Any] = {"model": self.model.state_dict()}
         if with_opt:
             state["opt"] = self.opt.state_dict()
-        return save_torch(state, self.file_path(name))
+        return save_torch(state, self.file_path(name), "the model state (learn.save) to")
 
     def load(self, name: Union[str, Path], with_opt: bool = True, strict: bool = True) -> "BaseLearner":
         """Load a state written by `save` or `save_checkpoint`, or a plain state dict of the model (with

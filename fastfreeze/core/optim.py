@@ -54,6 +54,17 @@ def check_single_weight_decay(opt: torch.optim.Optimizer, wd: float) -> None:
             "optimizer decay every parameter itself")
 
 
+def check_decay_rate(lr: float, wd: float) -> None:
+    """Refuse a weight decay of 1 or more that multiplies the weights by `1 - lr*wd <= 0` (zeroes or flips them) at
+    this lr. (With a usual wd, an lr that large is the lr's fault: the divergence check stops that fit and says
+    to lower the lr.)"""
+    if wd >= 1 and lr * wd >= 1:
+        raise ValueError(
+            f"weight decay would multiply the weights by 1 - lr*wd = {1 - lr * wd:g} at each step (lr={lr:g}, "
+            f"wd={wd:g}): lr*wd must stay below 1, or every step zeroes or flips the weights. Lower wd (typical "
+            "values are 1e-2 to 1e-4) or the learning rate")
+
+
 class DecoupledWeightDecay:
     """`p *= 1 - lr * wd` before each optimizer step, for each param group's decayed parameters that get a step
     (a gradient), with the group's current `lr` and `'wd'`.

@@ -15,11 +15,11 @@ from ..core.checkpoint import read_checkpoint
 from ..core.layer_groups import frozen_count
 from ..core.loop import BaseLearner
 from ..core.lrs import check_lrs, expand_lrs
-from ..utils.checks import WholeNumberError, check_epochs, is_int
+from ..utils.checks import WholeNumberError, check_epochs, check_wd, is_int
 from .auto_lr import choose_base_lr
 from .default_choice import CHOOSERS, choose_fine_tune
 from .feature_cache import feature_cache_for
-from .schedule import fit_one_cycle
+from .schedule import check_one_cycle, fit_one_cycle
 from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_strategy
 
 
@@ -64,6 +64,7 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
         raise ValueError("fine_tune labels its phases itself: pass no `phase`, or define a Strategy with labels")
     check_epochs(epochs, "epochs")
     _check_base_lr(base_lr)
+    _check_hyper_parameters(pct_start, div, kwargs)
     if choose not in CHOOSERS:
         raise ValueError(f"choose must be one of {', '.join(map(repr, CHOOSERS))}, got {choose!r}")
     first_phase = 0
@@ -111,6 +112,16 @@ def _check_base_lr(base_lr: Any) -> None:
     check_lrs([base_lr], "base_lr")
 
 
+def _check_hyper_parameters(pct_start: Any, div: Any, kwargs: dict[str, Any]) -> None:
+    """Every phase's one-cycle arguments and the extra keyword arguments, checked before anything runs (the
+    'auto' lr, the probe, a first phase), with the messages `fit_one_cycle` gives."""
+    check_one_cycle(div, kwargs.get("div_final", 1e5), pct_start, kwargs.get("moms"))
+    if kwargs.get("wd") is not None:
+        check_wd(kwargs["wd"])
+    if "cbs" in kwargs:
+        kwargs["cbs"] = callback_list(kwargs["cbs"])  # a list: every phase gets them
+
+
 def _resume_point(learn: BaseLearner, resume_from: Union[str, Path], base_lr: Union[float, str]) -> tuple[int, float]:
     """The phase a fine_tune checkpoint was written in, and the base_lr it used (checked against `base_lr`)."""
     file = learn.file_path(resume_from)
@@ -136,3 +147,8 @@ def _check_phase(learn: BaseLearner, phase: Any, plan: Strategy) -> None:
         raise ValueError(f"{plan!r} gave phase {phase.label!r} freeze_to={phase.freeze_to!r}, but this learner has "
                          f"{g} layer groups: it must be an int in [{-g}, {g - 1}]") from None
     expand_lrs(phase.lr, g)  # a clear error now rather than after the first phases
+    try:
+        check_one_cycle(25.0 if phase.div is None else phase.div, 1e5,
+                        0.25 if phase.pct_start is None else phase.pct_start, None)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{plan!r} gave phase {phase.label!r} a one-cycle argument that cannot be used: {e}") from None

@@ -13,7 +13,8 @@ from typing import Optional, Union
 from ..core.callback import Callback, callback_list
 from ..core.loop import BaseLearner, Callbacks
 from ..core.lrs import LrSpec, expand_lrs
-from ..core.optim import set_momentum
+from ..core.optim import check_decay_rate, set_momentum
+from ..utils.checks import check_div, check_moms, check_pct_start, check_wd
 from .auto_lr import choose_base_lr
 
 Schedule = Callable[[float], float]  # position in [0, 1) -> value
@@ -63,12 +64,19 @@ class ParamScheduler(Callback):
                 set_momentum(group, self.mom_sched(pos))
 
 
+def check_one_cycle(div: float, div_final: float, pct_start: float, moms: Optional[Sequence[float]]
+                    ) -> tuple[float, float, float, Optional[tuple[float, float, float]]]:
+    """The one-cycle hyper-parameters checked (`utils.checks`: the same messages from every entry point) and
+    returned as floats: `div` and `div_final` finite and >= 1, `pct_start` in (0, 1], `moms` 3 values in [0, 1)
+    or None."""
+    return check_div(div, "div"), check_div(div_final, "div_final"), check_pct_start(pct_start), check_moms(moms)
+
+
 def one_cycle_scheduler(lrs: Sequence[float], div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25,
                         moms: Optional[tuple[float, float, float]] = (0.95, 0.85, 0.95)) -> ParamScheduler:
     """The one-cycle policy: each group's lr warms up from lr/div to lr over `pct_start` of the steps,
     then anneals to lr/div_final; momentum goes moms[0] -> moms[1] -> moms[2] (cosine both ways)."""
-    if not 0 < pct_start <= 1:
-        raise ValueError(f"pct_start must be in (0, 1], got {pct_start}")
+    div, div_final, pct_start, moms = check_one_cycle(div, div_final, pct_start, moms)
     lr_scheds = [combined_cos(pct_start, lr / div, lr, lr / div_final) for lr in lrs]
     mom_sched = combined_cos(pct_start, *moms) if moms is not None else None
     return ParamScheduler(lr_scheds, mom_sched)
@@ -84,9 +92,15 @@ def fit_one_cycle(learn: BaseLearner, n_epoch: int, lr_max: Union[None, LrSpec, 
     moms[0] -> moms[1] -> moms[2]. `lr_max` is a float, a slice or one peak lr per group (default `learn.lr`;
     'auto': `auto_lr.choose_base_lr`). `resume_from`: a checkpoint of this same fit to go on from;
     `accum_steps` (gradient accumulation; the schedule counts optimizer steps) and `clip_grad`: see `fit`."""
+    check_one_cycle(div, div_final, pct_start, moms)  # before an 'auto' lr is chosen
+    if wd is not None:
+        wd = check_wd(wd)
+    cbs = callback_list(cbs)
     if isinstance(lr_max, str) and lr_max == "auto":
         lr_max = choose_base_lr(learn, accum_steps=accum_steps)
     lrs = expand_lrs(learn.lr if lr_max is None else lr_max, learn.n_groups)
+    for lr, group in zip(lrs, learn.opt.param_groups):  # the peak lr meets the decay at pct_start
+        check_decay_rate(lr, group.get("wd", 0.0) if wd is None else wd)
     scheduler = one_cycle_scheduler(lrs, div=div, div_final=div_final, pct_start=pct_start, moms=moms)
     learn.fit(n_epoch, wd=wd, cbs=[scheduler] + callback_list(cbs), phase=phase, resume_from=resume_from,
               accum_steps=accum_steps, clip_grad=clip_grad)

@@ -3,11 +3,12 @@
 `export_learner(learn, path)` (also `learn.export(path)`) writes a folder with two files:
 
 - `model.safetensors`: every tensor of the model's state dict (safetensors holds tensors only: loading it
-  runs no code);
+  runs no code), with the sha256 of `config.json` and a copy of it in its metadata (`weights_metadata`), so that
+  `load_learner` refuses a config edited after the export, naming what changed;
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```
-{"format": "fastfreeze-export", "format_version": 2, "fastfreeze_version": "0.1.0",
+{"format": "fastfreeze-export", "format_version": 3, "fastfreeze_version": "0.1.0",
  "model": {"kind": "transfer",
            "body": {"kind": "timm", "arch": "resnet18", "timm_kwargs": {"global_pool": ""}, "removed": []},
            "head": {"kind": "default", "n_out": 3, "lin_ftrs": null, "ps": 0.5, ..., "y_range": null}},
@@ -66,7 +67,8 @@ from ..utils.hub import hub_repo_id, model_card, timm_model_config, upload_folde
 from ..utils.ranks import is_rank_zero
 from ..version import __version__
 from .export_format import (CONFIG_FILE, FORBIDDEN_TIMM_KWARGS, FORMAT_NAME, FORMAT_VERSION, Factory,
-                            InvalidExportError, WEIGHTS_FILE, check_config, factory_name, layer_spec, plain_json)
+                            InvalidExportError, WEIGHTS_FILE, check_config, factory_name, layer_spec, plain_json,
+                            weights_metadata)
 from .predictor import Predictor, load_learner
 
 
@@ -182,14 +184,14 @@ def export_learner(learn: BaseLearner, path: Union[str, Path], timm_kwargs: Opti
         state[key] = value.detach().to("cpu", copy=True).contiguous()
 
     def fill(tmp: Path) -> list[str]:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=weights_metadata(config))
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1, allow_nan=False)
         if verify:
             _verify(learn, tmp, factory_name(factory)[1] if factory is not None else None)
         return [WEIGHTS_FILE, CONFIG_FILE]  # the config last: the export is complete once it is in place
 
-    return write_files(folder, fill)
+    return write_files(folder, fill, "the export to")
 
 
 @torch.no_grad()

@@ -1,16 +1,21 @@
 """The export format: what `config.json` of an export holds, how it is checked, and how a model is rebuilt
 from it (docs/export.md). Plain JSON only: building a model from a config imports nothing the config names.
 
-`check_config` checks a parsed config entirely (format, version, every key and type) before anything is
-built; `build_model` rebuilds the model with fresh weights; `layer_spec`/`build_layer` turn a head made of
+`check_config` checks a parsed config entirely (format, version, every key and type, and values that cannot be
+right even when the config is intact: a std of 0, an activation timm does not know, a body built with
+`features_only`, dropout outside [0, 1), a vocabulary that is not the head's outputs) before anything is built;
+`check_config_matches_weights` compares it with the checksum and the copy of the exported config that
+`model.safetensors` keeps in its metadata (`weights_metadata`), naming every value that was changed; `build_model` rebuilds the model with fresh weights; `layer_spec`/`build_layer` turn a head made of
 plain torch layers into JSON and back; `build_spec` records how `vision_learner` built a learner.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import timm
@@ -21,11 +26,15 @@ from ..core.tasks import SINGLE_LABEL, TASKS
 from ..data.preprocess import RESIZE_METHODS
 from ..models.body import TransferModel, cut_classifier, remove_unused
 from ..models.head import AdaptiveConcatPool2d, create_head, projection_head
-from ..utils.checks import is_int
+from ..utils.checks import check_dropout, check_layer_sizes, is_int
 
 FORMAT_NAME = "fastfreeze-export"
-FORMAT_VERSION = 2  # 2: the task, the multi-label threshold and the head's y_range (a version 1 config reads as
-# a single-label model, as it was written)
+FORMAT_VERSION = 3  # 2: the task, the multi-label threshold and the head's y_range (a version 1 config reads as
+# a single-label model, as it was written); 3: model.safetensors' metadata holds config.json's checksum and a copy
+# (checked by load_learner; exports of formats 1 and 2 have none and load without the check)
+CHECKSUM_SINCE = 3
+# the keys of model.safetensors' metadata (safetensors keeps a str -> str dict in the file's header)
+METADATA_FORMAT, METADATA_CHECKSUM, METADATA_CONFIG = "format", "config_sha256", "config"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 # timm arguments an export never passes on: the weights come from model.safetensors, the head is separate
 FORBIDDEN_TIMM_KWARGS = ("pretrained", "checkpoint_path", "num_classes", "pretrained_cfg", "pretrained_cfg_overlay")
@@ -275,22 +284,86 @@ def check_config(config: Any, where: str = "config.json") -> dict[str, Any]:
     vocab = config["vocab"]
     if vocab is not None and config["activation"] != "none" and len(vocab) != config["n_out"]:
         raise InvalidExportError(f"{where}: vocab has {len(vocab)} classes but n_out is {config['n_out']}")
+    _check_values(config, where)
     return config
+
+
+def _check_values(config: dict[str, Any], where: str) -> None:
+    """Values of a well-formed config that cannot be right, whether or not the config was edited: each named
+    with what it breaks and what to do."""
+    again = "put back the value the export wrote, or export the learner again (learn.export)"
+    model = config["model"]
+    if model["kind"] == "transfer":
+        outputs = _head_outputs(model["head"])
+        if outputs is not None and outputs != config["n_out"]:
+            raise InvalidExportError(f"{where}: the head has {outputs} outputs but n_out is {config['n_out']}: the "
+                                     f"vocabulary and predictions would not match the model; {again}")
+    if config["preprocessing"] is not None:
+        data_config = config["preprocessing"]["data_config"]
+        if not data_config["std"] or not all(s > 0 for s in data_config["std"]) or \
+                len(data_config["mean"]) != len(data_config["std"]):
+            raise InvalidExportError(
+                f"{where}:preprocessing.data_config.std is {data_config['std']} (mean {data_config['mean']}): every "
+                "image is divided by the std, so each value must be > 0 (ImageNet's are [0.229, 0.224, 0.225]), one "
+                f"per mean; {again}")
+    threshold = config["threshold"]
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise InvalidExportError(f"{where}: threshold is {threshold}, but it is a probability (a multi-label tag "
+                                 f"is reported above it): it must be in [0, 1]; {again}")
+
+
+def _head_outputs(head: dict[str, Any]) -> Optional[int]:
+    """The number of outputs a checked head spec gives (None when its layers do not say)."""
+    if head["kind"] == "default":
+        return head["n_out"]
+    if head["kind"] == "projection":
+        return head["output_dim"]
+    linears = [spec for spec in _layer_specs(head["module"]) if spec.get("type") == "Linear"]
+    return linears[-1].get("out_features") if linears else None
+
+
+def _layer_specs(spec: Any, depth: int = 0) -> list[dict[str, Any]]:
+    """The plain layers of a `layer_spec` tree, in order."""
+    if not isinstance(spec, dict) or depth > MAX_DEPTH:
+        return []
+    if spec.get("type") == "Sequential" and isinstance(spec.get("layers"), list):
+        return [s for layer in spec["layers"] for s in _layer_specs(layer, depth + 1)]
+    return [spec]
 
 
 def _check_body(body: Any, where: str) -> None:
     kind = body.get("kind") if isinstance(body, dict) else None
     if kind == "timm":
         check_object(body, where, {"kind": STR, "arch": STR, "timm_kwargs": DICT, "removed": STR_LIST})
-        bad = [k for k in body["timm_kwargs"] if k in FORBIDDEN_TIMM_KWARGS]
+        kwargs = body["timm_kwargs"]
+        bad = [k for k in kwargs if k in FORBIDDEN_TIMM_KWARGS]
         if bad:
             raise InvalidExportError(f"{where}.timm_kwargs may not hold {bad}")
+        if kwargs.get("features_only"):
+            raise InvalidExportError(
+                f"{where}.timm_kwargs has features_only={kwargs['features_only']!r}: such a body returns a list of "
+                "feature maps, not the features a head takes, and an export never has one. Remove it, or export "
+                "the learner again (learn.export)")
+        if isinstance(kwargs.get("act_layer"), str) and not _timm_knows_activation(kwargs["act_layer"]):
+            raise InvalidExportError(
+                f"{where}.timm_kwargs.act_layer is {kwargs['act_layer']!r}, an activation timm does not know (e.g. "
+                "'relu', 'gelu', 'silu'). Put back the value the export wrote, or export the learner again "
+                "(learn.export)")
     elif kind == "cut":
         check_object(body, where, {"kind": STR, "factory": STR, "kwargs": DICT,
                                     "input_size": ("a list of 3 positive ints",
                                                    lambda v: INT_LIST[1](v) and len(v) == 3 and min(v) > 0)})
     else:
         raise InvalidExportError(f"{where}.kind must be 'timm' or 'cut', found {kind!r}")
+
+
+def _timm_knows_activation(name: str) -> bool:
+    from timm.layers import get_act_layer
+    try:
+        get_act_layer(name)
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def _check_head(head: Any, where: str, version: int = FORMAT_VERSION) -> None:
@@ -304,6 +377,11 @@ def _check_head(head: Any, where: str, version: int = FORMAT_VERSION) -> None:
         check_object(head, where, fields)
         if version == 1:
             head["y_range"] = None
+        try:
+            check_dropout(head["ps"]), check_layer_sizes(head["lin_ftrs"])
+        except (TypeError, ValueError) as e:
+            raise InvalidExportError(f"{where}: {e}. Put back the value the export wrote, or export the learner "
+                                     "again (learn.export)") from e
     elif kind == "projection":
         check_object(head, where, {"kind": STR, "output_dim": POSITIVE_INT})
     elif kind == "layers":
@@ -339,7 +417,12 @@ def _build_body(spec: dict[str, Any], factory: Optional[Callable[..., nn.Module]
     if not timm.is_model(spec["arch"]):
         raise InvalidExportError(f"timm {timm.__version__} has no architecture {spec['arch']!r}: install the timm "
                                  "version the export was made with")
-    body = timm.create_model(spec["arch"], pretrained=False, num_classes=0, **spec["timm_kwargs"])
+    try:
+        body = timm.create_model(spec["arch"], pretrained=False, num_classes=0, **spec["timm_kwargs"])
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError) as e:
+        raise InvalidExportError(f"timm cannot build {spec['arch']!r} with the config's timm_kwargs "
+                                 f"{spec['timm_kwargs']} ({type(e).__name__}: {e}): put back the values the export "
+                                 "wrote, or export the learner again (learn.export)") from e
     remove_unused(body, spec["removed"])
     return body
 
@@ -352,3 +435,81 @@ def _build_head(spec: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     if spec["kind"] == "projection":
         return projection_head(nf, spec["output_dim"], pool=pool)
     return build_layer(spec["module"])
+
+
+# -------------------------------------------------------------------------------------------------
+# the config's checksum, kept in the weights file
+# -------------------------------------------------------------------------------------------------
+def canonical_json(config: dict[str, Any]) -> str:
+    """The config as the text its checksum is taken of: sorted keys, no spaces, UTF-8 characters as they are."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def config_checksum(config: dict[str, Any]) -> str:
+    """The sha256 (hex) of `canonical_json(config)`."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+def weights_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """What `export` writes into model.safetensors' metadata: the format, the config's checksum and a copy of the
+    config (so that a changed value can be named)."""
+    return {METADATA_FORMAT: FORMAT_NAME, METADATA_CHECKSUM: config_checksum(config),
+            METADATA_CONFIG: canonical_json(config)}
+
+
+def read_weights_metadata(file: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (empty when it has none); an unreadable file is an InvalidExportError."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InvalidExportError(f"{file} is not a readable safetensors file ({e})") from e
+
+
+def check_config_matches_weights(config: dict[str, Any], weights_file: Path, where: str = CONFIG_FILE) -> None:
+    """Refuse a config that is not the one exported with `weights_file`: its checksum must be the one the weights'
+    metadata keeps, and the values that differ from the copy kept there are named. A config of format 1 or 2 with
+    weights without a checksum (an older export) is not checked."""
+    metadata = read_weights_metadata(weights_file)
+    stored = metadata.get(METADATA_CHECKSUM)
+    if stored is None:
+        if config["format_version"] < CHECKSUM_SINCE:
+            return
+        raise InvalidExportError(
+            f"{weights_file} holds no checksum of {where}, which every export of format {CHECKSUM_SINCE} writes "
+            "into it: the weights file was replaced or rewritten by another program (without its metadata), so "
+            "nothing says the config describes these weights. Export the learner again (learn.export), or put back "
+            "the original model.safetensors")
+    if config_checksum(config) == stored:
+        return
+    copy_text = metadata.get(METADATA_CONFIG, "")
+    if hashlib.sha256(copy_text.encode("utf-8")).hexdigest() != stored:
+        raise InvalidExportError(f"{where} does not match the checksum {weights_file} keeps of the exported config, "
+                                 "and the copy kept beside it is damaged: export the learner again (learn.export)")
+    changes = config_changes(json.loads(copy_text), config, Path(where).name)
+    more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
+    raise InvalidExportError(
+        f"{where} was changed after the export (its checksum is not the one {Path(weights_file).name} keeps): "
+        f"{'; '.join(changes[:5])}{more}. load_learner rebuilds the model and reads its outputs as the config "
+        "says, so an edited config gives wrong predictions without an error: put back the exported values, or "
+        "export the learner again with the settings you want (learn.export)")
+
+
+def config_changes(exported: Any, current: Any, name: str, path: str = "") -> list[str]:
+    """Each value of `current` that differs from `exported`, in words (`name` is the file's name); lists are
+    compared whole."""
+    if isinstance(exported, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(exported) | set(current)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in current:
+                out.append(f"{name} lacks {where}, which the export wrote as {exported[key]!r}")
+            elif key not in exported:
+                out.append(f"{name}'s {where} is {current[key]!r}, which the export did not write")
+            else:
+                out += config_changes(exported[key], current[key], name, where)
+        return out
+    if exported == current and type(exported) is type(current):
+        return []
+    return [f"{name}'s {path or 'content'} is {current!r} but the export wrote {exported!r}"]

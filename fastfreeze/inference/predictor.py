@@ -23,7 +23,8 @@ from ..core.tasks import decode_prediction
 from ..data.preprocess import item_to_model_input
 from ..utils.hub import download_files, hub_repo_id
 from ..utils.state_dicts import check_state_dict
-from .export_format import CONFIG_FILE, InvalidExportError, WEIGHTS_FILE, build_model, check_config
+from .export_format import (CONFIG_FILE, InvalidExportError, WEIGHTS_FILE, build_model, check_config,
+                            check_config_matches_weights)
 
 
 def _export_folder(path: Union[str, Path]) -> Path:
@@ -64,6 +65,7 @@ def load_learner(path: Union[str, Path], device: Union[str, torch.device] = "cpu
         raise InvalidExportError(f"{folder / CONFIG_FILE} is not valid JSON ({e}): the file is damaged") from e
     check_config(config, str(folder / CONFIG_FILE))
     model = build_model(config, factory)
+    check_config_matches_weights(config, folder / WEIGHTS_FILE, str(folder / CONFIG_FILE))
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

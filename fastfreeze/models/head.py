@@ -12,6 +12,8 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
+from ..utils.checks import check_dropout, check_layer_sizes
+
 DEFAULT_HIDDEN = 512
 
 
@@ -96,6 +98,7 @@ def create_head(nf: int, n_out: int, lin_ftrs: Optional[Sequence[int]] = None,
     """
     if nf < 1 or n_out < 1:
         raise ValueError(f"create_head needs positive sizes, got nf={nf}, n_out={n_out}")
+    ps, lin_ftrs = check_dropout(ps), check_layer_sizes(lin_ftrs)
     sizes = [nf * 2 if pool and concat_pool else nf] + list(lin_ftrs if lin_ftrs is not None else [DEFAULT_HIDDEN])
     sizes.append(n_out)
     n_blocks = len(sizes) - 1

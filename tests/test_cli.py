@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from fastfreeze.cli import build_parser, main
+from fastfreeze.cli_arguments import UsageError
 from fastfreeze.inference.predictor import load_learner
 
 
@@ -34,7 +35,7 @@ def test_parser_defaults_and_lr():
     assert args.tta == 1 and build_parser().parse_args(["demo", "--tta", "4"]).tta == 4  # TTA off unless asked
     assert build_parser().parse_args(["fine-tune", "data"]).tta == 4
     assert build_parser().parse_args(["demo", "--lr", "1e-2"]).lr == 1e-2
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match=r"argument --lr: expected a finite number > 0 or 'auto', got 'fast'"):
         build_parser().parse_args(["demo", "--lr", "fast"])
 
 
@@ -70,16 +71,17 @@ def test_no_checkpoints_and_resume_without_one(tmp_path, capsys):
     assert f"--resume: no checkpoint at {out / 'checkpoint.pth'} yet, starting from the beginning" in \
         capsys.readouterr().out
     assert not (out / "checkpoint.pth").exists() and (out / "results.json").is_file()
-    with pytest.raises(SystemExit):
-        main(["fine-tune", str(data), "--checkpoint-every", "-1"])
-    assert "--checkpoint-every takes a number of epochs >= 0, got -1" in capsys.readouterr().err
+    assert main(["fine-tune", str(data), "--checkpoint-every", "-1"]) == 2
+    assert "argument --checkpoint-every: expected a whole number >= 0 (epochs; 0: never), got '-1'" in \
+        capsys.readouterr().err
 
 
-def test_divergence_ends_the_command_with_its_message(tmp_path):
+def test_divergence_ends_the_command_with_its_message(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"fastfreeze fine-tune: training diverged: .* Lower the learning rate"):
-        main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size",
-              "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"])
+    assert main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size",
+                 "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"fastfreeze: error: training diverged: .* Lower the learning rate.*\n", err)
 
 
 def test_demo_on_tiny_settings_learns(tmp_path):

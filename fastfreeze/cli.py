@@ -44,13 +44,9 @@ class CommandLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (`{self.prog} --help` lists the arguments)")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default in `--help`, except where the help says it in words (a default of None, a flag)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.nargs == 0:
-            return action.help or ""
-        return super()._get_help_string(action) or ""
+def shown(text: str) -> str:
+    """An option's help with its default (argparse fills in `%(default)s`)."""
+    return f"{text} (default: %(default)s)"
 
 
 def data_args(p: argparse.ArgumentParser, arch: str) -> None:
@@ -58,13 +54,13 @@ def data_args(p: argparse.ArgumentParser, arch: str) -> None:
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR",
                    help="the image folder: DATA_DIR/train/<class>/<image> and DATA_DIR/valid/<class>/<image>, or "
                         "DATA_DIR/<class>/<image> with --valid-pct")
-    p.add_argument("--arch", default=arch, help="timm architecture (its preprocessing is the data's)")
+    p.add_argument("--arch", default=arch, help=shown("timm architecture (its preprocessing is the data's)"))
     p.add_argument("--size", type=whole_number(1, "pixels"), default=None,
                    help="input size in pixels (default: the architecture's)")
     p.add_argument("--bs", type=whole_number(1, "images per batch"), default=None,
                    help="batch size (default: 64, smaller when the training set is small)")
     p.add_argument("--seed", type=seed, default=0,
-                   help="seeds the split, the data order and augmentation, the initial head and dropout")
+                   help=shown("seeds the split, the data order and augmentation, the initial head and dropout"))
     p.add_argument("--valid-pct", type=fraction, default=None,
                    help="hold out this fraction of each class of DATA_DIR/<class>/ for validation (default: use "
                         "DATA_DIR/train and DATA_DIR/valid)")
@@ -75,39 +71,38 @@ def data_args(p: argparse.ArgumentParser, arch: str) -> None:
 
 def training_args(p: argparse.ArgumentParser, epochs: int, tta: int) -> None:
     """The options of a training run (`demo` and `fine-tune`)."""
-    p.add_argument("--epochs", type=whole_number(0, "unfrozen epochs"), default=epochs, help="unfrozen epochs")
+    p.add_argument("--epochs", type=whole_number(0, "unfrozen epochs"), default=epochs, help=shown("unfrozen epochs"))
     p.add_argument("--freeze-epochs", type=whole_number(0, "head-only epochs"), default=1,
-                   help="head-only epochs first")
-    p.add_argument("--lr", type=learning_rate, default="auto", help="base learning rate, or 'auto'")
+                   help=shown("head-only epochs first"))
+    p.add_argument("--lr", type=learning_rate, default="auto", help=shown("base learning rate, or 'auto'"))
     p.add_argument("--out", type=Path, default=Path("fastfreeze_out"),
-                   help="folder for plots, the model and the checkpoint (locked while a run uses it)")
+                   help=shown("folder for plots, the model and the checkpoint (locked while a run uses it)"))
     p.add_argument("--no-bar", action="store_true", help="no progress bars (the epoch table still prints)")
     p.add_argument("--checkpoint-every", type=whole_number(0, "epochs; 0: never"), default=1, metavar="N",
-                   help="write OUT/checkpoint.pth every N epochs and at the end of each phase (0: never)")
+                   help=shown("write OUT/checkpoint.pth every N epochs and at the end of each phase (0: never)"))
     p.add_argument("--resume", action="store_true",
                    help="go on from OUT/checkpoint.pth when there is one (same arguments as the interrupted run, "
                         "checked): the result is bit-identical to an uninterrupted run on the CPU")
     p.add_argument("--tta", type=whole_number(1, "views; 1: off"), default=tta, metavar="N",
-                   help="also measure the accuracy with test-time augmentation, N views averaged (1: off)")
+                   help=shown("also measure the accuracy with test-time augmentation, N views averaged (1: off)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="fastfreeze", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,fine-tune,check}")
 
-    demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST",
-                          formatter_class=HelpFormatter)
-    demo.add_argument("--arch", default=DEMO_ARCH, help="timm architecture")
-    demo.add_argument("--size", type=whole_number(1, "pixels"), default=96, help="input size in pixels")
+    demo = sub.add_parser("demo", help="fine-tune EfficientNet-Lite0 (real ImageNet weights) on Fashion-MNIST")
+    demo.add_argument("--arch", default=DEMO_ARCH, help=shown("timm architecture"))
+    demo.add_argument("--size", type=whole_number(1, "pixels"), default=96, help=shown("input size in pixels"))
     demo.add_argument("--bs", type=whole_number(1, "images per batch"), default=None,
                       help="batch size (default: 64, smaller when the training set is small)")
     demo.add_argument("--seed", type=seed, default=0,
-                      help="seeds the subset, the data order and augmentation, the initial head and dropout")
+                      help=shown("seeds the subset, the data order and augmentation, the initial head and dropout"))
     training_args(demo, epochs=3, tta=1)  # the demo shows fine-tuning: TTA on request
-    demo.add_argument("--per-class", type=whole_number(1, "images"), default=300, help="training images per class")
+    demo.add_argument("--per-class", type=whole_number(1, "images"), default=300, help=shown("training images per class"))
     demo.add_argument("--valid-per-class", type=whole_number(1, "images"), default=200,
-                      help="test-split images per class for the per-epoch validation; the final accuracy is "
-                           "measured on the whole official test split")
+                      help=shown("test-split images per class for the per-epoch validation; the final accuracy "
+                                 "is measured on the whole official test split"))
     demo.add_argument("--final-per-class", type=whole_number(1, "images"), default=None,
                       help="measure the final accuracy on this many test images per class (default: all 10,000)")
     demo.add_argument("--full", action="store_true", help="all 60,000 training images at 224 px (use a GPU)")
@@ -116,15 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     demo.set_defaults(out=Path("demo_out"))
 
-    ft = sub.add_parser("fine-tune", help="fine-tune a timm model on an image folder (train/ and valid/ inside)",
-                        formatter_class=HelpFormatter)
+    ft = sub.add_parser("fine-tune", help="fine-tune a timm model on an image folder (train/ and valid/ inside)")
     data_args(ft, "resnet18")
     training_args(ft, epochs=5, tta=4)
     ft.add_argument("--pretrained", type=pretrained, default=True,
-                    help="true (timm's hub), false, a local .pth/.safetensors file, or 'efficientnet-lite0'")
+                    help=shown("true (timm's hub), false, a local .pth/.safetensors file, or 'efficientnet-lite0'"))
 
-    check = sub.add_parser("check", help="build the data as fine-tune would and summarise it, without training",
-                           formatter_class=HelpFormatter)
+    check = sub.add_parser("check", help="build the data as fine-tune would and summarise it, without training")
     data_args(check, "resnet18")
     return parser
 

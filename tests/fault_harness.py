@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import re
 import select
 import signal
 import subprocess
@@ -134,7 +135,7 @@ def run_job(job: dict[str, Any]) -> None:
         from fastfreeze.cli import main
         print(f"--- kill point: {job.get('kill')}", flush=True)
         kill_hooks(job.get("kill"))
-        main(job["argv"])
+        code = main(job["argv"])  # 0, or 1/2 with the error on one line
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
@@ -263,9 +264,13 @@ def check_no_half_written_file(out: Path) -> list[str]:
 
     from fastfreeze.inference.predictor import load_learner
     from fastfreeze.core.checkpoint import read_checkpoint
+    from fastfreeze.utils.folder_lock import LOCK_NAME
     present = []
     for path in sorted(out.rglob("*")):
         if not path.is_file() or is_temporary(path, out):
+            continue
+        if path.name == LOCK_NAME:  # left by a killed run (the next run takes it over): it holds that run's pid
+            assert re.fullmatch(r"\d*\n?", path.read_text()), f"{path} holds {path.read_text()!r}, not a pid"
             continue
         present.append(str(path.relative_to(out)))
         if path.name == "checkpoint.pth":

@@ -5,22 +5,48 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fastfreeze.cli import build_parser, main
+from fastfreeze.cli_arguments import UsageError
 from fastfreeze.inference.predictor import load_learner
 
 
-def image_folder(root: Path) -> Path:
+def image_folder(root: Path, levels=(40, 210), noise=10, valid_level=None) -> Path:
+    """Two classes of noisy grey images (train: 8 each, valid: 4 each); `valid_level`: every validation image
+    drawn around that grey level instead, whatever its class (a model's predictions on them are borderline)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("valid", 4)):
-        for c, level in (("dark", 40), ("light", 210)):
+        for c, level in zip(("dark", "light"), levels):
             folder = root / split / c
             folder.mkdir(parents=True)
             for i in range(n):
-                pixels = np.clip(level + rng.normal(0, 10, (24, 24, 3)), 0, 255).astype(np.uint8)
+                mean = valid_level if split == "valid" and valid_level is not None else level
+                pixels = np.clip(mean + rng.normal(0, noise, (24, 24, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def accuracies_by_hand(model_dir: str, images: list) -> list:
+    """The accuracy of the exported model on `images` (labelled by their folder) with 1, 2, 3 and 4 views
+    averaged, written out from docs/interpretation.md: each image preprocessed by the export's predictor, then
+    the image, its horizontal flip, its centre crop of 0.875 of the side (bilinear back to the input size) and
+    that crop's flip; the softmax of each view averaged, its argmax the prediction."""
+    predictor = load_learner(model_dir)
+    correct = []
+    for path in images:
+        x = predictor.preprocess(path)
+        height, width = x.shape[-2:]
+        h, w = round(height * 0.875), round(width * 0.875)
+        top, left = (height - h) // 2, (width - w) // 2
+        crop = F.interpolate(x[None, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
+                             align_corners=False)[0]
+        views = [x, x.flip(-1), crop, crop.flip(-1)]
+        probs = [torch.softmax(predictor.model(v[None]), 1)[0] for v in views]
+        correct.append([predictor.vocab[int(sum(probs[:n]).argmax())] == path.parent.name for n in (1, 2, 3, 4)])
+    return [sum(c[i] for c in correct) / len(images) for i in range(4)]
 
 
 def test_help_describes_both_commands_in_whole_sentences():
@@ -34,7 +60,7 @@ def test_parser_defaults_and_lr():
     assert args.tta == 1 and build_parser().parse_args(["demo", "--tta", "4"]).tta == 4  # TTA off unless asked
     assert build_parser().parse_args(["fine-tune", "data"]).tta == 4
     assert build_parser().parse_args(["demo", "--lr", "1e-2"]).lr == 1e-2
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match=r"argument --lr: expected a finite number > 0 or 'auto', got 'fast'"):
         build_parser().parse_args(["demo", "--lr", "fast"])
 
 
@@ -50,7 +76,8 @@ def test_fine_tune_command_on_a_folder(tmp_path, capsys):
     images = sorted((data / "valid").glob("*/*.png"))
     correct = [predictor.predict(path)[0] == path.parent.name for path in images]
     assert len(images) == 8 and results["accuracy"] == pytest.approx(sum(correct) / len(images), abs=1e-6)
-    assert 0 <= results["tta_accuracy"] <= 1 and results["tta_views"] == 4
+    assert results["tta_views"] == 4 and results["tta_accuracy"] == pytest.approx(
+        accuracies_by_hand(results["model"], images)[3], abs=1e-6)
     for plot in ("loss.png", "lr_schedule.png", "confusion_matrix.png", "top_losses.png"):
         assert (out / plot).stat().st_size > 1000
     printed = capsys.readouterr().out
@@ -58,28 +85,41 @@ def test_fine_tune_command_on_a_folder(tmp_path, capsys):
     assert "test-time augmentation (4 views" in printed and "most confused" in printed
     assert re.search(r"took \d+ s in all, fine_tune \d+ s of it;", printed)
     assert (out / "checkpoint.pth").is_file()  # --checkpoint-every 1 by default: what --resume goes on from
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] and not (out / ".fastfreeze.lock").exists()
+    # the checkpoint keeps the run's arguments: a resume with another seed is refused before anything is built
+    assert main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1",
+                 "--size", "32", "--bs", "4", "--lr", "1e-3", "--out", str(out), "--seed", "5", "--resume"]) == 2
+    assert "(--seed 0 in the checkpoint, --seed 5 given). To go on from it, repeat the interrupted run's " \
+        "arguments (--seed 0)" in capsys.readouterr().err
 
 
 def test_no_checkpoints_and_resume_without_one(tmp_path, capsys):
-    data = image_folder(tmp_path / "data")
+    """Also the accuracy with 3 views (--tta 3) against the views worked out by hand. The validation images are
+    all middle grey, so the model's predictions on them are borderline: measured here, 3 views classify 5 of the
+    8 where one view (and 4 views) classify 4, so TTA computed on fewer or other views would not match."""
+    data = image_folder(tmp_path / "data", levels=(60, 190), noise=40, valid_level=125)
     out = tmp_path / "out"
-    main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size", "32",
-          "--bs", "4", "--workers", "0", "--lr", "1e-3", "--out", str(out), "--no-bar", "--checkpoint-every", "0",
-          "--resume"])
+    assert main(["fine-tune", str(data), "--arch", "test_convnext", "--pretrained", "false", "--epochs", "1", "--size",
+                 "32", "--bs", "4", "--workers", "0", "--lr", "1e-2", "--out", str(out), "--no-bar",
+                 "--checkpoint-every", "0", "--resume", "--tta", "3"]) == 0
     assert f"--resume: no checkpoint at {out / 'checkpoint.pth'} yet, starting from the beginning" in \
         capsys.readouterr().out
     assert not (out / "checkpoint.pth").exists() and (out / "results.json").is_file()
-    with pytest.raises(SystemExit):
-        main(["fine-tune", str(data), "--checkpoint-every", "-1"])
-    assert "--checkpoint-every takes a number of epochs >= 0, got -1" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    by_hand = accuracies_by_hand(results["model"], sorted((data / "valid").glob("*/*.png")))
+    assert by_hand[0] == pytest.approx(results["accuracy"], abs=1e-6) and by_hand[2] != by_hand[0]
+    assert results["tta_views"] == 3 and results["tta_accuracy"] == pytest.approx(by_hand[2], abs=1e-6)
+    assert main(["fine-tune", str(data), "--checkpoint-every", "-1"]) == 2
+    assert "argument --checkpoint-every: expected a whole number >= 0 (epochs; 0: never), got '-1'" in \
+        capsys.readouterr().err
 
 
-def test_divergence_ends_the_command_with_its_message(tmp_path):
+def test_divergence_ends_the_command_with_its_message(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"fastfreeze fine-tune: training diverged: .* Lower the learning rate"):
-        main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size",
-              "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"])
+    assert main(["fine-tune", str(data), "--arch", "test_resnet", "--pretrained", "false", "--epochs", "1", "--size",
+                 "32", "--bs", "4", "--workers", "0", "--lr", "1e20", "--out", str(tmp_path / "out"), "--no-bar"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"fastfreeze: error: training diverged: .* Lower the learning rate.*\n", err)
 
 
 def test_demo_on_tiny_settings_learns(tmp_path):

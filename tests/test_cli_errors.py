@@ -126,11 +126,11 @@ def test_a_failed_run_is_one_line_and_exit_code_1_and_debug_adds_the_traceback(t
     data = tiny_folder(tmp_path / "data", classes=("cats",))  # a single class: the data cannot train a classifier
     argv = ["fine-tune", data, "--out", tmp_path / "out", *TINY]
     code, _, err = run(argv, capsys)
-    assert code == 1 and "need at least 2 classes, found only 'cats'" in one_error_line(err)
+    assert code == 1 and "the training labels hold a single class ('cats'" in one_error_line(err)
     assert not (tmp_path / "out").exists()  # the run created --out for its lock, and removed it, empty
     code, _, err = run([*argv, "--debug"], capsys)
     assert code == 1 and err.startswith("Traceback (most recent call last):")
-    assert err.splitlines()[-1].startswith("fastfreeze: error: need at least 2 classes")
+    assert err.splitlines()[-1].startswith("fastfreeze: error: the training labels hold a single class")
 
 
 def test_error_lines_for_a_full_disk_and_an_unexpected_error():
@@ -224,7 +224,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(tmp_path, capsys)
     note, error = err.splitlines()
     assert note == (f"fastfreeze: note: {tmp_path / 'out'} was locked by pid 999999999, which no longer runs "
                     "(killed?): this run takes it over")
-    assert code == 1 and error.startswith("fastfreeze: error: need at least 2 classes")
+    assert code == 1 and error.startswith("fastfreeze: error: the training labels hold a single class")
     assert not (tmp_path / "out" / LOCK_NAME).exists()  # released at the end
 
 

@@ -235,3 +235,21 @@ def test_bad_settings_are_clear_errors():
     plain = Learner(torch.nn.Linear(4, 3), DataLoaders.from_tensors(x, y, x, y, bs=8), progress=False)
     with pytest.raises(TypeError, match="ImageDataLoaders.from_folder"):
         plain.fit(1, cbs=ProgressiveResize(16, 32, multiple=8))
+
+
+def test_a_vit_that_takes_one_size_only_is_a_clear_error_and_a_dynamic_one_trains():
+    """timm's ViTs check the input size (`strict_img_size`) unless built with dynamic_img_size=True."""
+    from fastfreeze import vision_learner
+    for dynamic in (False, True):
+        torch.manual_seed(0)
+        learn = vision_learner(array_data(32), "test_vit", pretrained=False, progress=False,
+                               timm_kwargs={"img_size": 32, "dynamic_img_size": dynamic})
+        probe = BatchSizes()
+        if not dynamic:
+            with pytest.raises(ValueError, match=r"takes \(32, 32\) inputs only.*\[16, 32\].*dynamic_img_size"):
+                learn.fit(2, 1e-3, cbs=[ProgressiveResize(16, 32, multiple=16), probe])
+            assert probe.seen == []  # refused before the first batch
+        else:
+            learn.fit(2, 1e-3, cbs=[ProgressiveResize(16, 32, multiple=16), probe])
+            assert [s for _, _, s in probe.train_sizes()] == [16, 32]
+

@@ -160,9 +160,21 @@ class ProgressiveResize(Callback):
                                f"{self.learn.n_epoch}: a fit run inside fine_tune's phase?")
         return sizes
 
+    def check_model_takes(self, sizes: Sequence[int]) -> None:
+        """A clear error when a layer of the model takes one input size only (timm's patch embedding of a ViT
+        built without `dynamic_img_size`: `strict_img_size`) and `sizes` holds another."""
+        for name, module in self.learn.model.named_modules():
+            fixed = getattr(module, "img_size", None) if getattr(module, "strict_img_size", False) else None
+            if fixed is not None and any((size, size) != tuple(fixed) for size in sizes):
+                raise ValueError(f"{name} ({type(module).__name__}) takes {tuple(fixed)} inputs only, and "
+                                 f"ProgressiveResize would feed it {sorted(set(sizes))}: build the model with "
+                                 "vision_learner(..., timm_kwargs={'dynamic_img_size': True}) (timm ViTs), or "
+                                 "train it at its one size")
+
     # -- events -----------------------------------------------------------------------------------
     def before_fit(self) -> None:
         self.sizes = self.fit_sizes()
+        self.check_model_takes(self.sizes)
         self.running = True
         self.changes_input_size = len(set(self.sizes[self.learn.start_epoch:])) > 1
         self.learn.dls.set_train_size(self.sizes[self.learn.start_epoch])

@@ -8,7 +8,7 @@ validated after every epoch on a fixed stratified 1,000 images of the official t
 - `fixed96`: E = 5, every epoch at 96 px;
 - `prog64-96`: E = 5, `ProgressiveResize(64, 96, multiple=16)`: the frozen epoch at 64, the 5 unfrozen epochs at
   64 + 32 t / 4 rounded to 16: 64, 80, 80, 96, 96;
-- `prog64-96-e7`: the same callback with E = 7 (two more epochs, at about the pixel cost of `fixed96`): 64, then
+- `prog64-96-e7`: the same callback with E = 7 (two more epochs, 0.90x the pixels of `fixed96`): 64, then
   64 + 32 t / 6 rounded to 16: 64, 64, 80, 80, 80, 96, 96.
 
 Measured per run: the training seconds of each epoch (validation left out: it is the same 96 px pass for both),

@@ -13,6 +13,7 @@ from .callbacks.distributed import DistributedCallback, distributed, init_distri
 from .callbacks.ema import EMA
 from .callbacks.loggers import CSVLogger, TensorBoardCallback
 from .callbacks.mixup import CutMix, MixUp
+from .callbacks.progressive_resize import ProgressiveResize
 from .callbacks.tracker import EarlyStopping, SaveModelCallback
 from .core.callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                             CancelTrainException, CancelValidException)
@@ -73,4 +74,5 @@ __all__ = [
     "MultiLabelLoss", "ClassificationInterpretation", "show_results", "tta", "tta_views", "SINGLE_LABEL",
     "MULTI_LABEL", "REGRESSION",
     "EMA", "MixUp", "CutMix", "GradientClip", "CSVLogger", "TensorBoardCallback", "push_to_hub", "to_onnx",
+    "ProgressiveResize",
 ]

@@ -48,7 +48,8 @@ class Learner(BaseLearner):
             the time it took (finetune/auto_lr.py).
         fine_tune_choice: what the default `fine_tune` decided, a probe of the head or fastai's recipe, and why
             (a `FineTuneChoice`, finetune/default_choice.py).
-        fine_tune_state: while `fine_tune` runs, its phase, number of phases and base_lr; saved in checkpoints
+        fine_tune_state: while `fine_tune` runs, its phase, number of phases, base_lr, and every phase's epochs
+            (`phase_epochs`) and frozen layer groups (`phase_frozen`); saved in checkpoints
             with the loop state (`extra_state`), so that `resume_from` goes on in the right phase.
         build_spec: how `vision_learner` built this learner (its arguments), for `export`
             (inference/export_format.py); None for a learner built by hand.

@@ -136,3 +136,15 @@ def test_without_datasets_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
     with pytest.raises(ImportError, match=r"from_hf needs Hugging Face datasets: pip install 'fastfreeze\[hf\]'"):
         ImageDataLoaders.from_hf(object(), size=8)
+
+
+def test_the_training_size_can_change_between_epochs_as_for_files():
+    """ProgressiveResize's hook: `set_train_size` reaches the items of a Hugging Face dataset too, and the
+    validation items stay at the data's size."""
+    data = DatasetDict(train=class_label_dataset([0, 1, 2, 0]), validation=class_label_dataset([2, 1]))
+    dls = ImageDataLoaders.from_hf(data, size=16, bs=4, num_workers=0, augment=False)
+    assert next(iter(dls.train))[0].shape[-2:] == (16, 16)
+    dls.set_train_size(8)
+    assert dls.current_train_size() == (8, 8)
+    assert next(iter(dls.train))[0].shape[-2:] == (8, 8)
+    assert next(iter(dls.valid))[0].shape[-2:] == (16, 16)

@@ -1,2 +1,2 @@
 """Optional callbacks: EMA, MixUp/CutMix, loggers, torch.compile, distributed training, saving the best model and
-early stopping."""
+early stopping, progressive resizing."""

@@ -35,9 +35,9 @@ from ..core.validation import (DataReport, check_classes, check_known_classes, c
 from ..utils.seeds import batch_keys, item_key, seeded
 from ..utils.show import image_grid
 from .hf import HFImageDataset, hf_splits
-from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, as_image_tensor, batch_to_model_input, check_resize_method,
-                         choose_config, denormalize, image_layout, image_transform, open_image, preprocess_image,
-                         with_input_size)
+from .preprocess import (IMAGENET_DATA_CONFIG, ImageItem, InputSize, SizedTransform, as_image_tensor,
+                         batch_to_model_input, check_resize_method, choose_config, denormalize, image_layout,
+                         image_transform, open_image, preprocess_image, with_input_size)
 from .folders import FOLDER_LAYOUT, IMAGE_EXTENSIONS, class_folders, read_class_folders, require_folder
 from .sampling import sample_weights
 from .table import Column, read_csv, table_items
@@ -129,12 +129,13 @@ class ArrayImageDataset(Dataset):
 
     `indices` selects a subset without copying the images; `augment` flips images horizontally at random.
     `labels=None`: images without labels, whose batches are `(x,)` (`ImageDataLoaders.test_dl`). `task`: how
-    the labels are read (`tasks.encode_array`: class indices, multi-hot rows, regression values)."""
+    the labels are read (`tasks.encode_array`: class indices, multi-hot rows, regression values). `input_size`:
+    the size batches are made at, read at each batch (progressive resizing); None: the config's."""
 
     def __init__(self, images: Union[np.ndarray, Tensor], labels: Union[np.ndarray, Tensor, Sequence[int], None],
                  data_config: dict[str, Any], augment: bool = False,
                  indices: Optional[Union[np.ndarray, Tensor, Sequence[int]]] = None, layout: Optional[str] = None,
-                 task: str = "auto"):
+                 task: str = "auto", input_size: Optional[InputSize] = None):
         self.images = as_image_tensor(images)
         if self.images.ndim not in (3, 4):
             raise ValueError(f"images must be a batch: (N, H, W), (N, H, W, C) or (N, C, H, W), "
@@ -145,6 +146,7 @@ class ArrayImageDataset(Dataset):
         self.indices = (torch.arange(len(self.images)) if indices is None
                         else torch.as_tensor(np.asarray(indices), dtype=torch.long))
         self.data_config, self.augment = with_input_size(data_config, None), augment
+        self.input_size = input_size
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -156,7 +158,9 @@ class ArrayImageDataset(Dataset):
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         with seeded(seed):
             flip = torch.rand(len(rows)) < 0.5 if self.augment else None
-        x = batch_to_model_input(self.images[rows], self.layout, self.data_config, flip)
+        config = self.data_config if self.input_size is None else with_input_size(self.data_config,
+                                                                                    self.input_size.get())
+        x = batch_to_model_input(self.images[rows], self.layout, config, flip)
         return (x,) if self.labels is None else (x, self.labels[rows])
 
     def __getitem__(self, key: Any) -> tuple[Tensor, ...]:
@@ -221,16 +225,34 @@ class ImageDataLoaders(DataLoaders):
     `data_config` is the resolved preprocessing (`resolve_data_config`); `resize_method` says how one item is
     brought to the input size at evaluation ('crop' for files, 'squish' for arrays), so `preprocess` matches the
     validation data. `task` is what the labels are (`tasks`: 'single_label', 'multi_label' or 'regression'), from
-    which `vision_learner` picks the loss and the number of outputs."""
+    which `vision_learner` picks the loss and the number of outputs. `train_size`: the `InputSize` the training
+    items are made at, which `set_train_size` changes between epochs (the builders below give one; None: the
+    training size is fixed). Validation, `preprocess` and `test_dl` always use `data_config`'s size."""
 
     def __init__(self, train: Any, valid: Any = None, vocab: Optional[Sequence[str]] = None, c: Optional[int] = None,
-                 data_config: Optional[dict[str, Any]] = None, resize_method: str = "crop", task: str = SINGLE_LABEL):
+                 data_config: Optional[dict[str, Any]] = None, resize_method: str = "crop", task: str = SINGLE_LABEL,
+                 train_size: Optional[InputSize] = None):
         super().__init__(train, valid, vocab=vocab, c=c,
                          data_config=with_input_size(data_config or IMAGENET_DATA_CONFIG, None))
         self.resize_method = check_resize_method(resize_method)
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.task = task
+        self.train_size = train_size
+
+    def set_train_size(self, size: Union[int, tuple[int, int], None]) -> None:
+        """Make the training items of the next epochs at `size` (an int for a square, or `(height, width)`;
+        None: back to the data's own size, `data_config['input_size']`), in this process and in the loader's
+        worker processes, persistent ones included, without rebuilding the loaders. Call it between epochs."""
+        if self.train_size is None:
+            raise TypeError("the training size of these ImageDataLoaders is fixed (they were built from loaders "
+                            "given directly): build them with ImageDataLoaders.from_folder, from_lists, from_df, "
+                            "from_csv, from_arrays or from_tensors to change it")
+        self.train_size.set(self.data_config["input_size"][-2:] if size is None else size)
+
+    def current_train_size(self) -> tuple[int, int]:
+        """The `(height, width)` training items are made at now."""
+        return self.data_config["input_size"][-2:] if self.train_size is None else self.train_size.get()
 
     @classmethod
     def from_folder(cls, path: Union[str, Path], train: str = "train", valid: str = "valid",
@@ -299,13 +321,15 @@ class ImageDataLoaders(DataLoaders):
         if check:
             check_images(train_files + valid_files)
         config = choose_config(arch, size, data_config)
-        train_ds = ImageFolderDataset(train_files, train_labels, image_transform(config, True, augment))
+        train_size = InputSize(config["input_size"][-2:])
+        train_ds = ImageFolderDataset(train_files, train_labels, SizedTransform(config, train_size, True, augment))
         valid_ds = ImageFolderDataset(valid_files, valid_labels, image_transform(config, False))
         workers = default_num_workers() if num_workers is None else num_workers
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
                                          item_seeds=bool(augment), persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_labels))
-        dls = cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop")
+        dls = cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop",
+                  train_size=train_size)
         dls.report = DataReport(SINGLE_LABEL, len(train_files), len(valid_files), list(vocab),
                                 label_counts(torch.tensor(train_labels), SINGLE_LABEL, len(vocab)),
                                 label_counts(torch.tensor(valid_labels), SINGLE_LABEL, len(vocab)), skipped, notes)
@@ -334,6 +358,7 @@ class ImageDataLoaders(DataLoaders):
         1/count of their class, with replacement (`data.sampling`, docs/imbalance.md).
         """
         config = choose_config(arch, size, data_config)
+        train_size = InputSize(config["input_size"][-2:])
         _check_image_batch(x, "x")
         if x_valid is not None:
             if y_valid is None:
@@ -351,16 +376,18 @@ class ImageDataLoaders(DataLoaders):
                 encode_array(y_valid, encoded.task, vocab, allow_empty=allow_empty).targets
         task, names = encoded.task, encoded.vocab
         if x_valid is not None:
-            train_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task)
+            train_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task, input_size=train_size)
             valid_ds = ArrayImageDataset(x_valid, valid_labels, config, task=task)
         elif valid_pct:
             train_idx, valid_idx = split_indices(labels if task == SINGLE_LABEL else np.zeros(len(labels)),
                                                  valid_pct, seed)
-            train_ds = ArrayImageDataset(x, labels, config, augment, indices=train_idx, task=task)
+            train_ds = ArrayImageDataset(x, labels, config, augment, indices=train_idx, task=task,
+                                         input_size=train_size)
             valid_ds = ArrayImageDataset(train_ds.images, labels, config, indices=valid_idx, layout=train_ds.layout,
                                          task=task)
         else:
-            train_ds, valid_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task), None
+            train_ds = ArrayImageDataset(x, labels, config, augment=augment, task=task, input_size=train_size)
+            valid_ds = None
         train_targets = train_ds.labels[train_ds.indices]
         valid_targets = None if valid_ds is None else valid_ds.labels[valid_ds.indices]
         c = encoded.c
@@ -372,7 +399,7 @@ class ImageDataLoaders(DataLoaders):
                                          persistent_workers=num_workers > 0,
                                          sample_weights=sample_weights(balance, train_targets, task))
         dls = cls(loaders.train, loaders.valid, vocab=names, c=c, data_config=config, resize_method="squish",
-                  task=task)
+                  task=task, train_size=train_size)
         dls.report = DataReport(task, len(train_ds), None if valid_ds is None else len(valid_ds), _class_names(names, dls.c, task),
                                 label_counts(train_targets, task, dls.c),
                                 None if valid_targets is None else label_counts(valid_targets, task, dls.c),
@@ -444,10 +471,12 @@ class ImageDataLoaders(DataLoaders):
         if check:
             check_images(files, rows)
         config = choose_config(arch, size, data_config)
+        train_size = InputSize(config["input_size"][-2:])
 
         def dataset(idx: np.ndarray, training: bool) -> ImageFolderDataset:
+            transform = SizedTransform(config, train_size, True, augment) if training else image_transform(config)
             return ImageFolderDataset([files[i] for i in idx], encoded.targets[torch.as_tensor(idx, dtype=torch.long)],
-                                      image_transform(config, training, augment), rows=[rows[i] for i in idx])
+                                      transform, rows=[rows[i] for i in idx])
         valid_ds = dataset(valid_idx, False) if len(valid_idx) else None
         workers = default_num_workers() if num_workers is None else num_workers
         train_ds = dataset(train_idx, True)
@@ -455,7 +484,7 @@ class ImageDataLoaders(DataLoaders):
                                          persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
         dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
-                  resize_method="crop", task=encoded.task)
+                  resize_method="crop", task=encoded.task, train_size=train_size)
         dls.report = DataReport(encoded.task, len(train_idx), len(valid_idx) if valid_ds is not None else None,
                                 _class_names(encoded.vocab, encoded.c, encoded.task),
                                 label_counts(train_targets, encoded.task, encoded.c),
@@ -517,15 +546,16 @@ class ImageDataLoaders(DataLoaders):
                           named=vocab is not None,
                           fix="pass vocab= naming every class, or split the items with valid_pct= (stratified)")
         config = choose_config(arch, size, data_config)
+        train_size = InputSize(config["input_size"][-2:])
         train_ds = HFImageDataset(splits.train, image_col, splits.train_targets,
-                                  image_transform(config, True, augment))
+                                  SizedTransform(config, train_size, True, augment))
         valid_ds = HFImageDataset(splits.valid, image_col, splits.valid_targets, image_transform(config, False))
         workers = default_num_workers() if num_workers is None else num_workers
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=workers, seed=seed,
                                          item_seeds=bool(augment), persistent_workers=workers > 0,
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
         dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
-                  resize_method="crop", task=encoded.task)
+                  resize_method="crop", task=encoded.task, train_size=train_size)
         dls.report = DataReport(encoded.task, len(train_ds), len(valid_ds),
                                 _class_names(encoded.vocab, encoded.c, encoded.task),
                                 label_counts(splits.train_targets, encoded.task, encoded.c),

@@ -99,14 +99,19 @@ def _module_config(model: nn.Module) -> dict[str, Any]:
     return {key: config[key] for key in DATA_CONFIG_KEYS}
 
 
+def square(size: Union[int, tuple[int, int]]) -> tuple[int, int]:
+    """`size` as `(height, width)`: an int is a square; both must be positive."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return int(height), int(width)
+
+
 def with_input_size(config: dict[str, Any], size: Union[int, tuple[int, int], None]) -> dict[str, Any]:
     """A copy of `config` (missing keys filled from the ImageNet defaults) with its input size set to `size`."""
     config = {key: config.get(key, IMAGENET_DATA_CONFIG[key]) for key in DATA_CONFIG_KEYS}
     if size is not None:
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        if height < 1 or width < 1:
-            raise ValueError(f"size must be positive, got {size!r}")
-        config["input_size"] = (config["input_size"][0], int(height), int(width))
+        config["input_size"] = (config["input_size"][0], *square(size))
     config["input_size"] = tuple(config["input_size"])
     config["mean"], config["std"] = tuple(config["mean"]), tuple(config["std"])
     return config
@@ -174,6 +179,55 @@ def scaled_to_8_bits(image: Image.Image) -> Image.Image:
                              f"of its dtype: save it as an 8-bit or 16-bit image (values 0..255 or 0..65535)")
         scale = 255.0 / top
     return Image.fromarray(np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8))
+
+
+class InputSize:
+    """The `(height, width)` training items are made at, changeable while a DataLoader runs
+    (`callbacks.progressive_resize.ProgressiveResize`). It lives in a shared-memory tensor: DataLoader worker
+    processes, persistent ones included, hold the same memory, so each change reaches them, and every item they
+    build after it is made at the new size. Set it between epochs: items a worker has already made keep theirs."""
+
+    def __init__(self, size: Union[int, tuple[int, int]]):
+        self.hw = torch.tensor(square(size), dtype=torch.int64).share_memory_()
+
+    def get(self) -> tuple[int, int]:
+        """The current `(height, width)`."""
+        height, width = self.hw.tolist()
+        return int(height), int(width)
+
+    def set(self, size: Union[int, tuple[int, int]]) -> None:
+        """Make the next items at `size` (an int for a square, or `(height, width)`)."""
+        self.hw.copy_(torch.tensor(square(size), dtype=torch.int64))
+
+    def __repr__(self) -> str:
+        return f"InputSize{self.get()}"
+
+
+class SizedTransform:
+    """timm's transform for `data_config` (`image_transform(data_config, training, augment)`) at the size
+    `input_size` holds when each item is made; one transform is built per size and kept.
+
+    `transforms` lists the steps of the transform at the current size (what `feature_cache` inspects)."""
+
+    def __init__(self, data_config: dict[str, Any], input_size: InputSize, training: bool = False,
+                 augment: Union[bool, dict[str, Any]] = True):
+        self.data_config, self.input_size = with_input_size(data_config, None), input_size
+        self.training, self.augment = training, augment
+        self.built: dict[tuple[int, int], Callable[[Image.Image], Tensor]] = {}
+
+    def current(self) -> Callable[[Image.Image], Tensor]:
+        """The transform at the current size (built the first time that size is asked for)."""
+        size = self.input_size.get()
+        if size not in self.built:
+            self.built[size] = image_transform(with_input_size(self.data_config, size), self.training, self.augment)
+        return self.built[size]
+
+    @property
+    def transforms(self) -> list[Any]:
+        return list(getattr(self.current(), "transforms", [self.current()]))
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.current()(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -15,7 +15,10 @@ When the cache is exact: the body is in eval mode in a frozen fit under `norm='f
 'recalibrate'), so its output depends on the input only, and the cached head sees the very tensors
 (dtype included: features are kept in the dtype autocast gives) the uncached one would. The training
 items must be deterministic too: data that augments at random is never cached unless asked
-(`allow_augment=True`: one fixed draw of the augmentation is then cached for the whole fit).
+(`allow_augment=True`: one fixed draw of the augmentation is then cached for the whole fit). A fit whose
+training size changes from epoch to epoch (a callback with `changes_input_size`, `ProgressiveResize`) is never
+cached; one at a single size is cached at that size (a callback that sets the size in `before_fit` runs before
+this one, order < -20).
 
 Cost: the extraction is one forward pass of the body over the data, which is what one uncached frozen
 epoch costs under `norm='frozen'`; every further frozen epoch then costs the head only. So caching pays
@@ -122,6 +125,10 @@ def cache_blocker(learn: BaseLearner, allow_augment: bool = False) -> Optional[s
     mixing = [type(cb).__name__ for cb in learn.cbs if getattr(cb, "mixes_inputs", False)]
     if mixing:  # a callback that mixes the images of each batch (MixUp, CutMix): features cannot be mixed instead
         return f"{mixing[0]} mixes the images of every training batch, which cached features cannot reproduce"
+    resizing = [type(cb).__name__ for cb in learn.cbs if getattr(cb, "changes_input_size", False)]
+    if resizing:  # a callback that changes the training size within this fit (ProgressiveResize)
+        return (f"{resizing[0]} changes the training input size during this fit, and features cached at one size "
+                "cannot stand for items made at another")
     for which in ("train", "valid"):
         dl = getattr(learn.dls, which)
         if dl is None:

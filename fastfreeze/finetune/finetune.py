@@ -85,9 +85,11 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     if resume_from is not None and first_phase >= len(phases):
         raise ValueError(f"{resume_from} was written in phase {first_phase} of a fine_tune, but this one has "
                          f"{len(phases)} phases: resume with the same arguments")
+    every_phase = {"phase_epochs": [p.epochs for p in phases],  # what a callback (ProgressiveResize) needs
+                   "phase_frozen": [frozen_count(p.freeze_to, learn.n_groups) for p in phases]}
     try:
         for i, phase in enumerate(phases[first_phase:], start=first_phase):
-            learn.fine_tune_state = {"phase": i, "n_phases": len(phases), "base_lr": base_lr}
+            learn.fine_tune_state = {"phase": i, "n_phases": len(phases), "base_lr": base_lr, **every_phase}
             learn.freeze_to(phase.freeze_to)
             cache = feature_cache_for(learn, cache_features, phase.epochs)
             phase_kwargs = dict(kwargs, cbs=cache + callback_list(kwargs.get("cbs")))

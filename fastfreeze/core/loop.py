@@ -208,13 +208,16 @@ class BaseLearner:
         return out
 
     def groups_table(self) -> list[dict[str, Any]]:
-        """One row per layer group: index, module names, parameter count, trainable count, state."""
+        """One row per layer group: index, module names, parameter count, trainable count, state ('trainable',
+        'frozen', 'frozen (norm trains)', or 'partly trainable': LoRA's adapters in a frozen body)."""
         labels = group_names(self.model, self.layer_groups)
         rows = []
         for i, g in enumerate(self.layer_groups):
             n_params = sum(p.numel() for p in g)
             n_train = sum(p.numel() for p in g if p.requires_grad)
-            state = "trainable" if n_train == n_params else ("frozen" if n_train == 0 else "frozen (norm trains)")
+            only_norm = all(id(p) in self.norm_param_ids for p in g if p.requires_grad)
+            state = "trainable" if n_train == n_params else "frozen" if n_train == 0 else \
+                "frozen (norm trains)" if only_norm else "partly trainable"
             rows.append({"group": i, "modules": labels[i],
                          "params": n_params, "trainable": n_train, "state": state,
                          "lr": self.opt.param_groups[i]["lr"]})

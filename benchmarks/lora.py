@@ -8,10 +8,10 @@ on the same batches in the same order for a seed. Rows:
 
 - full: fastfreeze's default strategy (fastai's recipe over the layer groups): 1 frozen epoch then `EPOCHS`
   unfrozen, at the base_lr `choose_base_lr` picks (what `base_lr='auto'` picks);
-- lora: `fine_tune(EPOCHS + 1, strategy=LoRA(r=8, alpha=16))` at the same base_lr: the adapters and the head
-  train, adapters at their group's lr of `slice(base_lr/100, base_lr)`;
-- lora-flat: the same with `lr_mult=1` (every adapter at the head's lr);
-- lora-r16: `lr_mult=1` and r=16, alpha=32.
+- lora: `fine_tune(EPOCHS, strategy=LoRA(r=8, alpha=16))` at the same base_lr: the same frozen epoch, then
+  `EPOCHS` epochs of the adapters and the head, adapters at their group's lr of `slice(base_lr/2/100, base_lr/2)`;
+- lora-mult10: the same with `lr_mult=10`;
+- lora-r16: r=16, alpha=32.
 
 Each (row, seed) runs in a process of its own, with OMP_NUM_THREADS=1. Peak memory is the growth of the process's
 maximum resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) from just before the fine_tune to its end:
@@ -19,8 +19,15 @@ on the CPU, what training added on top of the model, weights and data (activatio
 Seconds per epoch: the mean over the training phase's epochs (the unfrozen phase for full, the LoRA phase for
 LoRA), validation excluded (it runs once, at the end).
 
+A second measurement, of memory and speed only, on a large body: ViT-B/16 (`vit_base_patch16_224`, 86M
+parameters) initialised at random (its weights are not available offline; memory and time do not depend on
+them), 224 px, batches of 8 random images, `VIT_STEPS` training steps of all groups (full) or of the default LoRA
+targets (qkv, proj, fc1, fc2; r=8) and the head, fp32, one thread: the growth of the maximum RSS over the fit, and
+seconds per step.
+
     OMP_NUM_THREADS=1 python benchmarks/lora.py --seeds 0 1 2     # appends to benchmarks/lora.jsonl
-    python benchmarks/lora.py --report                             # the table of docs/lora.md
+    OMP_NUM_THREADS=1 python benchmarks/lora.py --vit             # the ViT-B rows, appended too
+    python benchmarks/lora.py --report                             # the tables of docs/lora.md
 """
 from __future__ import annotations
 
@@ -41,13 +48,14 @@ import torch
 from fastfreeze import Callback, accuracy, vision_learner
 from fastfreeze.core.dataloaders import seeded_loader
 from fastfreeze.finetune.auto_lr import choose_base_lr
-from fastfreeze.finetune.lora import LoRA
+from fastfreeze.finetune.lora import LoRA, add_lora
 from transfer_quality import ARCH, REGIMES, SIZE, WEIGHTS, code_version, make_dls
 
 REGIME, EPOCHS = "digits", 5
-ROWS = {"full": {}, "lora": {"r": 8, "alpha": 16, "lr_mult": 100}, "lora-flat": {"r": 8, "alpha": 16, "lr_mult": 1},
-        "lora-r16": {"r": 16, "alpha": 32, "lr_mult": 1}}
+ROWS = {"full": {}, "lora": {"r": 8, "alpha": 16, "lr_mult": 100}, "lora-mult10": {"r": 8, "alpha": 16, "lr_mult": 10},
+        "lora-r16": {"r": 16, "alpha": 32, "lr_mult": 100}}
 OUT = Path(__file__).with_name("lora.jsonl")
+VIT_ARCH, VIT_STEPS, VIT_BS = "vit_base_patch16_224", 3, 8
 
 
 class EpochTimes(Callback):
@@ -83,8 +91,8 @@ def run_one(row: str, seed: int) -> dict:
             phase = "unfrozen"
         else:
             opts = ROWS[row]
-            learn.fine_tune(EPOCHS + 1, base_lr=base_lr, lr_mult=opts["lr_mult"],
-                            strategy=LoRA(r=opts["r"], alpha=opts["alpha"]))
+            learn.fine_tune(EPOCHS, base_lr=base_lr, lr_mult=opts["lr_mult"],
+                            strategy=LoRA(r=opts["r"], alpha=opts["alpha"], freeze_epochs=1))
             phase = "lora"
     seconds = time.perf_counter() - start
     peak = max_rss_mib() - rss_before
@@ -101,21 +109,54 @@ def run_one(row: str, seed: int) -> dict:
     return result
 
 
+def run_vit(row: str) -> dict:
+    """ViT-B/16 at random, `VIT_STEPS` steps of full fine-tuning or LoRA: RSS growth and seconds per step."""
+    from fastfreeze import DataLoaders
+    n = VIT_STEPS * VIT_BS
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 224, 224, generator=g), torch.arange(n) % 10
+    dls = DataLoaders.from_tensors(x, y, x[:VIT_BS], y[:VIT_BS], bs=VIT_BS, seed=0)
+    torch.manual_seed(0)
+    learn = vision_learner(dls, VIT_ARCH, pretrained=False, n_out=10, progress=False)
+    learn.dls.valid = None
+    if row == "lora":
+        add_lora(learn, r=8, alpha=16)
+    learn.unfreeze()
+    trainable, total = (sum(p.numel() for p in learn.model.parameters() if p.requires_grad),
+                        sum(p.numel() for p in learn.model.parameters()))
+    rss_before = max_rss_mib()
+    start = time.perf_counter()
+    learn.fit(1, 1e-4)
+    seconds = time.perf_counter() - start
+    return {"row": row, "regime": "vit-memory", "arch": VIT_ARCH, "size": 224, "bs": VIT_BS, "steps": VIT_STEPS,
+            "trainable": trainable, "total": total, "seconds_per_step": seconds / VIT_STEPS,
+            "peak_rss_growth_mib": max_rss_mib() - rss_before, "threads": torch.get_num_threads(),
+            "code": code_version()}
+
+
 def run(seeds: list[int], rows: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for seed in seeds:
         for row in rows:
-            out = subprocess.run([sys.executable, __file__, "--one", row, str(seed)], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            record = json.loads(out.strip().splitlines()[-1])
-            with OUT.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            record = run_in_process(["--one", row, str(seed)], env)
             print(f"{row:10s} seed {seed}: accuracy {record['accuracy']:.4f}, {record['trainable']:,} trainable, "
                   f"{record['seconds_per_epoch']:.1f} s/epoch, +{record['peak_rss_growth_mib']:.0f} MiB", flush=True)
 
 
+def run_in_process(args: list[str], env: dict) -> dict:
+    """Run this script with `args` in a process of its own (its own maximum RSS); append its JSON record."""
+    out = subprocess.run([sys.executable, __file__, *args], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    record = json.loads(out.strip().splitlines()[-1])
+    with OUT.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
 def report() -> str:
     records = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    vit = [r for r in records if r["regime"] == "vit-memory"]
+    records = [r for r in records if r["regime"] != "vit-memory"]
     lines = ["| row | accuracy (mean of seeds) | trainable / total parameters | s per epoch | peak RSS growth (MiB) | seeds |",
              "|---|---|---|---|---|---|"]
     for row in ROWS:
@@ -127,6 +168,12 @@ def report() -> str:
                      f"{rs[0]['trainable']:,} / {rs[0]['total']:,} | "
                      f"{statistics.mean(r['seconds_per_epoch'] for r in rs):.1f} | "
                      f"{statistics.mean(r['peak_rss_growth_mib'] for r in rs):.0f} | {len(rs)} |")
+    if vit:
+        lines += ["", f"| {VIT_ARCH} (random weights), bs {VIT_BS}, 224 px | trainable / total parameters | "
+                      "s per step | peak RSS growth (MiB) |", "|---|---|---|---|"]
+        for r in vit:
+            lines.append(f"| {r['row']} | {r['trainable']:,} / {r['total']:,} | {r['seconds_per_step']:.1f} | "
+                         f"{r['peak_rss_growth_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -135,10 +182,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help="run one row in this process, print JSON")
+    parser.add_argument("--vit", action="store_true", help="the ViT-B memory and speed rows")
+    parser.add_argument("--vit-one", choices=("full", "lora"), help=argparse.SUPPRESS)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
+    elif args.vit_one:
+        print(json.dumps(run_vit(args.vit_one)))
+    elif args.vit:
+        for row in ("full", "lora"):
+            r = run_in_process(["--vit-one", row], dict(os.environ, OMP_NUM_THREADS="1"))
+            print(f"ViT-B {row}: {r['trainable']:,} trainable, {r['seconds_per_step']:.1f} s/step, "
+                  f"+{r['peak_rss_growth_mib']:.0f} MiB", flush=True)
     elif args.report:
         print(report())
     else:

@@ -13,6 +13,7 @@ pytest.importorskip("peft")
 from fastfreeze import load_learner, vision_learner  # noqa: E402
 from fastfreeze.core.checkpoint import CheckpointCallback  # noqa: E402
 from fastfreeze.finetune.lora import LoRA, add_lora, trainable_parameters  # noqa: E402
+from fastfreeze.finetune.strategies import Phase  # noqa: E402
 from fastfreeze.models.lora import adapter_modules, merged_state_dict  # noqa: E402
 from helpers import KillAfterEpoch, RecordLrs, array_dls  # noqa: E402
 
@@ -83,7 +84,7 @@ def test_only_the_adapters_and_the_head_change(arch):
     assert any(not torch.equal(head[k], before_head[k]) for k in before_head)
     for module in adapter_modules(learn.model).values():
         assert module.lora_B["default"].weight.abs().max() > 0  # B starts at zero: it moved
-    assert learn.recorder.phases[0] == "lora" and learn.frozen_groups == 0
+    assert learn.recorder.phases == ["frozen"] * 3 + ["lora"] * 6 and learn.frozen_groups == 0  # 3 batches/epoch
 
 
 def test_a_second_fine_tune_keeps_the_adapters_and_a_plain_fit_keeps_the_body_frozen():
@@ -107,7 +108,7 @@ def test_each_adapter_is_in_its_base_module_group_and_gets_that_group_lr():
             group_of_module[name] = next(i for i, g in enumerate(groups_before) if id(m.weight) in g)
     rec = RecordLrs()
     base_lr, lr_mult = 1e-2, 100
-    learn.fine_tune(1, base_lr=base_lr, lr_mult=lr_mult, strategy=LoRA(r=R), cbs=rec)
+    learn.fine_tune(1, base_lr=base_lr, lr_mult=lr_mult, strategy=LoRA(r=R, freeze_epochs=0), cbs=rec)
     param_group = {id(p): i for i, g in enumerate(learn.opt.param_groups) for p in g["params"]}
     for name, m in adapter_modules(learn.model.body).items():
         assert param_group[id(m.lora_A["default"].weight)] == group_of_module[name]
@@ -120,7 +121,18 @@ def test_each_adapter_is_in_its_base_module_group_and_gets_that_group_lr():
     for step in rec.lrs:
         for i in range(g):
             assert math.isclose(step[i], step[-1] * lr_mult ** ((i - (g - 1)) / (g - 1)), rel_tol=1e-9)
-    assert max(step[-1] for step in rec.lrs) <= base_lr
+    assert max(step[-1] for step in rec.lrs) <= base_lr / 2
+
+
+def test_lora_phases_are_fastai_recipe_with_lora_for_unfreezing():
+    learn = learner("test_vit")
+    disc = lambda head_lr: slice(head_lr / 100, head_lr)  # noqa: E731
+    g = learn.n_groups
+    frozen = Phase(1, g - 1, slice(1e-2), "frozen", pct_start=0.99, div=25.0)
+    assert list(LoRA().phases(learn, 5, 1e-2, disc)) == [frozen, Phase(5, 0, slice(5e-5, 5e-3), "lora")]
+    assert list(LoRA(freeze_epochs=0).phases(learn, 3, 1e-2, disc)) == [Phase(3, 0, slice(5e-5, 5e-3), "lora")]
+    assert list(LoRA(freeze_epochs=2).phases(learn, 0, 1e-2, disc)) == [
+        Phase(2, g - 1, slice(1e-2), "frozen", pct_start=0.99, div=25.0)]
 
 
 # -- export: merged weights, loaded without peft ---------------------------------------------------
@@ -161,21 +173,29 @@ def test_export_is_merged_and_loads_without_peft(tmp_path, monkeypatch, arch):
 
 # -- resume -----------------------------------------------------------------------------------------
 
-def test_resume_of_a_lora_fine_tune_is_exact(tmp_path):
-    full = learner("test_vit", path=tmp_path / "full", ps=0.25)
-    full.fine_tune(3, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1))
+@pytest.fixture(scope="module")
+def uninterrupted_lora(tmp_path_factory):
+    full = learner("test_vit", path=tmp_path_factory.mktemp("full"), ps=0.25)
+    full.fine_tune(2, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1))
+    return full
+
+
+@pytest.mark.parametrize("phase,epoch", [("frozen", 0), ("lora", 0)])
+def test_resume_of_a_lora_fine_tune_is_exact(tmp_path, uninterrupted_lora, phase, epoch):
+    full = uninterrupted_lora
     expected = full.model.state_dict()
 
     killed = learner("test_vit", path=tmp_path / "run", ps=0.25)
     with pytest.raises(KeyboardInterrupt):
-        killed.fine_tune(3, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1),
-                         cbs=[CheckpointCallback(), KillAfterEpoch(0)])
+        killed.fine_tune(2, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1),
+                         cbs=[CheckpointCallback(), KillAfterEpoch(epoch, phase)])
     resumed = learner("test_vit", path=tmp_path / "run", seed=123, ps=0.25)  # other head and adapter draws
-    resumed.fine_tune(3, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1), resume_from="checkpoint")
+    resumed.fine_tune(2, base_lr=1e-2, strategy=LoRA(r=4, dropout=0.1), resume_from="checkpoint")
     got = resumed.model.state_dict()
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert resumed.recorder.lrs == full.recorder.lrs
+    assert resumed.recorder.phases == full.recorder.phases == ["frozen"] * 3 + ["lora"] * 6
     # the control: the interrupted run's weights differ, so the comparison above can fail
     assert any(not torch.equal(killed.model.state_dict()[k], expected[k]) for k in expected)
 
@@ -203,7 +223,7 @@ def test_bad_targets_say_what_to_name(targets, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [({"r": 0}, "rank r"), ({"alpha": -1}, "alpha"),
-                                            ({"dropout": 1.0}, "dropout")])
+                                            ({"dropout": 1.0}, "dropout"), ({"freeze_epochs": -1}, "freeze_epochs")])
 def test_bad_lora_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoRA(**kwargs)

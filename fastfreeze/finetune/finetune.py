@@ -42,7 +42,8 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     group's lr), 'freeze', 'no_freeze', ('freeze_unfreeze', e),
     ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k), 'lora' (LoRA adapters on the body through peft,
     `finetune.lora.LoRA`; docs/lora.md) or a `Strategy` object; their phases use
-    `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is the default's only).
+    `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is used by the default, 'gentle' and
+    'lora' only).
 
     Discriminative lrs: `slice(head_lr/lr_mult, head_lr)` over all groups, or with `layer_decay=d`
     `head_lr * d**(G-1-i)` for group i (layer-wise lr decay) in place of the slice.
@@ -79,7 +80,10 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
         base_lr, strategy = choose_fine_tune(learn, accum_steps=accum_steps, choose=choose)
     elif isinstance(base_lr, str):
         base_lr = choose_base_lr(learn, accum_steps=accum_steps)
-    plan = LoRA() if isinstance(strategy, str) and strategy == "lora" else resolve_strategy(strategy, freeze_epochs)
+    if isinstance(strategy, str) and strategy == "lora":
+        plan: Strategy = LoRA(freeze_epochs=freeze_epochs)
+    else:
+        plan = resolve_strategy(strategy, freeze_epochs)
     plan.prepare(learn)
     phases = list(plan.phases(learn, epochs, base_lr, disc))
     for phase in phases:  # check them all before training starts

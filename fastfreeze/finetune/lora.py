@@ -1,11 +1,12 @@
 """`fine_tune(..., strategy='lora')`: LoRA adapters on the body (through `peft`), trained with the head while the
 body's own weights stay frozen (docs/lora.md).
 
-`LoRA(r, alpha, targets, dropout)` is a `Strategy`: before its phase it puts adapters on the target modules of the
-body (`models/lora.py`; by default the attention and MLP linears of a ViT, ConvNeXt's pointwise linears,
-EfficientNet/MobileNet's 1x1 pointwise convs), files each adapter's parameters in the layer group of the module it
-adapts, and marks every other parameter of the body `always_frozen`. Its one phase trains all groups, which then
-means the adapters and the head, at `fine_tune`'s discriminative lrs: each adapter at the lr of its group.
+`LoRA(r, alpha, targets, dropout, freeze_epochs)` is a `Strategy`: before its phases it puts adapters on the target
+modules of the body (`models/lora.py`; by default the attention and MLP linears of a ViT, ConvNeXt's pointwise
+linears, EfficientNet/MobileNet's 1x1 pointwise convs), files each adapter's parameters in the layer group of the
+module it adapts, and marks every other parameter of the body `always_frozen`. Its phases are fastai's recipe
+with LoRA in place of unfreezing: the head alone for `freeze_epochs`, then all groups, which then means the
+adapters and the head, at `fine_tune`'s discriminative lrs of base_lr/2: each adapter at the lr of its group.
 
 The body's own parameters are treated as those of a frozen group: under `norm='train'` (`train_bn`) their norm
 parameters train and BatchNorm statistics move, as fastai's `train_bn` does; under `norm='frozen'` (or
@@ -55,11 +56,15 @@ class LoRASummary:
 
 
 class LoRA(Strategy):
-    """LoRA adapters of rank `r` (scaling `alpha / r`, `dropout` on their input) on `targets` (module names of the
-    body, or their last dotted parts; default: the body family's, `models.lora.DEFAULT_TARGETS`), trained with the
-    head for all of `fine_tune`'s epochs at its discriminative lrs; the body's own weights stay frozen."""
+    """fastai's recipe with LoRA for the unfrozen phase: adapters of rank `r` (scaling `alpha / r`, `dropout` on
+    their input) on `targets` (module names of the body, or their last dotted parts; default: the body family's,
+    `models.lora.DEFAULT_TARGETS`). `freeze_epochs` epochs of the head only at `slice(base_lr)` (pct_start 0.99,
+    div 25, as the default strategy), then `epochs` epochs of the adapters and the head at `disc(base_lr / 2)`
+    (phase 'lora'); the body's own weights stay frozen throughout. `fine_tune(strategy='lora')` passes its
+    `freeze_epochs`."""
 
-    def __init__(self, r: int = 8, alpha: float = 16, targets: Optional[Sequence[str]] = None, dropout: float = 0.0):
+    def __init__(self, r: int = 8, alpha: float = 16, targets: Optional[Sequence[str]] = None, dropout: float = 0.0,
+                 freeze_epochs: int = 1):
         if not is_int(r) or r < 1:
             raise ValueError(f"LoRA's rank r must be an int >= 1 (e.g. 8), got {r!r}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
@@ -70,14 +75,19 @@ class LoRA(Strategy):
             raise TypeError(f"LoRA's targets are a list of module names, e.g. ['qkv', 'fc1'], got {targets!r}")
         self.r, self.alpha, self.dropout = int(r), float(alpha), float(dropout)
         self.targets = None if targets is None else tuple(targets)
+        if not is_int(freeze_epochs) or freeze_epochs < 0:
+            raise ValueError(f"freeze_epochs must be an int >= 0, got {freeze_epochs!r}")
+        self.freeze_epochs = int(freeze_epochs)
 
     def prepare(self, learn: "BaseLearner") -> None:
         """Add the adapters to `learn` (`add_lora`), unless it has them already."""
         add_lora(learn, self.r, self.alpha, self.targets, self.dropout)
 
     def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
+        if self.freeze_epochs > 0:
+            yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
         if epochs > 0:
-            yield Phase(epochs, 0, disc(base_lr), "lora")
+            yield Phase(epochs, 0, disc(base_lr / 2), "lora")
 
 
 def add_lora(learn: "BaseLearner", r: int = 8, alpha: float = 16, targets: Optional[Sequence[str]] = None,

@@ -18,9 +18,10 @@ groups never change inside a fit). Built in, under `fine_tune(strategy=...)`, wi
   (one phase from e1 when k is the whole body).
 - `('gradual', k)` (`GradualUnfreezing`): ULMFiT's gradual unfreezing: the head only for k epochs, then
   one more group, from the head down, every k epochs until all groups train, which they do for the rest.
-- `'lora'` (`finetune.lora.LoRA()`): LoRA adapters on the body, trained with the head for `epochs` epochs at
-  `disc(base_lr)`, the body's own weights frozen (docs/lora.md; resolved by `fine_tune`, as lora.py builds on
-  this module).
+- `'lora'` (`finetune.lora.LoRA(freeze_epochs=freeze_epochs)`): fastai's recipe with LoRA adapters on the body
+  in place of unfreezing: the same frozen phase, then `epochs` epochs of the adapters and the head at
+  `disc(base_lr/2)`, the body's own weights frozen (docs/lora.md; resolved by `fine_tune`, as lora.py builds
+  on this module).
 
 Except the default, every phase is a one-cycle at `disc(base_lr)` with `fine_tune`'s `pct_start` and `div`,
 and the epochs of all phases add up to `epochs`; phases of zero epochs are left out.

@@ -11,7 +11,9 @@ on the same batches in the same order for a seed. Rows:
 - lora: `fine_tune(EPOCHS, strategy=LoRA(r=8, alpha=16))` at the same base_lr: the same frozen epoch, then
   `EPOCHS` epochs of the adapters and the head, adapters at their group's lr of `slice(base_lr/2/100, base_lr/2)`;
 - lora-mult10: the same with `lr_mult=10`;
-- lora-r16: r=16, alpha=32.
+- lora-r16: r=16, alpha=32;
+- head: the control, `strategy='freeze'` for `EPOCHS + 1` epochs at `slice(base_lr)`: the head alone, so what the
+  adapters add over a frozen body shows.
 
 Each (row, seed) runs in a process of its own, with OMP_NUM_THREADS=1. Peak memory is the growth of the process's
 maximum resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) from just before the fine_tune to its end:
@@ -21,8 +23,8 @@ LoRA), validation excluded (it runs once, at the end).
 
 A second measurement, of memory and speed only, on a large body: ViT-B/16 (`vit_base_patch16_224`, 86M
 parameters) initialised at random (its weights are not available offline; memory and time do not depend on
-them), 224 px, batches of 8 random images, `VIT_STEPS` training steps of all groups (full) or of the default LoRA
-targets (qkv, proj, fc1, fc2; r=8) and the head, fp32, one thread: the growth of the maximum RSS over the fit, and
+them), 224 px, batches of 2 (the head's BatchNorm needs 2) and of 8 random images, `VIT_STEPS` training steps of
+all groups (full) or of the default LoRA targets (qkv, proj, fc1, fc2; r=8) and the head, fp32, one thread: the growth of the maximum RSS over the fit, and
 seconds per step.
 
     OMP_NUM_THREADS=1 python benchmarks/lora.py --seeds 0 1 2     # appends to benchmarks/lora.jsonl
@@ -53,9 +55,9 @@ from transfer_quality import ARCH, REGIMES, SIZE, WEIGHTS, code_version, make_dl
 
 REGIME, EPOCHS = "digits", 5
 ROWS = {"full": {}, "lora": {"r": 8, "alpha": 16, "lr_mult": 100}, "lora-mult10": {"r": 8, "alpha": 16, "lr_mult": 10},
-        "lora-r16": {"r": 16, "alpha": 32, "lr_mult": 100}}
+        "lora-r16": {"r": 16, "alpha": 32, "lr_mult": 100}, "head": {}}
 OUT = Path(__file__).with_name("lora.jsonl")
-VIT_ARCH, VIT_STEPS, VIT_BS = "vit_base_patch16_224", 3, 8
+VIT_ARCH, VIT_STEPS, VIT_BATCH_SIZES = "vit_base_patch16_224", 3, (2, 8)
 
 
 class EpochTimes(Callback):
@@ -89,6 +91,9 @@ def run_one(row: str, seed: int) -> dict:
         if row == "full":
             learn.fine_tune(EPOCHS, base_lr=base_lr, freeze_epochs=1)
             phase = "unfrozen"
+        elif row == "head":
+            learn.fine_tune(EPOCHS + 1, base_lr=base_lr, strategy="freeze")
+            phase = "frozen"
         else:
             opts = ROWS[row]
             learn.fine_tune(EPOCHS, base_lr=base_lr, lr_mult=opts["lr_mult"],
@@ -104,18 +109,18 @@ def run_one(row: str, seed: int) -> dict:
               "trainable": trainable, "total": total, "seconds": seconds,
               "seconds_per_epoch": statistics.mean(timer.times[phase]), "peak_rss_growth_mib": peak,
               "threads": torch.get_num_threads(), "code": code_version()}
-    if row != "full":
+    if row.startswith("lora"):
         result["adapters"] = learn.lora_summary().adapters
     return result
 
 
-def run_vit(row: str) -> dict:
+def run_vit(row: str, bs: int) -> dict:
     """ViT-B/16 at random, `VIT_STEPS` steps of full fine-tuning or LoRA: RSS growth and seconds per step."""
     from fastfreeze import DataLoaders
-    n = VIT_STEPS * VIT_BS
+    n = VIT_STEPS * bs
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 3, 224, 224, generator=g), torch.arange(n) % 10
-    dls = DataLoaders.from_tensors(x, y, x[:VIT_BS], y[:VIT_BS], bs=VIT_BS, seed=0)
+    dls = DataLoaders.from_tensors(x, y, x[:bs], y[:bs], bs=bs, seed=0)
     torch.manual_seed(0)
     learn = vision_learner(dls, VIT_ARCH, pretrained=False, n_out=10, progress=False)
     learn.dls.valid = None
@@ -128,7 +133,7 @@ def run_vit(row: str) -> dict:
     start = time.perf_counter()
     learn.fit(1, 1e-4)
     seconds = time.perf_counter() - start
-    return {"row": row, "regime": "vit-memory", "arch": VIT_ARCH, "size": 224, "bs": VIT_BS, "steps": VIT_STEPS,
+    return {"row": row, "regime": "vit-memory", "arch": VIT_ARCH, "size": 224, "bs": bs, "steps": VIT_STEPS,
             "trainable": trainable, "total": total, "seconds_per_step": seconds / VIT_STEPS,
             "peak_rss_growth_mib": max_rss_mib() - rss_before, "threads": torch.get_num_threads(),
             "code": code_version()}
@@ -153,6 +158,10 @@ def run_in_process(args: list[str], env: dict) -> dict:
     return record
 
 
+def adapters(record: dict) -> str:
+    return f" ({record['adapters']:,} in adapters)" if "adapters" in record else ""
+
+
 def report() -> str:
     records = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
     vit = [r for r in records if r["regime"] == "vit-memory"]
@@ -165,15 +174,17 @@ def report() -> str:
             continue
         acc = [r["accuracy"] for r in rs]
         lines.append(f"| {row} | {statistics.mean(acc):.4f} ({', '.join(f'{a:.4f}' for a in acc)}) | "
-                     f"{rs[0]['trainable']:,} / {rs[0]['total']:,} | "
+                     f"{rs[0]['trainable']:,}{adapters(rs[0])} / {rs[0]['total']:,} | "
                      f"{statistics.mean(r['seconds_per_epoch'] for r in rs):.1f} | "
                      f"{statistics.mean(r['peak_rss_growth_mib'] for r in rs):.0f} | {len(rs)} |")
     if vit:
-        lines += ["", f"| {VIT_ARCH} (random weights), bs {VIT_BS}, 224 px | trainable / total parameters | "
-                      "s per step | peak RSS growth (MiB) |", "|---|---|---|---|"]
+        lines += ["", f"| {VIT_ARCH} (random weights), 224 px | batch size | trainable / total parameters | "
+                      "s per step | peak RSS growth (MiB) | gradients + AdamW moments (MiB, 12 bytes per trainable) |",
+                  "|---|---|---|---|---|---|"]
         for r in vit:
-            lines.append(f"| {r['row']} | {r['trainable']:,} / {r['total']:,} | {r['seconds_per_step']:.1f} | "
-                         f"{r['peak_rss_growth_mib']:.0f} |")
+            lines.append(f"| {r['row']} | {r.get('bs', 8)} | {r['trainable']:,} / {r['total']:,} | "
+                         f"{r['seconds_per_step']:.1f} | {r['peak_rss_growth_mib']:.0f} | "
+                         f"{12 * r['trainable'] / 2**20:.0f} |")
     return "\n".join(lines)
 
 
@@ -183,18 +194,19 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help="run one row in this process, print JSON")
     parser.add_argument("--vit", action="store_true", help="the ViT-B memory and speed rows")
-    parser.add_argument("--vit-one", choices=("full", "lora"), help=argparse.SUPPRESS)
+    parser.add_argument("--vit-one", nargs=2, metavar=("ROW", "BS"), help=argparse.SUPPRESS)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
     elif args.vit_one:
-        print(json.dumps(run_vit(args.vit_one)))
+        print(json.dumps(run_vit(args.vit_one[0], int(args.vit_one[1]))))
     elif args.vit:
-        for row in ("full", "lora"):
-            r = run_in_process(["--vit-one", row], dict(os.environ, OMP_NUM_THREADS="1"))
-            print(f"ViT-B {row}: {r['trainable']:,} trainable, {r['seconds_per_step']:.1f} s/step, "
-                  f"+{r['peak_rss_growth_mib']:.0f} MiB", flush=True)
+        for bs in VIT_BATCH_SIZES:
+            for row in ("full", "lora"):
+                r = run_in_process(["--vit-one", row, str(bs)], dict(os.environ, OMP_NUM_THREADS="1"))
+                print(f"ViT-B {row} bs {bs}: {r['trainable']:,} trainable, {r['seconds_per_step']:.1f} s/step, "
+                      f"+{r['peak_rss_growth_mib']:.0f} MiB", flush=True)
     elif args.report:
         print(report())
     else:

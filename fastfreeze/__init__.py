@@ -35,6 +35,7 @@ from .data.image_data import ImageDataLoaders
 from .finetune.auto_lr import choose_base_lr
 from .finetune.feature_cache import FeatureCache
 from .finetune.finetune import fine_tune
+from .finetune.lora import LoRA, add_lora
 from .finetune.lr_finder import minimum, slide, steep, valley
 from .finetune.schedule import ParamScheduler, cos_anneal, fit_one_cycle, one_cycle_scheduler
 from .finetune.strategies import (FastaiFineTune, Freeze, FreezeUnfreeze, GradualUnfreezing, NoFreeze, Phase, Strategy,
@@ -62,7 +63,7 @@ __all__ = [
     "lrs_decay", "one_cycle_scheduler", "top_k", "top_k_accuracy",
     "valley", "minimum", "steep", "slide",
     "Strategy", "Phase", "FastaiFineTune", "Freeze", "NoFreeze", "FreezeUnfreeze", "UnfreezeMilestones",
-    "GradualUnfreezing",
+    "GradualUnfreezing", "LoRA", "add_lora",
     "choose_base_lr", "BodyInfo", "TransferModel", "create_timm_body", "cut_classifier", "body_groups",
     "group_names", "layer_groups", "AdaptiveConcatPool2d", "create_head", "head_from_layers", "projection_head",
     "ImageDataLoaders", "SupervisedContrastiveLoss", "VisionLearner", "vision_learner", "load_pretrained",

@@ -22,6 +22,7 @@ from .core.loop import BaseLearner, Callbacks
 from .core.optim import adamw
 from .finetune.finetune import fine_tune
 from .finetune.default_choice import FineTuneChoice
+from .finetune.lora import lora_summary
 from .finetune.lr_finder import lr_find
 from .finetune.schedule import fit_one_cycle
 from .inference.export import export_learner, push_to_hub
@@ -41,7 +42,7 @@ class Learner(BaseLearner):
     Methods beyond the core's: `fit_one_cycle` (finetune/schedule.py), `fine_tune` (finetune/finetune.py),
     `lr_find` (finetune/lr_finder.py), `export` and `push_to_hub` (inference/export.py), `to_onnx`
     (inference/onnx_export.py), `distributed` (callbacks/distributed.py), `tta` (inference/tta.py),
-    `show_results` (inference/interpret.py).
+    `show_results` (inference/interpret.py), `lora_summary` (finetune/lora.py).
 
     What those features leave on the learner, None until they set it:
         auto_lr: `fine_tune(base_lr='auto')`'s choice: a dict with `base_lr`, the suggestions it came from and
@@ -57,6 +58,7 @@ class Learner(BaseLearner):
     fit_one_cycle = fit_one_cycle
     fine_tune = fine_tune
     lr_find = lr_find
+    lora_summary = lora_summary
     export = export_learner
     push_to_hub = push_to_hub
     to_onnx = to_onnx

@@ -235,8 +235,8 @@ def test_bad_layer_decay_and_phase_kwarg(dls_5_batches):
     (("unfreeze_milestones", (1, 2, 3)), "'unfreeze_milestones' takes ((e1, e2), k), got (1, 2, 3)"),
     (("unfreeze_milestones", 3), "'unfreeze_milestones' takes ((e1, e2), k), got 3"),
     (["gradual", 1], "unknown fine_tune strategy ['gradual', 1]: use None (fastai's recipe), 'gentle', 'freeze', 'no_freeze', "
-                     "('freeze_unfreeze', e), ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a Strategy "
-                     "object"),
+                     "('freeze_unfreeze', e), ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k), 'lora' or a "
+                     "Strategy object"),
 ])
 def test_strategy_argument_errors_say_which_argument_and_what_it_got(spec, message):
     with pytest.raises(ValueError) as error:

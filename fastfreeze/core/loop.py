@@ -128,13 +128,9 @@ class BaseLearner:
         self.last_validation: list[float] = []
         self.scaler: Optional[torch.amp.GradScaler] = None
 
-        self.layer_groups = split_model(self.model, self.splitter)
-        self.norm_param_ids = norm_param_ids(self.model)
-        no_decay = set() if wd_bn_bias else no_decay_param_ids(self.model)
-        self.opt = self.opt_func([{"params": g, "lr": lr, "wd": wd} for g in self.layer_groups], lr=lr)
-        check_single_weight_decay(self.opt, wd)
-        self.weight_decay = DecoupledWeightDecay(
-            self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
+        # ids of parameters that no `freeze_to` trains, kept as in a frozen group (LoRA's base weights)
+        self.always_frozen: set[int] = set()
+        self.set_layer_groups(self.splitter)
 
         self.label_check = LabelCheck()  # labels checked against the outputs once per loader (label_check.py)
         self.recorder = Recorder()
@@ -150,17 +146,31 @@ class BaseLearner:
     def n_groups(self) -> int:
         return len(self.layer_groups)
 
+    def set_layer_groups(self, splitter: Splitter) -> None:
+        """Split the model with `splitter` into layer groups (checked) and build a fresh optimizer with one param
+        group per layer group, at `self.lr` and `self.wd` (after adapters added parameters to the model, say)."""
+        self.splitter = splitter
+        self.layer_groups = split_model(self.model, splitter)
+        self.norm_param_ids = norm_param_ids(self.model)
+        no_decay = set() if self.wd_bn_bias else no_decay_param_ids(self.model)
+        self.opt = self.opt_func([{"params": g, "lr": self.lr, "wd": self.wd} for g in self.layer_groups], lr=self.lr)
+        check_single_weight_decay(self.opt, self.wd)
+        self.weight_decay = DecoupledWeightDecay(
+            self.opt, [[p for p in g if id(p) not in no_decay] for g in self.layer_groups])
+
     def freeze_to(self, n: int) -> None:
         """Freeze layer groups `[:k]` and train `[k:]`, with `k = n` if `n >= 0` else `G + n`.
 
         Frozen parameters get `requires_grad=False` and `grad=None`, so no optimizer step touches them
         (no weight decay either). Normalization parameters of frozen groups stay trainable when
-        `train_bn` (norm policy 'train').
+        `train_bn` (norm policy 'train'). Parameters in `always_frozen` are frozen in every group, as if their
+        group were frozen (their normalization parameters train under `train_bn`).
         """
         k = frozen_count(n, self.n_groups)
         for i, group in enumerate(self.layer_groups):
             for p in group:
-                trainable = i >= k or (self.train_bn and id(p) in self.norm_param_ids)
+                trainable = (i >= k and id(p) not in self.always_frozen) or \
+                    (self.train_bn and id(p) in self.norm_param_ids)
                 p.requires_grad_(trainable)
                 if not trainable:
                     p.grad = None
@@ -178,8 +188,9 @@ class BaseLearner:
         self.freeze_to(0)
 
     def frozen_param_ids(self) -> set[int]:
-        """The ids of the parameters in frozen groups (norm parameters that train included)."""
-        return {id(p) for g in self.layer_groups[:self.frozen_groups] for p in g}
+        """The ids of the parameters in frozen groups and of `always_frozen` (norm parameters that train
+        included)."""
+        return {id(p) for g in self.layer_groups[:self.frozen_groups] for p in g} | self.always_frozen
 
     def frozen_modules(self) -> list[nn.Module]:
         """The largest modules whose parameters all lie in frozen groups (put in eval mode when norm != 'train')."""
@@ -199,13 +210,16 @@ class BaseLearner:
         return out
 
     def groups_table(self) -> list[dict[str, Any]]:
-        """One row per layer group: index, module names, parameter count, trainable count, state."""
+        """One row per layer group: index, module names, parameter count, trainable count, state ('trainable',
+        'frozen', 'frozen (norm trains)', or 'partly trainable': LoRA's adapters in a frozen body)."""
         labels = group_names(self.model, self.layer_groups)
         rows = []
         for i, g in enumerate(self.layer_groups):
             n_params = sum(p.numel() for p in g)
             n_train = sum(p.numel() for p in g if p.requires_grad)
-            state = "trainable" if n_train == n_params else ("frozen" if n_train == 0 else "frozen (norm trains)")
+            only_norm = all(id(p) in self.norm_param_ids for p in g if p.requires_grad)
+            state = "trainable" if n_train == n_params else "frozen" if n_train == 0 else \
+                "frozen (norm trains)" if only_norm else "partly trainable"
             rows.append({"group": i, "modules": labels[i],
                          "params": n_params, "trainable": n_train, "state": state,
                          "lr": self.opt.param_groups[i]["lr"]})

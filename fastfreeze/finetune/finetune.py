@@ -19,6 +19,7 @@ from ..utils.checks import WholeNumberError, check_epochs, check_wd, is_int
 from .auto_lr import choose_base_lr
 from .default_choice import CHOOSERS, choose_fine_tune
 from .feature_cache import feature_cache_for
+from .lora import LoRA
 from .schedule import check_one_cycle, fit_one_cycle
 from .strategies import Phase, Strategy, StrategySpec, discriminative, resolve_strategy
 
@@ -39,8 +40,10 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     2. `base_lr /= 2`; `unfreeze()`; one-cycle for `epochs` at `slice(base_lr/lr_mult, base_lr)`.
     `freeze_epochs=0` skips phase 1. Other strategies: 'gentle' (phase 2 with the whole body at the first
     group's lr), 'freeze', 'no_freeze', ('freeze_unfreeze', e),
-    ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a `Strategy` object; their phases use
-    `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is the default's only).
+    ('unfreeze_milestones', ((e1, e2), k)), ('gradual', k), 'lora' (LoRA adapters on the body through peft,
+    `finetune.lora.LoRA`; docs/lora.md) or a `Strategy` object; their phases use
+    `pct_start` and `div` and add up to `epochs` (`freeze_epochs` is used by the default, 'gentle' and
+    'lora' only).
 
     Discriminative lrs: `slice(head_lr/lr_mult, head_lr)` over all groups, or with `layer_decay=d`
     `head_lr * d**(G-1-i)` for group i (layer-wise lr decay) in place of the slice.
@@ -78,7 +81,11 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
         base_lr, strategy = choose_fine_tune(learn, accum_steps=accum_steps, choose=choose)
     elif isinstance(base_lr, str):
         base_lr = choose_base_lr(learn, accum_steps=accum_steps)
-    plan = resolve_strategy(strategy, freeze_epochs)
+    if isinstance(strategy, str) and strategy == "lora":
+        plan: Strategy = LoRA(freeze_epochs=freeze_epochs)
+    else:
+        plan = resolve_strategy(strategy, freeze_epochs)
+    plan.prepare(learn)
     phases = list(plan.phases(learn, epochs, base_lr, disc))
     for phase in phases:  # check them all before training starts
         _check_phase(learn, phase, plan)

@@ -18,6 +18,10 @@ groups never change inside a fit). Built in, under `fine_tune(strategy=...)`, wi
   (one phase from e1 when k is the whole body).
 - `('gradual', k)` (`GradualUnfreezing`): ULMFiT's gradual unfreezing: the head only for k epochs, then
   one more group, from the head down, every k epochs until all groups train, which they do for the rest.
+- `'lora'` (`finetune.lora.LoRA(freeze_epochs=freeze_epochs)`): fastai's recipe with LoRA adapters on the body
+  in place of unfreezing: the same frozen phase, then `epochs` epochs of the adapters and the head at
+  `disc(base_lr/2)`, the body's own weights frozen (docs/lora.md; resolved by `fine_tune`, as lora.py builds
+  on this module).
 
 Except the default, every phase is a one-cycle at `disc(base_lr)` with `fine_tune`'s `pct_start` and `div`,
 and the epochs of all phases add up to `epochs`; phases of zero epochs are left out.
@@ -71,6 +75,10 @@ class Strategy:
     `disc(head_lr)` is the per-group lr spec that `fine_tune`'s `lr_mult` / `layer_decay` give for a head
     lr (`slice(head_lr/lr_mult, head_lr)` or `lrs_decay(head_lr, layer_decay)`); use it, or any lr spec.
     """
+
+    def prepare(self, learn: "BaseLearner") -> None:
+        """Called by `fine_tune` once before `phases` (and before a resume loads its checkpoint): a strategy that
+        changes the model (LoRA adds adapters) does it here. Does nothing by default."""
 
     def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterable[Phase]:
         raise NotImplementedError(f"{type(self).__name__} must define phases(learn, epochs, base_lr, disc)")
@@ -222,7 +230,7 @@ def _milestone_phases(learn: "BaseLearner", epochs: int, base_lr: float, disc: D
 StrategySpec = Union[None, str, tuple, Strategy]
 
 _FORMS = ("None (fastai's recipe), 'gentle', 'freeze', 'no_freeze', ('freeze_unfreeze', e), "
-          "('unfreeze_milestones', ((e1, e2), k)), ('gradual', k) or a Strategy object")
+          "('unfreeze_milestones', ((e1, e2), k)), ('gradual', k), 'lora' or a Strategy object")
 
 
 def resolve_strategy(spec: StrategySpec, freeze_epochs: int = 1) -> Strategy:

@@ -5,6 +5,7 @@
 - `model.safetensors`: every tensor of the model's state dict (safetensors holds tensors only: loading it
   runs no code), with the sha256 of `config.json` and a copy of it in its metadata (`weights_metadata`), so that
   `load_learner` refuses a config edited after the export, naming what changed;
+  LoRA adapters merged into the weights they adapt (`models.lora.merged_state_dict`);
 - `config.json`: how to rebuild the model and use it, as plain JSON:
 
 ```
@@ -62,6 +63,7 @@ from ..core.losses import activation_for
 from ..core.tasks import MULTI_LABEL, task_of
 from ..data.preprocess import with_input_size
 from ..models.body import TransferModel
+from ..models.lora import merged_state_dict
 from ..utils.files import write_files
 from ..utils.hub import hub_repo_id, model_card, timm_model_config, upload_folder
 from ..utils.ranks import is_rank_zero
@@ -177,7 +179,7 @@ def export_learner(learn: BaseLearner, path: Union[str, Path], timm_kwargs: Opti
         raise InvalidExportError(f"{folder} is a file: an export is a folder (it holds {WEIGHTS_FILE} and {CONFIG_FILE})")
     config = check_config(export_config(learn, timm_kwargs, factory, factory_kwargs), "the export config")
     state = {}
-    for key, value in learn.model.state_dict().items():
+    for key, value in merged_state_dict(learn.model).items():  # LoRA adapters merged in: no peft to load
         if not isinstance(value, torch.Tensor):
             raise InvalidExportError(f"the model's state dict holds a {type(value).__name__} at {key!r}: only "
                                      "tensors can be exported")

@@ -23,6 +23,7 @@ from .cli_arguments import (FAILURE_EXIT, USAGE_EXIT, RunError, UsageError, chec
                             check_data_dir, check_hub_weights_reachable, fraction, learning_rate, pretrained, seed,
                             whole_number)
 from .cli_resume import RunArguments, check_resume_arguments, run_arguments
+from .utils.files import WriteError, write_file
 from .utils.folder_lock import FolderInUseError, FolderLock
 
 DEMO_ARCH = "tf_efficientnet_lite0"
@@ -162,7 +163,6 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     `--tta N` (N > 1), with test-time augmentation too; the confusion matrix and the top losses are saved as plots."""
     from .core.checkpoint import CheckpointCallback, read_checkpoint
     from .inference.interpret import ClassificationInterpretation
-    from .utils.files import write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
@@ -349,6 +349,9 @@ def error_line(error: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ended a command."""
     if isinstance(error, UsageError):
         return USAGE_EXIT, one_line(str(error))
+    if isinstance(error, WriteError):  # a disk or folder that refused a write, said in words by utils.files
+        return FAILURE_EXIT, one_line(f"{error} On the command line the folder is --out; once it can be written, rerun "
+                                      "the same command with --resume to go on from the last checkpoint")
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return FAILURE_EXIT, one_line(f"{error}: the disk is full; free some space (or pass --out on another disk) "
                                       "and rerun with --resume to go on from the last checkpoint")

@@ -20,6 +20,7 @@ from fastfreeze.cli import build_parser, error_line, main
 from fastfreeze.cli_arguments import RunError, check_hub_weights_reachable
 from fastfreeze.cli_resume import STATE_KEY, check_resume_arguments, run_arguments
 from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from fastfreeze.utils.files import WriteError, write_file
 from fastfreeze.utils.folder_lock import LOCK_NAME, FolderLock
 
 TINY = ["--arch", "test_resnet", "--pretrained", "false", "--size", "32", "--bs", "4", "--workers", "0", "--no-bar"]
@@ -140,6 +141,35 @@ def test_error_lines_for_a_full_disk_and_an_unexpected_error():
     code, line = error_line(KeyError("x"))
     assert code == 1 and line == "KeyError: 'x' (unexpected: rerun with --debug for the traceback, and report it)"
     assert error_line(ValueError("first line\n  second line\n")) == (1, "first line second line")
+
+
+def test_a_write_the_disk_refuses_is_one_line_in_words_and_exit_code_1(tmp_path, capsys, monkeypatch):
+    """Every write into --out is refused (disk full): the checkpoints warn and training goes on (as in the library),
+    the first plot ends the run with utils.files' WriteError in words, on one line, and the --resume advice."""
+    data, out = tiny_folder(tmp_path / "data"), tmp_path / "out"
+    real_replace = os.replace
+
+    def full_disk(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(out)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.warns(UserWarning, match="the checkpoint after epoch 1 of 'frozen' was not written; training goes on"):
+        code, _, err = run(["fine-tune", data, "--out", out, *TINY, "--epochs", "1", "--lr", "1e-3", "--tta", "1"],
+                           capsys)
+    line = one_error_line(err)
+    assert code == 1 and line.startswith(f"could not write the file {out / 'confusion_matrix.png'}: the disk is full "
+                                         f"(no space left on device)")
+    assert line.count("the disk is full") == 1  # said once, not once by the library and again by the command line
+    assert line.endswith("On the command line the folder is --out; once it can be written, rerun the same command "
+                         "with --resume to go on from the last checkpoint")
+    assert not out.exists()  # nothing half-written, no temporary file; the lock's empty folder removed
+    refused = PermissionError(errno.EACCES, "Permission denied")
+    with pytest.raises(WriteError) as permission:
+        write_file(out / "results.json", lambda tmp: (_ for _ in ()).throw(refused))
+    code, line = error_line(permission.value)
+    assert code == 1 and line.startswith(f"could not write the file {out / 'results.json'}: permission denied: this "
+                                         f"process may not write in {out}")
 
 
 def test_ctrl_c_says_how_to_go_on(tmp_path, capsys, monkeypatch):

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import Any, NoReturn, Optional, Sequence
 from .cli_arguments import (FAILURE_EXIT, USAGE_EXIT, RunError, UsageError, check_arch, check_arguments,
                             check_data_dir, check_hub_weights_reachable, fraction, learning_rate, pretrained, seed,
                             whole_number)
-from .cli_check import folder_summary
 from .cli_resume import RunArguments, check_resume_arguments, run_arguments
+from .utils.files import WriteError, write_file
 from .utils.folder_lock import FolderInUseError, FolderLock
 
 DEMO_ARCH = "tf_efficientnet_lite0"
@@ -162,7 +163,6 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     `--tta N` (N > 1), with test-time augmentation too; the confusion matrix and the top losses are saved as plots."""
     from .core.checkpoint import CheckpointCallback, read_checkpoint
     from .inference.interpret import ClassificationInterpretation
-    from .utils.files import write_file
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     before = learn.validate()
@@ -316,13 +316,25 @@ def run_fine_tune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_check(args: argparse.Namespace) -> None:
-    """`fastfreeze check DATA_DIR`: the data as `fine-tune` would read it, summarised; nothing is trained."""
+    """`fastfreeze check DATA_DIR`: the data as `fine-tune` would read it, summarised by the data layer's own
+    report (`dls.summary()`: items per class and split, what was skipped and why, the warnings), with the batch
+    and input size; nothing is trained. The data's warnings are printed once, in the summary."""
     check_data_dir(args.data_dir)
     check_arch(args.arch)
-    summary = folder_summary(folder_data(args, check=True), args.data_dir, args.valid_pct)
-    print("\n".join(summary.lines()))
-    print(f"fastfreeze fine-tune can train on {args.data_dir}" +
-          (" (see the warnings above)" if summary.warnings() else ""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dls = folder_data(args, check=True)
+    report = dls.summary(show=False)
+    for w in caught:  # anything else than the data's own warnings is shown as usual
+        if str(w.message) not in report.notes:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    layout = ("train/ and valid/" if args.valid_pct is None else
+              f"one folder per class, {args.valid_pct:.0%} of each held out for validation")
+    size = "x".join(str(s) for s in dls.data_config["input_size"][-2:])
+    print(f"{args.data_dir} ({layout})")
+    print(report.text())
+    print(f"batch size {dls.train.batch_size} ({len(dls.train)} training batches per epoch), input {size} px")
+    print(f"fastfreeze fine-tune can train on {args.data_dir}" + (" (see the warnings above)" if report.notes else ""))
 
 
 COMMANDS = {"demo": run_demo, "fine-tune": run_fine_tune, "check": run_check}
@@ -337,6 +349,9 @@ def error_line(error: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ended a command."""
     if isinstance(error, UsageError):
         return USAGE_EXIT, one_line(str(error))
+    if isinstance(error, WriteError):  # a disk or folder that refused a write, said in words by utils.files
+        return FAILURE_EXIT, one_line(f"{error} On the command line the folder is --out; once it can be written, rerun "
+                                      "the same command with --resume to go on from the last checkpoint")
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return FAILURE_EXIT, one_line(f"{error}: the disk is full; free some space (or pass --out on another disk) "
                                       "and rerun with --resume to go on from the last checkpoint")

@@ -20,6 +20,7 @@ from fastfreeze.cli import build_parser, error_line, main
 from fastfreeze.cli_arguments import RunError, check_hub_weights_reachable
 from fastfreeze.cli_resume import STATE_KEY, check_resume_arguments, run_arguments
 from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from fastfreeze.utils.files import WriteError, write_file
 from fastfreeze.utils.folder_lock import LOCK_NAME, FolderLock
 
 TINY = ["--arch", "test_resnet", "--pretrained", "false", "--size", "32", "--bs", "4", "--workers", "0", "--no-bar"]
@@ -140,6 +141,35 @@ def test_error_lines_for_a_full_disk_and_an_unexpected_error():
     code, line = error_line(KeyError("x"))
     assert code == 1 and line == "KeyError: 'x' (unexpected: rerun with --debug for the traceback, and report it)"
     assert error_line(ValueError("first line\n  second line\n")) == (1, "first line second line")
+
+
+def test_a_write_the_disk_refuses_is_one_line_in_words_and_exit_code_1(tmp_path, capsys, monkeypatch):
+    """Every write into --out is refused (disk full): the checkpoints warn and training goes on (as in the library),
+    the first plot ends the run with utils.files' WriteError in words, on one line, and the --resume advice."""
+    data, out = tiny_folder(tmp_path / "data"), tmp_path / "out"
+    real_replace = os.replace
+
+    def full_disk(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(out)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.warns(UserWarning, match="the checkpoint after epoch 1 of 'frozen' was not written; training goes on"):
+        code, _, err = run(["fine-tune", data, "--out", out, *TINY, "--epochs", "1", "--lr", "1e-3", "--tta", "1"],
+                           capsys)
+    line = one_error_line(err)
+    assert code == 1 and line.startswith(f"could not write the file {out / 'confusion_matrix.png'}: the disk is full "
+                                         f"(no space left on device)")
+    assert line.count("the disk is full") == 1  # said once, not once by the library and again by the command line
+    assert line.endswith("On the command line the folder is --out; once it can be written, rerun the same command "
+                         "with --resume to go on from the last checkpoint")
+    assert not out.exists()  # nothing half-written, no temporary file; the lock's empty folder removed
+    refused = PermissionError(errno.EACCES, "Permission denied")
+    with pytest.raises(WriteError) as permission:
+        write_file(out / "results.json", lambda tmp: (_ for _ in ()).throw(refused))
+    code, line = error_line(permission.value)
+    assert code == 1 and line.startswith(f"could not write the file {out / 'results.json'}: permission denied: this "
+                                         f"process may not write in {out}")
 
 
 def test_ctrl_c_says_how_to_go_on(tmp_path, capsys, monkeypatch):
@@ -273,16 +303,23 @@ def test_check_counts_each_class_and_split_and_names_what_it_skipped(tmp_path, c
     Image.new("RGB", (12, 12)).save(data / "train" / "stray.png")
     (data / "valid" / "light" / "3.png").unlink()
     code, out, err = run(["check", data, "--arch", "test_resnet", "--size", "32", "--bs", "4", "--workers", "0"], capsys)
-    assert code == 0 and err == ""
+    assert code == 0 and err == ""  # the data's warning is printed once, in the summary
+    # 8 + 8 training images; valid: dark 0..3, light 0..2 (3.png removed); 16 / bs 4 = 4 batches
     assert out.splitlines() == [
-        f"{data}: 2 classes, 16 training and 7 validation images (train/ and valid/)",
-        "  class   train   valid",
-        "  dark        8       4",
-        "  light       8       3",
+        f"{data} (train/ and valid/)",
+        "single-label: 16 training items, 7 validation items",
+        "class    train    valid",
+        "dark         8        4",
+        "light        8        3",
+        "skipped 2:",
+        f"  {data / 'train' / 'stray.png'}: outside the class folders: not used",
+        f"  {data / 'train' / 'dark' / 'notes.txt'}: not an image file (extension)",
+        "warnings:",
+        f"  - 1 image(s) lie directly in {data / 'train'}, outside the class folders, and are not used:",
+        f"      {data / 'train' / 'stray.png'}",
+        f"    Move each into the folder of its class ({data / 'train'}/<class>/) or remove it",
         "batch size 4 (4 training batches per epoch), input 32x32 px",
-        "skipped: 1 file(s) outside the class folders: train/stray.png",
-        "skipped: 1 file(s) that are not images (by their extension): train/dark/notes.txt",
-        f"fastfreeze fine-tune can train on {data}"]
+        f"fastfreeze fine-tune can train on {data} (see the warnings above)"]
 
 
 def test_check_with_valid_pct_and_a_class_without_validation_images(tmp_path, capsys):
@@ -291,15 +328,17 @@ def test_check_with_valid_pct_and_a_class_without_validation_images(tmp_path, ca
         (data / c).mkdir(parents=True)
         for i in range(n):
             Image.new("RGB", (12, 12), (30 * i, 0, 0)).save(data / c / f"{i}.png")
-    code, out, _ = run(["check", data, "--valid-pct", "0.25", "--arch", "test_resnet", "--size", "32"], capsys)
+    code, out, err = run(["check", data, "--valid-pct", "0.25", "--arch", "test_resnet", "--size", "32"], capsys)
     # per class round(n * 0.25), keeping one training image: ant 2 of 8, bee 1 of 5 (1.25), cat 0 of 1
-    assert code == 0 and out.splitlines()[:5] == [
-        f"{data}: 3 classes, 11 training and 3 validation images (one folder per class, 25% of each held out for "
-        "validation)", "  class   train   valid", "  ant         6       2", "  bee         4       1",
-        "  cat         1       0"]
-    assert out.splitlines()[-2:] == [
-        "warning: no validation images for cat: accuracy says nothing about it; add some to the validation split",
-        f"fastfreeze fine-tune can train on {data} (see the warnings above)"]
+    assert code == 0 and err == "" and out.splitlines()[:6] == [
+        f"{data} (one folder per class, 25% of each held out for validation)",
+        "single-label: 11 training items, 3 validation items", "class    train    valid",
+        "ant          6        2", "bee          4        1", "cat          1        0"]
+    assert out.splitlines()[6:8] == [
+        "warnings:", "  - no validation items for the class(es) ['cat']: the validation loss and metrics say nothing "
+                     "about it; add items of it to the validation split (with valid_pct: more items, or a larger "
+                     "valid_pct)"]
+    assert out.splitlines()[-1] == f"fastfreeze fine-tune can train on {data} (see the warnings above)"
 
 
 def test_check_on_unusable_data_is_one_line_and_exit_code_1(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """CSV and TensorBoard logs, read back (csv, tensorboard's event reader) against the Recorder and the schedule."""
 import csv
+import errno
 import math
+import warnings
 
 import pytest
 
@@ -33,6 +35,37 @@ def test_csv_holds_one_row_per_epoch_with_each_groups_lr(tmp_path):
         lrs = one_cycle_oracle(10, peak)[0]
         assert [float(r[f"lr_{g}"]) for r in rows] == pytest.approx([lrs[4], lrs[9], 3e-3], rel=1e-9)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_csv_logger_on_a_full_disk_warns_and_the_fit_goes_on(tmp_path, monkeypatch):
+    """The disk fills up after the first epoch's write: the next two writes warn, the fit ends its 3 epochs, the file
+    keeps its one row; once there is space again, the next write holds every row."""
+    learn = make(tmp_path, CSVLogger())
+    history = tmp_path / "history.csv"
+    real_writerows = csv.DictWriter.writerows
+
+    def full_after_one_row(writer, rows):
+        rows = list(rows)
+        if len(rows) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writerows(writer, rows)
+    monkeypatch.setattr(csv.DictWriter, "writerows", full_after_one_row)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(3, 1e-2)
+    said = [str(w.message) for w in record if "was not written" in str(w.message)]
+    assert len(said) == 2 and len(learn.recorder.values) == 3  # epochs 1 and 2 refused; all 3 trained
+    assert said[0].startswith(f"the history after epoch 2 of 'fit 1' was not written to {history}; training goes on, "
+                              "it keeps the rows of its last write, and the next epoch's write tries again with every "
+                              f"row. could not write the training history (CSVLogger) {history}: the disk is full")
+    with open(history, newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]  # the last good write, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]  # no temporary file left
+    monkeypatch.undo()
+    learn.fit(1, 1e-2, phase="after")
+    with open(history, newline="") as f:
+        assert [(r["phase"], r["epoch"]) for r in csv.DictReader(f)] == [("fit 1", "0"), ("fit 1", "1"),
+                                                                         ("fit 1", "2"), ("after", "0")]
 
 
 def test_tensorboard_events_read_back_as_the_recorder_holds_them(tmp_path):

@@ -134,6 +134,76 @@ def test_a_csv_without_header_is_refused_with_header_none(tmp_path):
         ImageDataLoaders.from_csv(tmp_path, "named.csv", valid_pct=None, num_workers=0)
 
 
+def test_the_table_warnings_are_listed_in_the_summary_notes(tmp_path):
+    """Each table warning (the label column named like a label, case/space variants, a repeated row) is both a
+    UserWarning and a note of dls.summary(), in the order the table is read."""
+    for i in range(7):
+        grey(tmp_path / f"{i}.png")
+    rows = ["0.png,dog", "1.png,cat", "2.png,Cat", "3.png,dog", "4.png,cat", "5.png,dog", "1.png,cat"]  # 1.png twice
+    (tmp_path / "named.csv").write_text("name,dog\n" + "\n".join(rows) + "\n")  # the header's label is a class
+    with pytest.warns(UserWarning) as said:
+        dls = ImageDataLoaders.from_csv(tmp_path, "named.csv", valid_pct=None, num_workers=0)
+    notes = dls.summary(show=False).notes
+    assert len(notes) == 3 and notes == [str(w.message) for w in said]
+    assert notes[0].startswith("the label column of named.csv is called 'dog', which is also one of its labels")
+    assert notes[1].startswith("labels that differ only by case or surrounding spaces: 'Cat' / 'cat'.")
+    assert notes[2].startswith("1 item(s) repeat another with the same label and are counted once:\n  row 6 "
+                               "(1.png) of named.csv: the same file as row 1 (1.png) of named.csv")
+    text = str(dls.summary(show=False))
+    assert "warnings:\n  - the label column of named.csv is called 'dog'" in text
+    assert "\n  - 1 item(s) repeat another with the same label and are counted once:\n      row 6 (1.png)" in text
+    assert dls.summary(show=False).train_counts == [1, 2, 3]  # Cat: row 2 | cat: 1, 4 (6 repeats 1) | dog: 0, 3, 5
+
+
+def test_multi_label_tags_only_in_validation_follow_the_single_label_rule(tmp_path):
+    """Tags read from the labels that only validation rows carry are refused, as classes are; tags named with
+    vocab= (or the columns of multi-hot arrays) without a training example are a warning naming them."""
+    names = [f"{i}.png" for i in range(5)]
+    labels = ["cat dog", "dog", "cat", "cat bird", "dog"]
+    flags = [False, False, False, True, True]
+    df = table(tmp_path, names, labels, flags)
+    with pytest.raises(ValueError, match=r"validation tag\(s\) \['bird'\] never occur in the training labels \(which "
+                                         r"hold 2 tags, \['cat', 'dog'\]\): the model would get outputs it never "
+                                         r"trains\. Add training items with those tags or drop them from validation; "
+                                         r"if the tags are meant to be there, pass vocab= naming every tag"):
+        ImageDataLoaders.from_df(df, tmp_path, label_delim=" ", valid_col="is_valid", num_workers=0)
+    with pytest.warns(UserWarning, match=r"2 of the 4 tags have no training example: \['bird', 'emu'\]\. The model "
+                                         r"gets outputs for them that never train"):
+        dls = ImageDataLoaders.from_df(df, tmp_path, label_delim=" ", valid_col="is_valid", num_workers=0,
+                                       vocab=["bird", "cat", "dog", "emu"])
+    report = dls.summary(show=False)
+    # training rows 0-2: cat on 0 and 2, dog on 0 and 1; validation rows 3-4: cat and bird on 3, dog on 4
+    assert report.train_counts == [0, 2, 2, 0] and report.valid_counts == [1, 1, 1, 0]
+    assert report.notes[0].startswith("2 of the 4 tags have no training example: ['bird', 'emu']")
+    x = np.zeros((4, 8, 8), np.uint8)
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 0]])  # column 2: no item, training or validation
+    with pytest.warns(UserWarning, match=r"1 of the 3 tags have no training example: \[2\]"):
+        arrays = ImageDataLoaders.from_arrays(x, y, valid_pct=None, size=8)
+    assert arrays.task == "multi_label" and arrays.c == 3
+
+
+def test_classes_without_validation_items_are_a_warning_and_a_note_from_every_entry_point(tmp_path):
+    x = np.zeros((6, 8, 8), np.uint8)
+    message = r"no validation items for the class\(es\) \['{}'\]: the validation loss and metrics say nothing about it"
+    with pytest.warns(UserWarning, match=message.format("emu")):
+        dls = ImageDataLoaders.from_arrays(x, np.array(["ant", "bee", "emu"] * 2), x[:2], np.array(["ant", "bee"]),
+                                           size=8)
+    assert dls.summary(show=False).valid_counts == [1, 1, 0]
+    assert dls.summary(show=False).notes[-1].startswith("no validation items for the class(es) ['emu']")
+    with pytest.warns(UserWarning, match=message.format("2")):  # integer labels: the classes are 0, 1, 2
+        tensors = DataLoaders.from_tensors(torch.zeros(6, 2), torch.tensor([0, 1, 2] * 2), torch.zeros(2, 2),
+                                           torch.tensor([0, 1]))
+    assert tensors.summary(show=False).valid_counts == [1, 1, 0]
+    names = [f"{i}.png" for i in range(6)]
+    with pytest.warns(UserWarning, match=message.format("dog")):
+        listed = ImageDataLoaders.from_df(table(tmp_path, names, ["cat", "dog"] * 3, [False] * 4 + [True, False]),
+                                          tmp_path, valid_col="is_valid", num_workers=0)
+    assert listed.summary(show=False).valid_counts == [1, 0]  # the one validation row (4) is a cat
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class in validation: nothing to say
+        ImageDataLoaders.from_arrays(x, np.array([0, 1, 2] * 2), x[:3], np.array([2, 1, 0]), size=8)
+
+
 # ------------------------------------------------------------------------------------------------------ 2. arrays
 
 def test_integer_labels_with_gaps_are_refused_unless_the_classes_are_named():

@@ -2,7 +2,9 @@
 
 - `CSVLogger(fname)`: the Recorder's per-epoch table as a CSV file, one row per epoch of every fit (phase,
   epoch, step, train_loss, valid_loss, each metric, each layer group's lr at the epoch's last step, time),
-  rewritten whole after every epoch through `utils.files.write_file` (never half-written);
+  rewritten whole after every epoch through `utils.files.write_file` (never half-written); a write the disk
+  or the folder refuses (full, not writable: `utils.files.WriteError`) is a warning, and training goes on (the
+  file keeps the rows of its last write; the next epoch's write tries again with every row);
 - `TensorBoardCallback(log_dir)`: TensorBoard event files with, per training step, the loss, the smoothed loss
   and each group's lr, and per epoch the losses and metrics. The per-step values are written at the end of
   each epoch, from the Recorder, which reads them back from the device once per epoch (no synchronisation
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..core.callback import Callback
 from ..core.loop import BaseLearner
-from ..utils.files import write_file
+from ..utils.files import WriteError, write_file
 from ..utils.ranks import is_rank_zero
 
 
@@ -43,7 +46,8 @@ def epoch_rows(learn: BaseLearner) -> list[dict[str, Any]]:
 class CSVLogger(Callback):
     """Write the history's per-epoch table to `fname` (relative to `learn.path`) after every epoch: the rows
     of all fits of this learner so far (module docstring). Read it back with `csv.DictReader` or
-    `pandas.read_csv`."""
+    `pandas.read_csv`. A write the disk refuses during a fit is a warning, and the fit goes on (module docstring);
+    `write()` called by hand raises the `WriteError`."""
     order = 61  # after the Recorder (50) has the epoch's row
     learn: BaseLearner
 
@@ -55,8 +59,15 @@ class CSVLogger(Callback):
         return self.learn.path / self.fname
 
     def after_epoch(self) -> None:
-        if self.learn.phase != "lr_find":
+        if self.learn.phase == "lr_find":
+            return
+        try:
             self.write()
+        except WriteError as e:  # the disk is full or the folder not writable: the fit itself can go on
+            kept = ("it keeps the rows of its last write" if self.path.exists() else "no history file is on disk yet")
+            warnings.warn(f"the history after epoch {self.learn.epoch + 1} of {self.learn.phase!r} was not written to "
+                          f"{self.path}; training goes on, {kept}, and the next epoch's write tries again with every "
+                          f"row. {e}", stacklevel=2)
 
     def write(self) -> Path:
         """Write the table now; returns the file."""
@@ -70,7 +81,7 @@ class CSVLogger(Callback):
                 writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(rows)
-        return write_file(self.path, fill)
+        return write_file(self.path, fill, what="the training history (CSVLogger)")
 
 
 class TensorBoardCallback(Callback):

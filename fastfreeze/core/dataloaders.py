@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
 
 from ..utils.seeds import EpochSeededSampler, EpochSeededWeightedSampler, seed_for
-from .validation import DataReport, check_classes, label_counts
+from .validation import DataReport, check_classes, label_counts, warn_classes_without_validation
 
 
 class DataLoaders:
@@ -139,6 +139,7 @@ class DataLoaders:
         dls = cls.from_dsets(TensorDataset(x_train, y_train), valid_ds, **kwargs)
         dls.report = dls.counted_report()
         dls.report.notes = notes
+        warn_classes_without_validation(dls.report)
         return dls
 
 

@@ -9,7 +9,11 @@
 - `find_duplicates`: an item (a file, compared by its real path) listed twice: refused when the labels differ or
   when it lands in both training and validation, counted once otherwise;
 - `spelling_variants`: labels that differ only by case or surrounding spaces (`'cat'`, `'cat '`, `'Cat'`);
-- `whole_number_floats`: float targets that are all whole numbers (class ids or regression values?).
+- `check_tags`: multi-label tags against the training and validation splits, by the same rule as
+  `check_classes`: tags read from the labels that occur only in validation are refused; tags the user named
+  (`vocab=`, the columns of multi-hot arrays) without a training example are a warning;
+- `whole_number_floats`: float targets that are all whole numbers (class ids or regression values?);
+- `warn_classes_without_validation`: classes (tags) that the validation split lacks, whose scores say nothing.
 
 `DataReport` is what `dls.summary()` prints and returns: items per class and split, what was skipped and why,
 and the warnings given while the data was built.
@@ -103,6 +107,37 @@ def check_classes(train: Any, valid: Any = None, vocab: Optional[Sequence[str]] 
                   f"outputs for them that never train: add training items of these classes, or leave them out of "
                   f"vocab=/c= if they are not meant to be predicted", notes)
     return n
+
+
+def check_tags(train: Tensor, valid: Optional[Tensor] = None, vocab: Optional[Sequence[str]] = None,
+               named: bool = True, fix: Optional[str] = "pass vocab= naming every tag",
+               notes: Optional[list[str]] = None) -> None:
+    """Multi-hot targets `(N, C)` of the training (and validation) items, checked by `check_classes`' rule:
+    tags read from the labels (`named=False`) that no training item carries are refused (those seen only in
+    validation, named as such), ending in `fix`; tags the user named (`vocab=`, or the columns of multi-hot
+    arrays) without a training example are a warning naming them (kept in `notes`)."""
+    n = train.shape[1]
+    on_train = train.reshape(-1, n).sum(0)
+    missing = [j for j in range(n) if int(on_train[j]) == 0]
+    if not missing:
+        return
+    names = [_class_name(vocab, j) for j in missing]
+    if named:
+        warn_data(f"{len(missing)} of the {n} tags have no training example: {_shown(names)}. The model gets "
+                  f"outputs for them that never train: add training items with these tags, or leave them out of "
+                  f"vocab= if they are not meant to be predicted", notes)
+        return
+    on_valid = torch.zeros(n, dtype=on_train.dtype) if valid is None or valid.numel() == 0 else \
+        valid.reshape(-1, n).sum(0)
+    only_valid = [_class_name(vocab, j) for j in missing if int(on_valid[j]) > 0]
+    held = [_class_name(vocab, j) for j in range(n) if int(on_train[j]) > 0]
+    if only_valid:
+        raise ValueError(f"validation tag(s) {_shown(only_valid)} never occur in the training labels (which hold "
+                         f"{len(held)} tags, {_shown(held)}): the model would get outputs it never trains. Add "
+                         f"training items with those tags or drop them from validation"
+                         + (f"; if the tags are meant to be there, {fix}" if fix else ""))
+    raise ValueError(f"tag(s) {_shown(names)} are on no item, so the model would get outputs that never train: "
+                     f"drop them from the tags" + (f", or, if they are meant to be there, {fix}" if fix else ""))
 
 
 def _shown(values: Sequence[Any], limit: int = MAX_LISTED) -> str:
@@ -260,7 +295,7 @@ class DataReport:
             lines.append(listing([f"{what}: {why}" for what, why in self.skipped]))
         if self.notes:
             lines.append("warnings:")
-            lines += [f"  - {n}" for n in self.notes]
+            lines += [f"  - {n}".replace("\n", "\n    ") for n in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -279,3 +314,18 @@ def label_counts(targets: Optional[Tensor], task: Optional[str], n_classes: Opti
             return None  # labels outside the classes (an ignore_index): not counted per class
         return [int(v) for v in torch.bincount(targets.long(), minlength=n_classes)]
     return None
+
+
+def warn_classes_without_validation(report: DataReport) -> None:
+    """Warn (and note in `report`) about the classes, or multi-label tags, that no validation item has: the
+    validation scores say nothing about them. Nothing is said without a validation set or per-class counts."""
+    if not report.n_valid or report.classes is None or report.valid_counts is None or report.train_counts is None:
+        return
+    absent = [name for name, n_train, n_valid in zip(report.classes, report.train_counts, report.valid_counts)
+              if n_valid == 0 and n_train > 0]
+    if not absent:
+        return
+    kind = "tag(s)" if report.task == "multi_label" else "class(es)"
+    warn_data(f"no validation items for the {kind} {_shown(absent)}: the validation loss and metrics say nothing "
+              f"about {'it' if len(absent) == 1 else 'them'}; add items of {'it' if len(absent) == 1 else 'them'} to "
+              f"the validation split (with valid_pct: more items, or a larger valid_pct)", report.notes)

@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 from ..core.dataloaders import DataLoaders, whole_batch
 from ..core.tasks import (MULTI_LABEL, SINGLE_LABEL, TASKS, encode_array, encode_labels, encode_values, holds_names,
                           target_text)
-from ..core.validation import (DataReport, check_classes, check_known_classes, check_known_names, find_duplicates,
-                               label_counts, warn_spelling_variants)
+from ..core.validation import (DataReport, check_classes, check_known_classes, check_known_names, check_tags,
+                               find_duplicates, label_counts, warn_classes_without_validation, warn_spelling_variants)
 from ..utils.seeds import batch_keys, item_key, seeded
 from ..utils.show import image_grid
 from .hf import HFImageDataset, hf_splits
@@ -333,6 +333,7 @@ class ImageDataLoaders(DataLoaders):
         dls.report = DataReport(SINGLE_LABEL, len(train_files), len(valid_files), list(vocab),
                                 label_counts(torch.tensor(train_labels), SINGLE_LABEL, len(vocab)),
                                 label_counts(torch.tensor(valid_labels), SINGLE_LABEL, len(vocab)), skipped, notes)
+        warn_classes_without_validation(dls.report)
         return dls
 
     @classmethod
@@ -394,6 +395,9 @@ class ImageDataLoaders(DataLoaders):
         if task == SINGLE_LABEL:
             c = check_classes(train_targets, valid_targets, names, notes=notes, named=vocab is not None,
                               fix="pass vocab= naming every class (vision_learner's n_out= sets the outputs)")
+        elif task == MULTI_LABEL:  # tags read from names are checked as inferred; a multi-hot array's columns are named
+            check_tags(train_targets, valid_targets, names, named=vocab is not None or not holds_names(y),
+                       fix="pass vocab= naming every tag", notes=notes)
         loaders = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, seed=seed,
                                          item_seeds=augment, collate_fn=whole_batch,
                                          persistent_workers=num_workers > 0,
@@ -404,6 +408,7 @@ class ImageDataLoaders(DataLoaders):
                                 label_counts(train_targets, task, dls.c),
                                 None if valid_targets is None else label_counts(valid_targets, task, dls.c),
                                 notes=notes)
+        warn_classes_without_validation(dls.report)
         return dls
 
     @classmethod
@@ -468,6 +473,10 @@ class ImageDataLoaders(DataLoaders):
         if encoded.task == SINGLE_LABEL:
             check_classes(train_targets, valid_targets, encoded.vocab, notes=notes, named=vocab is not None,
                           fix="pass vocab= naming every class")
+        elif encoded.task == MULTI_LABEL:  # tags read from the labels are checked as inferred; array columns are named
+            from_array = isinstance(labels, Tensor) or isinstance(labels, np.ndarray) and labels.dtype.kind in "biuf"
+            check_tags(train_targets, valid_targets, encoded.vocab, named=vocab is not None or from_array,
+                       fix="pass vocab= naming every tag", notes=notes)
         if check:
             check_images(files, rows)
         config = choose_config(arch, size, data_config)
@@ -489,6 +498,7 @@ class ImageDataLoaders(DataLoaders):
                                 _class_names(encoded.vocab, encoded.c, encoded.task),
                                 label_counts(train_targets, encoded.task, encoded.c),
                                 label_counts(valid_targets, encoded.task, encoded.c), unique.dropped, notes)
+        warn_classes_without_validation(dls.report)
         return dls
 
     @classmethod
@@ -508,8 +518,10 @@ class ImageDataLoaders(DataLoaders):
         if items.label_array is not None:
             labels = items.label_array
             kwargs.setdefault("vocab", items.label_names)
-        return cls.from_lists(".", items.files, labels, valid_pct=valid_pct, seed=seed, valid=items.is_valid,
-                              label_delim=label_delim, rows=items.rows, **kwargs)
+        dls = cls.from_lists(".", items.files, labels, valid_pct=valid_pct, seed=seed, valid=items.is_valid,
+                             label_delim=label_delim, rows=items.rows, **kwargs)
+        dls.report.notes[:0] = items.notes  # what reading the table warned about comes first in the summary
+        return dls
 
     @classmethod
     def from_csv(cls, path: Union[str, Path], csv_fname: str = "labels.csv", header: Union[int, str, None] = "infer",
@@ -545,6 +557,9 @@ class ImageDataLoaders(DataLoaders):
             check_classes(splits.train_targets, splits.valid_targets, encoded.vocab, notes=notes,
                           named=vocab is not None,
                           fix="pass vocab= naming every class, or split the items with valid_pct= (stratified)")
+        elif encoded.task == MULTI_LABEL:
+            check_tags(splits.train_targets, splits.valid_targets, encoded.vocab, named=vocab is not None,
+                       fix="pass vocab= naming every tag, or split the items with valid_pct=", notes=notes)
         config = choose_config(arch, size, data_config)
         train_size = InputSize(config["input_size"][-2:])
         train_ds = HFImageDataset(splits.train, image_col, splits.train_targets,
@@ -560,6 +575,7 @@ class ImageDataLoaders(DataLoaders):
                                 _class_names(encoded.vocab, encoded.c, encoded.task),
                                 label_counts(splits.train_targets, encoded.task, encoded.c),
                                 label_counts(splits.valid_targets, encoded.task, encoded.c), notes=notes)
+        warn_classes_without_validation(dls.report)
         return dls
 
     def test_dl(self, items: Union[np.ndarray, Tensor, Sequence[ImageItem]], labels: Any = None,

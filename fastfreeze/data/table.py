@@ -9,14 +9,16 @@ functions; the arguments mean what they mean in fastai (docs/tasks.md):
 - `valid_col`: a column of booleans, True for the validation rows (else a random `valid_pct` split).
 
 Every problem is reported with the row or the column it is in: a column the table does not have, a row without
-a file name, files that do not exist, an empty label, a validation flag that is not a boolean.
+a file name, files that do not exist, an empty label, a validation flag that is not a boolean. A warning given
+while reading the table (column names that look like a row of data) is kept in `TableItems.notes`, which
+`from_df` adds to `dls.summary()`.
 pandas is needed only to read a CSV file (`pip install 'fastfreeze[table]'`); a DataFrame is read through its
 own methods.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -32,13 +34,15 @@ TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "valid", "y", "t"), ("false", "0"
 @dataclass
 class TableItems:
     """What a table lists: one file per row, its label cell (or a row of label columns in `label_array`), the
-    validation flags when the table has a validation column, and a description of each row for errors."""
+    validation flags when the table has a validation column, a description of each row for errors, and the
+    warnings given while reading it."""
     files: list[Path]
     labels: list[Any]
     label_array: Optional[np.ndarray]
     label_names: Optional[list[str]]
     is_valid: Optional[list[bool]]
     rows: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def read_csv(csv_path: Union[str, Path], header: Union[int, str, None] = "infer",
@@ -89,23 +93,25 @@ def table_items(df: Any, path: Union[str, Path] = ".", fn_col: Column = 0,
     check_files_exist(files, rows, f"the file of a row is {prefix}/<{column_name(df, fn_col)}>{suff}: check path=, "
                                    f"folder= and suff=")
     label_array, label_names, labels = None, None, []
+    notes: list[str] = []
     if isinstance(label_col, (list, tuple)):
         label_names = [column_name(df, c) for c in label_col]
         label_array = np.stack([column(df, c, "label_col").to_numpy() for c in label_col], axis=1)
     else:
         labels = column(df, label_col, "label_col").tolist()
         check_header(column_name(df, fn_col), prefix / f"{column_name(df, fn_col)}{suff}",
-                     column_name(df, label_col), labels, source)
+                     column_name(df, label_col), labels, source, notes)
     is_valid = None
     if valid_col is not None:
         is_valid = valid_flags(column(df, valid_col, "valid_col").tolist(), rows, column_name(df, valid_col))
-    return TableItems(files, labels, label_array, label_names, is_valid, rows)
+    return TableItems(files, labels, label_array, label_names, is_valid, rows, notes)
 
 
-def check_header(fn_name: str, fn_file: Path, label_name: str, labels: Sequence[Any], source: str) -> None:
+def check_header(fn_name: str, fn_file: Path, label_name: str, labels: Sequence[Any], source: str,
+                 notes: Optional[list[str]] = None) -> None:
     """A table read from a CSV file without a header line takes its first row as the column names, and that row
     is lost. Refused when the file-name column's name is an existing file; a warning when the label column's
-    name is one of the labels. The fix: read the file with `header=None`."""
+    name is one of the labels (kept in `notes`). The fix: read the file with `header=None`."""
     fix = (f"if {source} has no header line, read it with header=None (ImageDataLoaders.from_csv(..., "
            f"header=None), or pd.read_csv(..., header=None)), so that its first row is data")
     if fn_file.is_file():
@@ -114,7 +120,7 @@ def check_header(fn_name: str, fn_file: Path, label_name: str, labels: Sequence[
     names = {str(v).strip() for v in labels if isinstance(v, (str, int, np.integer))}
     if str(label_name).strip() in names:
         warn_data(f"the label column of {source} is called {label_name!r}, which is also one of its labels: if this "
-                  f"is a row of data, it is lost; {fix}")
+                  f"is a row of data, it is lost; {fix}", notes)
 
 
 def check_files_exist(files: Sequence[Path], rows: Sequence[str], hint: str) -> None:

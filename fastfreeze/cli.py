@@ -161,6 +161,8 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     """fine_tune, then print the results and save plots and the model in `args.out`; the final accuracy is
     measured on `final_dl` when given (e.g. a whole test split), else on the validation set, plainly and, with
     `--tta N` (N > 1), with test-time augmentation too; the confusion matrix and the top losses are saved as plots."""
+    import torch
+
     from .core.checkpoint import CheckpointCallback, read_checkpoint
     from .inference.interpret import ClassificationInterpretation
     out: Path = args.out
@@ -200,7 +202,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     if learn.recorder.lr_find_results is not None:
         _close(learn.recorder.plot_lr_find(path=out / "lr_find.png"))
     model_file = _save_model(learn, out)
-    results = {"arch": learn.arch, "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
+    results = {"arch": learn.arch, "torch_threads": torch.get_num_threads(), "accuracy_before": before[1], "accuracy": after[1], "valid_loss": after[0],
                "evaluated_on": final_name,
                "fine_tune_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
                "base_lr": (learn.auto_lr or {}).get("base_lr", base_lr), "epochs": args.epochs,
@@ -236,6 +238,7 @@ def _quiet_bars(learn: Any, no_bar: bool) -> None:
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
+    import torch
 
     from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, stratified_subset
     from .data.image_data import ImageDataLoaders
@@ -261,7 +264,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         valid_idx = stratified_subset(y_test, args.valid_per_class, seed=0)
         print(f"Fashion-MNIST: {len(idx)} training images ({len(idx) // 10} per class); per-epoch validation on "
               f"{len(valid_idx)} images of the official test split, final accuracy on all {len(y_test)}; {size} px; "
-              f"{DEMO_ARCH} with its ImageNet weights")
+              f"{DEMO_ARCH} with its ImageNet weights; {torch.get_num_threads()} torch threads (results differ "
+              f"with another count: docs/reproducibility.md)")
         set_seed(args.seed)
         dls = ImageDataLoaders.from_arrays(x_train[idx], y_train[idx], x_test[valid_idx], y_test[valid_idx],
                                            vocab=FASHION_MNIST_CLASSES, arch=DEMO_ARCH, size=size, bs=args.bs,

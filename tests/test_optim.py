@@ -277,3 +277,19 @@ def test_default_weight_decay_matches_torch_adamw_with_a_decay_and_a_no_decay_gr
     ref[0][0].requires_grad_(False)
     opt.state.clear()
     torch_steps_then_compare()
+
+
+def test_a_decay_rate_that_would_zero_or_flip_the_weights_is_refused_at_its_exact_boundaries():
+    """`check_decay_rate` refuses wd >= 1 together with lr*wd >= 1 (then `1 - lr*wd <= 0`), both bounds included,
+    and nothing else: a usual wd with a huge lr is the divergence check's case, not this one."""
+    from fastfreeze.core.optim import check_decay_rate
+    refused = [(1.0, 1.0), (0.25, 4.0), (1.0, 2.0)]  # lr*wd = 1 at wd = 1; = 1 at wd = 4; = 2 at wd = 2
+    allowed = [(0.5, 1.0),    # wd = 1 but lr*wd = 0.5
+               (3.0, 0.5),    # lr*wd = 1.5 but wd < 1
+               (0.99, 1.0),   # lr*wd = 0.99, just below
+               (0.3, 3.0)]    # lr*wd = 0.9 with wd = 3 (lr/wd would be 0.1; lr*wd is the rule)
+    for lr, wd in refused:
+        with pytest.raises(ValueError, match=r"1 - lr\*wd = "):
+            check_decay_rate(lr, wd)
+    for lr, wd in allowed:
+        check_decay_rate(lr, wd)

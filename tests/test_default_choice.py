@@ -9,9 +9,8 @@ import torch
 import fastfreeze.finetune.default_choice as default_choice
 from helpers import same, state_of, tiny_learner
 from fastfreeze.data.image_data import ImageDataLoaders
-from fastfreeze.finetune.default_choice import (ALWAYS_FINE_TUNE_PER_CLASS, HOLDOUT_FRACTION,
-                                                MIN_PER_CLASS_TO_FINE_TUNE, PROBE_SEPARATES, ItemSubset,
-                                                held_out_split)
+from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROBE_SEPARATES,
+                                                ItemSubset, held_out_split)
 from fastfreeze.finetune.linear_probe import probe_steps
 
 N_CLASSES = 3
@@ -119,23 +118,6 @@ def test_below_25_images_per_class_the_probe_is_kept_without_comparing():
     assert choice.recipe == "probe" and choice.scores == {} and choice.holdout_items == 0
     assert choice.reason.startswith("24 training images per class (fewer than 25)")
     assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
-
-
-def test_from_300_images_per_class_the_stage_wise_recipe_runs_without_measuring(monkeypatch):
-    """With 300 images per class the body is adapted whatever a probe would score: with a threshold of 0 (any
-    measured probe would be kept) the choice is still the stage-wise recipe, and no probe was measured; one
-    class short of it (299 per class), the probe is measured and kept."""
-    assert ALWAYS_FINE_TUNE_PER_CLASS == 300
-    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", 0.0)
-    learn = tiny_learner(image_dls(300, size=8))
-    base_lr, strategy = default_choice.choose_fine_tune(learn, verbose=False)
-    choice = learn.fine_tune_choice
-    assert strategy is None and base_lr == learn.auto_lr["base_lr"]
-    assert choice.recipe == "stagewise" and choice.scores == {} and choice.holdout_items == 0
-    assert choice.reason.startswith("300 training images per class (at least 300)")
-    learn = tiny_learner(image_dls(299, size=8))
-    default_choice.choose_fine_tune(learn, verbose=False)
-    assert learn.fine_tune_choice.recipe == "probe" and set(learn.fine_tune_choice.scores) == {"probe"}
 
 
 def test_an_unknown_chooser_is_refused_before_training():

@@ -12,8 +12,7 @@ chooses between
   exactly `fine_tune(base_lr=<the 'auto' value>)`.
 
 `choose='held_out'` (the default): below `MIN_PER_CLASS_TO_FINE_TUNE` training images per class, the probe
-(fine-tuning did not beat it there on any data set measured); from `ALWAYS_FINE_TUNE_PER_CLASS`, the stage-wise
-recipe (with that much data adapting the body won even on photographs). In between, a seeded, stratified
+(fine-tuning did not beat it there on any data set measured). From there, a seeded, stratified
 `HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items is held out and a probe is
 fitted on the body's features of the others: when it classifies at least `PROBE_SEPARATES` of the held-out
 items, the pretrained features suffice and the probe (refitted on all the cached features) is kept; below,
@@ -59,10 +58,6 @@ HOLDOUT_FRACTION = 0.2
 MAX_COMPARE_ITEMS = 2048
 # the probe is kept when it classifies at least this share of the held-out training images
 PROBE_SEPARATES = 0.95
-# from this many training images per class the stage-wise recipe runs without measuring a probe: with that much
-# data, adapting the body beat a probe even where the probe separated the held-out slice (photographs at 300 per
-# class: 2 seeds of 3, 1.3 points on the mean), where at 100 per class it lost (docs/few-shot.md)
-ALWAYS_FINE_TUNE_PER_CLASS = 300
 
 
 @dataclass
@@ -191,12 +186,7 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
     choice = FineTuneChoice("probe", auto_lr, "", n_items, n_classes)
     keep, choice.reason = decide(n_items, n_classes)
     choice.recipe = "probe" if keep else "stagewise"
-    per_class = n_items / max(n_classes, 1)
-    if choose == "held_out" and not keep and per_class >= ALWAYS_FINE_TUNE_PER_CLASS:
-        choice.reason = (f"{per_class:.3g} training images per class (at least {ALWAYS_FINE_TUNE_PER_CLASS}): enough "
-                         "to adapt the body even where a probe of its features separates the classes, so fastai's "
-                         "recipe over the stage groups at the 'auto' lr, without measuring a probe")
-    elif choose == "held_out" and not keep:
+    if choose == "held_out" and not keep:
         blocker = comparison_blocker(learn)
         if blocker is None:
             compare(learn, choice, auto_lr)

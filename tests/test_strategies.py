@@ -7,7 +7,7 @@ import pytest
 
 from fastfreeze import Callback, Learner
 from fastfreeze.core.lrs import lrs_decay
-from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, Phase, Strategy,
+from fastfreeze.finetune.strategies import (FastaiFineTune, Freeze, GradualUnfreezing, KeepProbe, Phase, Strategy,
                                             UnfreezeMilestones, discriminative, resolve_strategy)
 from helpers import mlp3
 
@@ -122,6 +122,16 @@ def test_gentle_is_fastais_recipe_with_the_body_as_one_group(dls_5_batches):
     # lr_mult sets the body's share: 10 -> 5e-4 for both body groups
     learn, phases = run(dls_5_batches, "gentle", epochs=1, lr_mult=10)
     np.testing.assert_allclose(phases[1][3], [5e-4, 5e-4, 5e-3], rtol=1e-12)
+    # without a frozen epoch: the unfrozen phase alone
+    learn, phases = run(dls_5_batches, "gentle", epochs=1, freeze_epochs=0)
+    assert [(label, epochs, frozen) for label, epochs, frozen, _, _ in phases] == [("unfrozen", 1, 0)]
+
+
+def test_keep_probe_runs_no_phase(dls_5_batches):
+    """KeepProbe: the probe already fitted into the model is the result; fine_tune runs no phase."""
+    learn = Learner(mlp3(), dls_5_batches, progress=False)
+    assert list(KeepProbe().phases(learn, 3, 1e-3, discriminative())) == []
+    assert repr(KeepProbe()) == "KeepProbe()"
 
 
 def test_layer_decay_peaks(dls_5_batches):

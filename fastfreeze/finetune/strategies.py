@@ -113,14 +113,18 @@ class FastaiFineTune(Strategy):
     def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
         if self.freeze_epochs > 0:
             yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
-        yield Phase(epochs, 0, disc(base_lr / 2), "unfrozen")
+        yield Phase(epochs, 0, self.unfrozen_lrs(base_lr, learn.n_groups, disc), "unfrozen")
+
+    @staticmethod
+    def unfrozen_lrs(base_lr: float, n_groups: int, disc: Discriminative) -> Any:
+        """The unfrozen phase's lrs: `disc(base_lr / 2)`."""
+        return disc(base_lr / 2)
 
 
 class Gentle(FastaiFineTune):
     """fastai's `fine_tune` as fastai runs it on a timm model, whose body is one layer group (`'gentle'`): the
     same frozen phase, then every body group at the first group's lr of `disc(base_lr / 2)` (base_lr/2/lr_mult)
-    and the head at base_lr/2. The default `fine_tune` chooses it, at base_lr 2e-3, where the pretrained
-    features already fit the task (docs/few-shot.md)."""
+    and the head at base_lr/2 (docs/few-shot.md compares it with the default)."""
 
     @staticmethod
     def unfrozen_lrs(base_lr: float, n_groups: int, disc: Discriminative) -> list[float]:
@@ -128,11 +132,6 @@ class Gentle(FastaiFineTune):
         `disc(base_lr / 2)`."""
         low = expand_lrs(disc(base_lr / 2), n_groups)[0]
         return [low] * (n_groups - 1) + [base_lr / 2]
-
-    def phases(self, learn: "BaseLearner", epochs: int, base_lr: float, disc: Discriminative) -> Iterator[Phase]:
-        if self.freeze_epochs > 0:
-            yield Phase(self.freeze_epochs, learn.n_groups - 1, slice(base_lr), "frozen", pct_start=0.99, div=25.0)
-        yield Phase(epochs, 0, self.unfrozen_lrs(base_lr, learn.n_groups, disc), "unfrozen")
 
 
 class KeepProbe(Strategy):

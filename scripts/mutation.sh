@@ -30,10 +30,10 @@ limit="${MUTATION_SCOPE_TIMEOUT:-5400}"
 
 # scope: module | mutant names (mutmut's globs: module.x_function, module.xǁClassǁmethod) | test files
 SCOPES=(
-  "optim|fastfreeze.core.optim.*|tests/test_optim.py tests/test_schedule.py"
+  "optim|fastfreeze.core.optim.*|tests/test_optim.py tests/test_schedule.py tests/test_hyper_parameters.py"
   "norm|fastfreeze.core.norm.*|tests/test_norm.py tests/test_optim.py"
   "loop|fastfreeze.core.loop.xǁBaseLearnerǁfreeze_to__* fastfreeze.core.loop.xǁBaseLearnerǁfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁunfreeze__* fastfreeze.core.loop.xǁBaseLearnerǁfrozen_modules__* fastfreeze.core.loop.xǁBaseLearnerǁ_set_train_mode__* fastfreeze.core.loop.xǁBaseLearnerǁ_backward_and_step__* fastfreeze.core.loop.xǁBaseLearnerǁset_lrs__*|tests/test_loop.py tests/test_optim.py tests/test_norm.py"
-  "schedule|fastfreeze.finetune.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py"
+  "schedule|fastfreeze.finetune.schedule.*|tests/test_schedule.py tests/test_finetune.py tests/test_checkpoint.py tests/test_hyper_parameters.py"
   "lrs|fastfreeze.core.lrs.*|tests/test_lrs.py tests/test_schedule.py tests/test_strategies.py"
   "losses|fastfreeze.core.losses.*|tests/test_losses.py tests/test_loop.py"
   "lr_finder|fastfreeze.finetune.lr_finder.x_sweep_window* fastfreeze.finetune.lr_finder.x__too_short* fastfreeze.finetune.lr_finder.x_valley* fastfreeze.finetune.lr_finder.x_minimum* fastfreeze.finetune.lr_finder.x_steep* fastfreeze.finetune.lr_finder.x_slide*|tests/test_lr_finder.py"

@@ -59,6 +59,41 @@ def test_a_weight_decay_that_would_flip_the_weights_is_refused_before_training(d
     assert all(torch.isfinite(p.detach()).all() for p in learn.model.parameters())
 
 
+def test_fit_one_cycle_refuses_a_decay_rate_of_one_at_each_groups_peak_lr(dls_5_batches):
+    """The peak lr meets the decay at pct_start: peak 0.5 with wd 2 multiplies the weights by 1 - 1 = 0, refused
+    whether wd is passed or is the Learner's; with slice(0.1, 0.5) the head's own peak is 0.5. Peak 0.4
+    (1 - 0.8 = 0.2) is a strong decay, not a wrong one."""
+    learn = _learner(dls_5_batches)  # wd 0.01
+    strong = _learner(dls_5_batches, wd=2.0)
+    before = snapshot(learn.model.parameters())
+    for entry in (lambda: learn.fit_one_cycle(1, 0.5, wd=2.0), lambda: learn.fit_one_cycle(1, slice(0.1, 0.5), wd=2.0),
+                  lambda: strong.fit_one_cycle(1, 0.5), lambda: strong.fit_one_cycle(1, slice(0.1, 0.5))):
+        with pytest.raises(ValueError, match=r"1 - lr\*wd = 0 at each step \(lr=0.5, wd=2\)"):
+            entry()
+    _assert_untrained(learn, before)
+    learn.fit_one_cycle(1, 0.4, wd=2.0)
+    strong.fit_one_cycle(1, slice(0.1, 0.4))
+    assert learn.n_fits == strong.n_fits == 1
+
+
+def test_an_optimizer_whose_groups_carry_no_wd_decays_nothing_at_any_lr(dls_5_batches):
+    """opt_func builds the optimizer from the param groups; one that keeps only their params and lrs leaves no 'wd'
+    in them: no decay (the step hook reads 0), so peak lr 1 is no decay rate to refuse."""
+    def sgd_without_wd(groups, lr):
+        return torch.optim.SGD([{"params": g["params"], "lr": g["lr"]} for g in groups], lr=lr)
+    learn = Learner(mlp2(), dls_5_batches, opt_func=sgd_without_wd, progress=False)
+    assert all("wd" not in g for g in learn.opt.param_groups)
+    learn.fit_one_cycle(1, 1.0, moms=None)
+    assert learn.n_fits == 1
+
+
+def test_fit_one_cycle_checks_the_momentums_before_it_chooses_an_auto_lr(dls_5_batches):
+    learn = _learner(dls_5_batches)
+    with pytest.raises(ValueError, match=r"moms must be 3 momentums each in \[0, 1\), got \(0.95, 0.85, 1.0\)"):
+        learn.fit_one_cycle(1, "auto", moms=(0.95, 0.85, 1.0))
+    assert learn.auto_lr is None  # no lr sweep ran
+
+
 @pytest.mark.parametrize("moms,error,words", [
     ((2, -1, 2), ValueError, r"moms must be 3 momentums each in \[0, 1\), got \(2, -1, 2\)"),
     ((0.95, 0.85, 1.0), ValueError, r"each in \[0, 1\), got \(0.95, 0.85, 1.0\)"),

@@ -1,6 +1,7 @@
 """Learning rate and momentum of every group at every step, against docs/schedules.md, worked out here."""
 import numpy as np
 import pytest
+import torch
 
 from fastfreeze import Callback, Learner
 from fastfreeze.finetune.schedule import ParamScheduler, one_cycle_scheduler
@@ -97,3 +98,49 @@ def test_one_cycle_under_accumulation_counts_optimizer_steps(dls_5_batches):
     np.testing.assert_allclose(np.array(rec.lrs)[:, 1], exp_lr[step_of_batch], rtol=1e-6)
     np.testing.assert_allclose(np.array(rec.moms)[:, 1], exp_mom[step_of_batch], rtol=1e-6)
     assert learn.steps_per_epoch() == 3 and learn.step_iter == 6 and learn.train_iter == 10
+
+
+def test_the_step_that_falls_on_pct_start_runs_at_exactly_the_peak_lr(dls_5_batches):
+    """docs/schedules.md: a step at pos == pct_start is the annealing's q = 0, the peak itself. fit_one_cycle(2, 1e-2,
+    div=10, pct_start=0.3) over 10 steps: step 3 (pos 3/10 = 0.3) runs at 1e-2 bit for bit (the warm-up's end,
+    1e-3 + (1e-2 - 1e-3), would round to 0.010000000000000002) and at the middle momentum 0.85."""
+    rec = RecordParams()
+    make(mlp2(), dls_5_batches).fit_one_cycle(2, 1e-2, div=10.0, pct_start=0.3, cbs=rec)
+    assert rec.lrs[3] == [1e-2, 1e-2] and rec.moms[3] == [0.85, 0.85]
+    assert [row == [1e-2, 1e-2] for row in rec.lrs].count(True) == 1  # the only step at the peak
+
+
+def test_one_cycle_at_the_edges_of_its_arguments(dls_5_batches):
+    """div = div_final = 1 keeps every step at the peak lr; moms (0, 0, 0) gives Adam's beta1 0 at every step."""
+    rec = RecordParams()
+    make(mlp2(), dls_5_batches).fit_one_cycle(1, 1e-2, div=1.0, div_final=1.0, moms=(0.0, 0.0, 0.0), cbs=rec)
+    np.testing.assert_allclose(rec.lrs, [[1e-2, 1e-2]] * 5, rtol=1e-15)
+    assert rec.moms == [[0.0, 0.0]] * 5
+
+
+class StepNorms(Callback):
+    """The global gradient norm each optimizer step gets (after GradientClip, order 0), computed here."""
+    order = 1
+
+    def __init__(self):
+        self.norms = []
+
+    def before_step(self):
+        grads = [p.grad.reshape(-1) for p in self.learn.model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.cat(grads).double())))
+
+
+def test_fit_one_cycle_clips_the_gradients_to_clip_grad(dls_5_batches):
+    unclipped, clipped = StepNorms(), StepNorms()
+    make(mlp2(), dls_5_batches).fit_one_cycle(1, 1e-3, cbs=unclipped)
+    assert min(unclipped.norms) > 1e-2  # every step needs clipping at 1e-2...
+    make(mlp2(), dls_5_batches).fit_one_cycle(1, 1e-3, clip_grad=1e-2, cbs=clipped)
+    assert clipped.norms == pytest.approx([1e-2] * 5, rel=1e-5)  # ...and gets exactly max_norm
+
+
+def test_fit_one_cycle_auto_chooses_the_lr_for_the_batch_of_an_accumulated_step(dls_5_batches):
+    """accum_steps=2 on batches of 8: each step sees 16 items, the batch size the auto lr is scaled to; the sweep
+    runs on the loader's batches of 8."""
+    learn = make(mlp2(), dls_5_batches)
+    learn.fit_one_cycle(1, "auto", accum_steps=2)
+    assert learn.auto_lr["train_bs"] == 16 and learn.auto_lr["sweep_bs"] == 8

@@ -570,3 +570,16 @@ def test_sized_transform_is_the_training_one_only_when_training_with_augmentatio
     transform = SizedTransform(config, InputSize(10), training=training, **options)
     assert type(transform.transforms[0]).__name__ == first_step
     assert transform(Image.new("RGB", (24, 24), (9, 9, 9))).shape == (3, 10, 10)
+
+
+def test_a_batch_with_nan_names_the_first_image_that_holds_it_and_counts_all():
+    """Images 0, 1 and 3 of a (4, 2, 2, 3) float batch are finite; image 2 holds a NaN and an inf: 'image 2', '2 in
+    all'. One image of any other rank is 'the image'."""
+    batch = np.full((4, 2, 2, 3), 0.5, np.float32)
+    batch[2, 0, 1, 2], batch[2, 1, 1, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"^image 2 of the batch holds NaN or infinite values \(2 in all\): fix or "
+                                         r"drop those images"):
+        as_image_tensor(batch)
+    for one, count in ((batch[2], 2), (batch[2, :, :, 0], 1), (batch[2].transpose(2, 0, 1), 2)):
+        with pytest.raises(ValueError, match=rf"^the image holds NaN or infinite values \({count} in all\)"):
+            as_image_tensor(one)

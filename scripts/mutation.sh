@@ -41,6 +41,8 @@ SCOPES=(
   "strategies|fastfreeze.finetune.strategies.*|tests/test_strategies.py tests/test_finetune.py"
   "groups|fastfreeze.models.groups.*|tests/test_groups.py"
   "layer_groups|fastfreeze.core.layer_groups.*|tests/test_loop.py tests/test_groups.py tests/test_errors.py"
+  # preprocess: the unit tests of its bit-depth decoding, predict's input rule and InputSize/SizedTransform are in
+  # test_preprocess.py too (test_predictor.py and test_progressive_resize.py test them through a learner, slowly)
   "preprocess|fastfreeze.data.preprocess.*|tests/test_preprocess.py"
 )
 

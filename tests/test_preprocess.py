@@ -1,6 +1,7 @@
 """Preprocessing: data configs from timm, one ImageNet default, image layouts, and the evaluation transform of
 one item."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -8,10 +9,11 @@ import skimage.data
 import torch
 from PIL import Image
 
-from fastfreeze.data.preprocess import (IMAGENET_DATA_CONFIG, as_image_tensor, batch_to_model_input,
-                                        check_resize_method, choose_config, image_layout, image_transform,
-                                        interpolate_mode, open_image, preprocess_image, resolve_data_config, to_rgb,
-                                        with_input_size)
+from fastfreeze.data.preprocess import (IMAGENET_DATA_CONFIG, InputSize, SizedTransform, as_image_tensor,
+                                        batch_to_model_input, check_resize_method, choose_config, describe_item,
+                                        image_layout, image_transform, integer_image_range, interpolate_mode,
+                                        is_preprocessed, item_to_model_input, open_image, preprocess_image,
+                                        resolve_data_config, scaled_to_8_bits, to_rgb, with_input_size)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -427,3 +429,157 @@ def test_model_input_is_float32_whatever_torchs_default_dtype():
     assert out.dtype == torch.float32
     assert out[0, :, 0, 0].tolist() == pytest.approx([-1.0, -1.0, -0.0625])  # (0 - mean) / std
     assert out[0, :, 0, 1].tolist() == pytest.approx([1.0, 3.0, 0.4375])  # (1 - mean) / std
+
+
+# ------------------------------------------------------------------ bit depths (docs/input.md's table), by hand
+
+def test_sixteen_bit_levels_are_divided_by_257_and_rounded(tmp_path):
+    """255 / 65535 = 1 / 257: 65535 -> 255, 257 -> 1, 128 -> round(0.498) = 0, 129 -> round(0.502) = 1."""
+    Image.fromarray(np.array([[0, 128, 129, 257, 65535]], dtype=np.uint16)).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert integer_image_range(image) == 65535
+        assert np.asarray(scaled_to_8_bits(image)).tolist() == [[0, 0, 1, 1, 255]]
+
+
+def test_a_32_bit_tiff_is_scaled_by_2_to_the_31_minus_1(tmp_path):
+    """BitsPerSample 32: 2**30 * 255 / (2**31 - 1) = 127.50000006 -> 128 (over 2**31 + 1 it would be 127.4999999);
+    a negative value is refused with the range 0..2147483647 in the message."""
+    Image.fromarray(np.array([[0, 2 ** 30, 2 ** 31 - 1]], dtype=np.int32)).save(tmp_path / "wide.tif")
+    with Image.open(tmp_path / "wide.tif") as image:
+        assert image.mode == "I" and integer_image_range(image) == 2 ** 31 - 1
+        assert np.asarray(to_rgb(image)).tolist() == [[[0] * 3, [128] * 3, [255] * 3]]
+    Image.fromarray(np.array([[-1, 5]], dtype=np.int32)).save(tmp_path / "negative.tif")
+    with pytest.raises(ValueError, match=r"image file .*negative\.tif: this 'I' image holds values -1\.\.5, "
+                                         r"outside 0\.\.2147483647, the range of its dtype"):
+        open_image(tmp_path / "negative.tif")
+    Image.fromarray(np.array([[0, 65535]], dtype=np.uint16)).save(tmp_path / "sixteen.tif")
+    with Image.open(tmp_path / "sixteen.tif") as image:  # a TIFF of 16 bits: the 16-bit range
+        assert integer_image_range(image) == 65535
+
+
+def test_float_images_in_0_1_are_times_255_rounded_and_values_outside_are_refused():
+    """0.9 in float32 is 0.89999998: times 255 in float64 229.49999 -> 229 (in float32 the product rounds to
+    229.5, and rint then gives 230); 0.5 -> 127.5 -> 128 (to even); 1.0 -> 255; 0.0 -> 0."""
+    image = Image.fromarray(np.array([[0.0, 0.5, 0.9, 1.0]], dtype=np.float32))
+    assert image.mode == "F"
+    assert np.asarray(scaled_to_8_bits(image)).tolist() == [[0, 128, 229, 255]]
+    assert np.asarray(to_rgb(image)).tolist() == [[[0] * 3, [128] * 3, [229] * 3, [255] * 3]]
+    for values, shown in (([0.0, 1.0001], "0..1.0001"), ([-0.0001, 1.0], "-0.0001..1"), ([0.5, 2.5], "0.5..2.5")):
+        with pytest.raises(ValueError, match=rf"float \('F'\) image holds values {re.escape(shown)}, outside \[0, 1\]"):
+            to_rgb(Image.fromarray(np.array([values], dtype=np.float32)))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"holds NaN or infinite values: fix or remove the image"):
+            to_rgb(Image.fromarray(np.array([[0.5, bad]], dtype=np.float32)))
+
+
+# ------------------------------------------------------------------------- predict's input rule (docs/input.md)
+
+def test_is_preprocessed_is_a_float_holding_a_value_outside_0_1():
+    for images in (torch.tensor([0.0, 0.5, 1.0]), np.array([0.0, 1.0]), torch.tensor([1.0]), torch.tensor([0.0]),
+                   torch.zeros(0), torch.tensor([300]), np.array([-5], dtype=np.int16), np.array([[0, 255]], np.uint8)):
+        assert not is_preprocessed(images)
+    for values in (torch.tensor([-0.001, 0.5]), torch.tensor([0.5, 1.001]), torch.tensor([-2.0]),
+                   torch.tensor([1.5]), np.array([[2.5]]), torch.tensor([-1.0, 0.5], dtype=torch.bfloat16),
+                   torch.tensor([3.0], requires_grad=True)):
+        assert is_preprocessed(values)
+
+
+def test_describe_item_names_the_file_or_the_kind_dtype_and_shape():
+    assert describe_item("a/b.png") == "image file a/b.png"
+    assert describe_item(Image.new("L", (3, 2))) == "PIL image (mode 'L', size (3, 2))"
+    assert describe_item(np.zeros((2, 3), np.uint8)) == "array of dtype uint8 and shape (2, 3)"
+    assert describe_item(torch.zeros(3, 4, 4)) == "Tensor of dtype torch.float32 and shape (3, 4, 4)"
+
+
+def test_item_to_model_input_takes_a_preprocessed_input_as_it_is_and_refuses_a_wrong_shape_or_nan():
+    config = with_input_size({}, 4)
+    given = torch.linspace(-2.0, 2.0, 48).reshape(3, 4, 4)
+    assert torch.equal(item_to_model_input(given, config), given)
+    as_float64 = given.double().numpy()
+    out = item_to_model_input(as_float64, config)
+    assert out.dtype == torch.float32 and torch.equal(out, given)
+    read_only = given.numpy().copy()
+    read_only.flags.writeable = False
+    out = item_to_model_input(read_only, config)
+    assert torch.equal(out, given) and not np.shares_memory(out.numpy(), read_only)  # copied, not aliased
+    with pytest.raises(ValueError, match=r"this array of dtype float32 and shape \(3, 5, 5\) holds values outside "
+                                         r"\[0, 1\] \(-2\.\.2\).* the model's input shape \(3, 4, 4\)"):
+        item_to_model_input(np.full((3, 5, 5), -2.0, np.float32) + np.eye(5, dtype=np.float32) * 4, config)
+    with_nan = np.zeros((3, 4, 4), np.float32)
+    with_nan[0, 0, 0], with_nan[2, 3, 3] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"cannot predict on this array of dtype float32 and shape \(3, 4, 4\): "
+                                         r"it holds 2 NaN or infinite value\(s\)"):
+        item_to_model_input(with_nan, config)
+
+
+def test_item_to_model_input_preprocesses_an_image_cropped_by_default_or_squished():
+    """A 4 x 4 image, left half 0, right half 255, input 4 px, crop_pct 0.5, mean 0.5, std 0.25: squished it is
+    its own pixels normalised, (0 - 0.5) / 0.25 = -2 and (1 - 0.5) / 0.25 = 2; cropped it is first resized to
+    8 px, whose centre 4 columns hold the two blended columns next to the edge (strictly between -2 and 2)."""
+    config = with_input_size({"mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.5,
+                              "interpolation": "bilinear"}, 4)
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, 2:] = 255
+    squished = item_to_model_input(image, config, "squish")
+    assert squished.shape == (3, 4, 4) and squished[:, :, :2].eq(-2).all() and squished[:, :, 2:].eq(2).all()
+    cropped = item_to_model_input(image, config)
+    assert cropped.shape == (3, 4, 4)
+    torch.testing.assert_close(cropped[:, :, 0], torch.full((3, 4), -2.0))
+    torch.testing.assert_close(cropped[:, :, 3], torch.full((3, 4), 2.0))
+    assert ((cropped[:, :, 1:3] > -1.99) & (cropped[:, :, 1:3] < 1.99)).all()
+    assert torch.equal(item_to_model_input(torch.from_numpy(image).permute(2, 0, 1), config, "squish"), squished)
+
+
+# -------------------------------------------------------------- progressive resizing (docs/progressive-resizing.md)
+
+def test_input_size_holds_height_and_width_in_shared_memory():
+    size = InputSize(8)
+    assert size.get() == (8, 8) and size.hw.is_shared() and repr(size) == "InputSize(8, 8)"
+    size.set((6, 10))
+    assert size.get() == (6, 10) and size.hw.is_shared()
+    size.set(12)
+    assert size.get() == (12, 12)
+    assert InputSize((3, 5)).get() == (3, 5)
+
+
+def test_sized_transform_builds_one_transform_per_size_at_the_size_set():
+    """A uniform grey image of level 51 (0.2) is (0.2 - 0.5) / 0.25 = -1.2 everywhere, at each size set."""
+    config = with_input_size({"mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0,
+                              "interpolation": "bilinear"}, 16)
+    size = InputSize((8, 12))
+    transform = SizedTransform(config, size)
+    grey = Image.new("RGB", (20, 20), (51, 51, 51))
+    out = transform(grey)
+    assert out.shape == (3, 8, 12)
+    torch.testing.assert_close(out, torch.full((3, 8, 12), -1.2))
+    first = transform.current()
+    steps = [type(t).__name__ for t in transform.transforms]
+    assert transform.current() is first and "CenterCrop" in steps and "RandomHorizontalFlip" not in steps  # evaluation
+    size.set(6)
+    assert transform(grey).shape == (3, 6, 6) and transform.current() is not first
+    size.set((8, 12))
+    assert transform.current() is first and sorted(transform.built) == [(6, 6), (8, 12)]
+
+
+@pytest.mark.parametrize("training, augment, first_step", [(True, True, "RandomResizedCropAndInterpolation"),
+                                                           (True, None, "RandomResizedCropAndInterpolation"),
+                                                           (True, False, "Resize"), (False, True, "Resize")])
+def test_sized_transform_is_the_training_one_only_when_training_with_augmentation(training, augment, first_step):
+    config = with_input_size({}, 16)
+    options = {} if augment is None else {"augment": augment}  # None: augment left at its default (True)
+    transform = SizedTransform(config, InputSize(10), training=training, **options)
+    assert type(transform.transforms[0]).__name__ == first_step
+    assert transform(Image.new("RGB", (24, 24), (9, 9, 9))).shape == (3, 10, 10)
+
+
+def test_a_batch_with_nan_names_the_first_image_that_holds_it_and_counts_all():
+    """Images 0, 1 and 3 of a (4, 2, 2, 3) float batch are finite; image 2 holds a NaN and an inf: 'image 2', '2 in
+    all'. One image of any other rank is 'the image'."""
+    batch = np.full((4, 2, 2, 3), 0.5, np.float32)
+    batch[2, 0, 1, 2], batch[2, 1, 1, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"^image 2 of the batch holds NaN or infinite values \(2 in all\): fix or "
+                                         r"drop those images"):
+        as_image_tensor(batch)
+    for one, count in ((batch[2], 2), (batch[2, :, :, 0], 1), (batch[2].transpose(2, 0, 1), 2)):
+        with pytest.raises(ValueError, match=rf"^the image holds NaN or infinite values \({count} in all\)"):
+            as_image_tensor(one)

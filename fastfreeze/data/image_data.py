@@ -240,6 +240,18 @@ class ImageDataLoaders(DataLoaders):
         self.task = task
         self.train_size = train_size
 
+    def record_report(self, train_targets: Tensor, valid_targets: Optional[Tensor],
+                      skipped: Sequence[tuple[str, str]] = (), notes: Optional[list[str]] = None) -> None:
+        """Keep what the data holds as `self.report` (what `summary()` prints: items per split and class, from
+        the encoded targets, what was `skipped`, the `notes`) and warn about classes the validation split lacks;
+        `valid_targets` None: no validation set."""
+        self.report = DataReport(self.task, len(train_targets), None if valid_targets is None else len(valid_targets),
+                                 _class_names(self.vocab, self.c, self.task),
+                                 label_counts(train_targets, self.task, self.c),
+                                 None if valid_targets is None else label_counts(valid_targets, self.task, self.c),
+                                 list(skipped), notes if notes is not None else [])
+        warn_classes_without_validation(self.report)
+
     def set_train_size(self, size: Union[int, tuple[int, int], None]) -> None:
         """Make the training items of the next epochs at `size` (an int for a square, or `(height, width)`;
         None: back to the data's own size, `data_config['input_size']`), in this process and in the loader's
@@ -330,10 +342,7 @@ class ImageDataLoaders(DataLoaders):
                                          sample_weights=sample_weights(balance, train_labels))
         dls = cls(loaders.train, loaders.valid, vocab=vocab, data_config=config, resize_method="crop",
                   train_size=train_size)
-        dls.report = DataReport(SINGLE_LABEL, len(train_files), len(valid_files), list(vocab),
-                                label_counts(torch.tensor(train_labels), SINGLE_LABEL, len(vocab)),
-                                label_counts(torch.tensor(valid_labels), SINGLE_LABEL, len(vocab)), skipped, notes)
-        warn_classes_without_validation(dls.report)
+        dls.record_report(torch.tensor(train_labels), torch.tensor(valid_labels), skipped, notes)
         return dls
 
     @classmethod
@@ -404,11 +413,7 @@ class ImageDataLoaders(DataLoaders):
                                          sample_weights=sample_weights(balance, train_targets, task))
         dls = cls(loaders.train, loaders.valid, vocab=names, c=c, data_config=config, resize_method="squish",
                   task=task, train_size=train_size)
-        dls.report = DataReport(task, len(train_ds), None if valid_ds is None else len(valid_ds), _class_names(names, dls.c, task),
-                                label_counts(train_targets, task, dls.c),
-                                None if valid_targets is None else label_counts(valid_targets, task, dls.c),
-                                notes=notes)
-        warn_classes_without_validation(dls.report)
+        dls.record_report(train_targets, valid_targets, notes=notes)
         return dls
 
     @classmethod
@@ -494,11 +499,7 @@ class ImageDataLoaders(DataLoaders):
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
         dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
                   resize_method="crop", task=encoded.task, train_size=train_size)
-        dls.report = DataReport(encoded.task, len(train_idx), len(valid_idx) if valid_ds is not None else None,
-                                _class_names(encoded.vocab, encoded.c, encoded.task),
-                                label_counts(train_targets, encoded.task, encoded.c),
-                                label_counts(valid_targets, encoded.task, encoded.c), unique.dropped, notes)
-        warn_classes_without_validation(dls.report)
+        dls.record_report(train_targets, valid_targets, unique.dropped, notes)
         return dls
 
     @classmethod
@@ -571,11 +572,7 @@ class ImageDataLoaders(DataLoaders):
                                          sample_weights=sample_weights(balance, train_ds.labels, encoded.task))
         dls = cls(loaders.train, loaders.valid, vocab=encoded.vocab, c=encoded.c, data_config=config,
                   resize_method="crop", task=encoded.task, train_size=train_size)
-        dls.report = DataReport(encoded.task, len(train_ds), len(valid_ds),
-                                _class_names(encoded.vocab, encoded.c, encoded.task),
-                                label_counts(splits.train_targets, encoded.task, encoded.c),
-                                label_counts(splits.valid_targets, encoded.task, encoded.c), notes=notes)
-        warn_classes_without_validation(dls.report)
+        dls.record_report(splits.train_targets, splits.valid_targets, notes=notes)
         return dls
 
     def test_dl(self, items: Union[np.ndarray, Tensor, Sequence[ImageItem]], labels: Any = None,

@@ -193,3 +193,16 @@ def state_of(module: nn.Module) -> dict:
 def same(a: dict, b: dict) -> bool:
     """Two state dicts with the same keys and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def noise_folder(root: Path, per_class: int = 6) -> Path:
+    """Two classes ('a', 'b') of random-noise images (40x48), `per_class` training and 2 validation images each,
+    so every random crop, flip or resize shows in the pixels."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("valid", 2)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root

@@ -4,11 +4,9 @@ worker processes (persistent ones) seeing each change, and the feature cache onl
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from fastfreeze import (Callback, CheckpointCallback, DataLoaders, FeatureCache, ImageDataLoaders, ProgressiveResize,
-                        fit_one_cycle)
-from helpers import KillAfterEpoch, blobs, same, state_of, tiny_learner
+from fastfreeze import Callback, CheckpointCallback, DataLoaders, FeatureCache, ImageDataLoaders, ProgressiveResize
+from helpers import KillAfterEpoch, blobs, noise_folder, same, state_of, tiny_learner
 
 
 class BatchSizes(Callback):
@@ -46,15 +44,6 @@ def array_data(size=32, num_workers=0, augment=False):
     return ImageDataLoaders.from_arrays(x, y, x[:6], y[:6], size=size, bs=8, seed=0, augment=augment,
                                         num_workers=num_workers)
 
-
-def noise_folder(root, per_class=6):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("valid", 2)):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    return root
 
 
 # ------------------------------------------------------------------------------------------ the sizes

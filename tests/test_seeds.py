@@ -6,23 +6,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastfreeze import CheckpointCallback, DataLoaders, ImageDataLoaders, Learner, vision_learner
 from fastfreeze.utils.seeds import EpochSeededSampler, item_key, resume_warning, seed_for, seeded, set_seed
-from helpers import KillAfterEpoch
+from helpers import KillAfterEpoch, noise_folder
 
-
-def noise_folder(root, per_class=6):
-    """Two classes of random-noise images, so every random crop and flip shows in the pixels."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("valid", 2)):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    return root
 
 
 def global_states():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fastfreeze import DataLoaders
-from fastfreeze.core.dataloaders import class_count, decode_label, default_batch_size, loader_generators, seeded_loader
+from fastfreeze.core.dataloaders import decode_label, default_batch_size, loader_generators, seeded_loader
+from fastfreeze.core.validation import check_classes
 
 
 @pytest.mark.parametrize("n, bs", [(100_000, 64), (1024, 64), (1023, 32), (512, 32), (511, 16), (500, 16),
@@ -35,11 +36,11 @@ def test_seeded_loader_gives_the_seeds_order_and_puts_the_shuffle_back():
 
 
 def test_class_count_is_max_plus_one_when_the_labels_can_tell():
-    assert class_count(torch.tensor([0, 2, 1, 2]), torch.tensor([2, 0])) == 3
+    assert check_classes(torch.tensor([0, 2, 1, 2]), torch.tensor([2, 0])) == 3
     with pytest.raises(ValueError, match=r"the class indices have gaps: \[0, 2\] have no item although labels go up "
                                          r"to 3, so the model would get 4 outputs, 2 of which never train\. Number the "
                                          r"classes 0\.\.1 \(e\.g\. np\.unique\(y, return_inverse=True\)\[1\]\)"):
-        class_count([1, 3], None)  # a class never seen anywhere would be an output that never trains
+        check_classes([1, 3], None)  # a class never seen anywhere would be an output that never trains
 
 
 def test_class_count_refuses_a_single_class_and_classes_seen_only_in_validation():

@@ -143,13 +143,6 @@ class DataLoaders:
         return dls
 
 
-def class_count(y_train: Any, y_valid: Any = None, fix: str = "pass the number of classes") -> int:
-    """The number of classes integer labels stand for, `max + 1`, when it can be told from them
-    (`validation.check_classes` without a vocab: at least 2 training classes, none only in validation, no gap);
-    otherwise a ValueError ending in `fix`, the way to say the number of classes instead."""
-    return check_classes(y_train, y_valid, fix=fix)
-
-
 def decode_label(vocab: Optional[Sequence[str]], index: int) -> Any:
     """The class name of output `index` when the vocab names it, else the index itself (e.g. an embedding)."""
     return vocab[index] if vocab and index < len(vocab) else index

@@ -23,6 +23,7 @@ from .cli_arguments import (FAILURE_EXIT, USAGE_EXIT, RunError, UsageError, chec
                             check_data_dir, check_hub_weights_reachable, fraction, learning_rate, pretrained, seed,
                             whole_number)
 from .cli_resume import RunArguments, check_resume_arguments, run_arguments
+from .core.checkpoint import read_checkpoint
 from .utils.files import WriteError, write_file
 from .utils.folder_lock import FolderInUseError, FolderLock
 
@@ -125,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class RunFolder:
-    """--out while a run holds its lock: the checkpoint to resume from (None: start afresh) and whether the
-    run's checkpoints keep its arguments (not when resuming from a checkpoint written without them)."""
+    """--out while a run holds its lock: the checkpoint to resume from (None: start afresh), the base lr its run
+    chose, and whether the run's checkpoints keep its arguments (not when resuming from a checkpoint written
+    without them)."""
     resume_from: Optional[Path]
     record_arguments: bool
+    resumed_base_lr: Optional[float] = None
 
 
 @contextmanager
@@ -148,8 +151,10 @@ def run_folder(args: argparse.Namespace) -> Iterator[RunFolder]:
                   "this run takes it over", file=sys.stderr)
         checkpoint = args.out / CHECKPOINT_FILE
         if args.resume and checkpoint.exists():
-            recorded = check_resume_arguments(checkpoint, args)
-            yield RunFolder(checkpoint, record_arguments=recorded is not None)
+            state = read_checkpoint(checkpoint)  # read once: the arguments now, the base lr for the run
+            recorded = check_resume_arguments(checkpoint, state, args)
+            yield RunFolder(checkpoint, record_arguments=recorded is not None,
+                            resumed_base_lr=state["loop"]["fine_tune_state"]["base_lr"])
         else:
             yield RunFolder(None, record_arguments=True)
     finally:
@@ -163,7 +168,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     `--tta N` (N > 1), with test-time augmentation too; the confusion matrix and the top losses are saved as plots."""
     import torch
 
-    from .core.checkpoint import CheckpointCallback, read_checkpoint
+    from .core.checkpoint import CheckpointCallback
     from .inference.interpret import ClassificationInterpretation
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +178,7 @@ def _train_and_report(learn: Any, args: argparse.Namespace, started: float, fold
     checkpoint = out / CHECKPOINT_FILE
     resume_from, base_lr = folder.resume_from, args.lr
     if resume_from is not None:
-        base_lr = read_checkpoint(resume_from)["loop"]["fine_tune_state"]["base_lr"]
+        base_lr = folder.resumed_base_lr
         print(f"resuming from {resume_from}")
     elif args.resume:
         print(f"--resume: no checkpoint at {checkpoint} yet, starting from the beginning")

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from .cli_arguments import UsageError
 from .core.callback import Callback
-from .core.checkpoint import read_checkpoint
 
 STATE_KEY = "command_line"
 FREE_TO_CHANGE = frozenset({"command", "out", "resume", "no_bar", "workers", "checkpoint_every", "tta", "debug",
@@ -50,9 +49,10 @@ def option(name: str, value: Any) -> str:
     return f"{flag} {value}"
 
 
-def recorded_arguments(checkpoint: Path) -> Optional[dict[str, Any]]:
-    """The arguments kept in `checkpoint`; None for a checkpoint written without them (an older fastfreeze)."""
-    return read_checkpoint(checkpoint)["callbacks"].get(STATE_KEY)
+def recorded_arguments(state: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The arguments kept in a checkpoint's `state` (`read_checkpoint`); None for a checkpoint written without
+    them (an older fastfreeze)."""
+    return state["callbacks"].get(STATE_KEY)
 
 
 def resume_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -61,10 +61,12 @@ def resume_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[
             if recorded.get(name) != given.get(name)]
 
 
-def check_resume_arguments(checkpoint: Path, args: argparse.Namespace) -> Optional[dict[str, Any]]:
-    """For `--resume`: the arguments recorded in `checkpoint` (None when it has none), after checking that `args`
-    gives the same; a `UsageError` names each difference and the command lines that work."""
-    recorded = recorded_arguments(checkpoint)
+def check_resume_arguments(checkpoint: Path, state: dict[str, Any],
+                           args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """For `--resume`: the arguments recorded in `state`, the contents of `checkpoint` (None when it has none),
+    after checking that `args` gives the same; a `UsageError` names each difference and the command lines that
+    work."""
+    recorded = recorded_arguments(state)
     if recorded is None:
         return None
     differences = resume_differences(recorded, run_arguments(args))

@@ -19,7 +19,7 @@ import fastfreeze.vision
 from fastfreeze.cli import build_parser, error_line, main
 from fastfreeze.cli_arguments import RunError, check_hub_weights_reachable
 from fastfreeze.cli_resume import STATE_KEY, check_resume_arguments, run_arguments
-from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
 from fastfreeze.utils.files import WriteError, write_file
 from fastfreeze.utils.folder_lock import LOCK_NAME, FolderLock
 
@@ -289,10 +289,10 @@ def test_resume_accepts_other_values_of_what_does_not_change_the_run(tmp_path):
     data.rename(moved)
     same_run = build_parser().parse_args([str(a) for a in ["fine-tune", moved, *TINY, "--out", "b", "--workers", "2",
                                                            "--tta", "1", "--checkpoint-every", "3", "--resume"]])
-    assert check_resume_arguments(file, same_run)["arch"] == "test_resnet"
+    assert check_resume_arguments(file, read_checkpoint(file), same_run)["arch"] == "test_resnet"
     old = tmp_path / "old.pth"  # written before the arguments were kept: nothing to compare
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "callbacks": {}}, old)
-    assert check_resume_arguments(old, same_run) is None
+    assert check_resume_arguments(old, read_checkpoint(old), same_run) is None
 
 
 # ------------------------------------------------------------------------------------- fastfreeze check

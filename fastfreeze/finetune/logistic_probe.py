@@ -1,0 +1,119 @@
+"""A logistic-regression probe: the linear probe of transfer-learning papers, fitted properly.
+
+On the body's average-pooled features of the training images, standardised (each feature to mean 0 and
+standard deviation 1 over the training items), a multinomial logistic regression with an L2 penalty on the
+weights (not the biases) minimises
+
+    mean over items of cross-entropy  +  ||W||^2 / (2 C n)
+
+(n items; the same minimum as `0.5 ||W||^2 + C * sum of cross-entropies`, scikit-learn's parametrisation).
+`C` is chosen from `C_GRID` by `FOLDS`-fold stratified cross-validation on the training items: the C with the
+best mean held-out accuracy, and among equal accuracies the smallest (the strongest penalty: when several
+fit the held-out items equally, the simplest model). The problem is convex, so any solver that converges
+finds the same weights; this one runs full-batch L-BFGS in float64, warm-started along the grid.
+
+The default `fine_tune` keeps this probe when the pretrained features already separate the classes
+(`default_choice`, docs/few-shot.md), written exactly into the model's head (`models.linear_head`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# C from 1e-4 to 1e2, two values a decade
+C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
+FOLDS = 5
+# L-BFGS stops when the largest gradient entry of the objective falls below this, or after MAX_ITER iterations
+GRAD_TOLERANCE, MAX_ITER = 1e-6, 500
+
+
+@dataclass
+class LogisticProbe:
+    """A fitted probe: `logits = ((x - mean) / std) @ weight.T + bias` for average-pooled features `x`
+    (float64 tensors: `mean`, `std` of shape (F,), `weight` (classes, F), `bias` (classes,)). `C` the chosen
+    penalty, `cv_accuracy` its mean held-out accuracy over the folds (None when it was not chosen by
+    cross-validation)."""
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    C: float
+    cv_accuracy: Optional[float] = None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of each feature over the items (population std). A constant feature, or one that varies by
+    less than a millionth of its mean (float32 rounding), gets std 1: it is left unscaled, not blown up."""
+    x = x.double()
+    mean, std = x.mean(dim=0), x.std(dim=0, unbiased=False)
+    return mean, torch.where(std > 1e-6 * mean.abs(), std, torch.ones_like(std))
+
+
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float, n_classes: int,
+                            start: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) minimising the module docstring's objective on standardised features `x` (n, F) and class
+    indices `y`, from `start` (zeros when None)."""
+    x = x.double()
+    n = len(y)
+    weight = (start[0].clone() if start else torch.zeros(n_classes, x.shape[1], dtype=torch.float64)).requires_grad_()
+    bias = (start[1].clone() if start else torch.zeros(n_classes, dtype=torch.float64)).requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=MAX_ITER, tolerance_grad=GRAD_TOLERANCE,
+                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + (weight * weight).sum() / (2 * C * n)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    return weight.detach(), bias.detach()
+
+
+def cross_validated_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: tuple[float, ...] = C_GRID,
+                             folds: int = FOLDS, seed: int = 0) -> list[float]:
+    """The mean held-out accuracy of each C in `grid` over `folds` stratified folds of the items (seeded):
+    fold k holds out, in each class, the k-th of `folds` near-equal parts of its shuffled items."""
+    y_np = y.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    part = np.empty(len(y_np), dtype=np.int64)
+    for label in np.unique(y_np):
+        members = rng.permutation(np.flatnonzero(y_np == label))
+        part[members] = np.arange(len(members)) % folds
+    scores = np.zeros((folds, len(grid)))
+    for k in range(folds):
+        held, kept = torch.from_numpy(part == k), torch.from_numpy(part != k)
+        if not held.any():
+            continue
+        mean, std = standardise(x[kept])
+        xk, xh = (x[kept].double() - mean) / std, (x[held].double() - mean) / std
+        start = None
+        for j, C in enumerate(grid):  # from the strongest penalty up, each fit starting from the one before
+            start = fit_logistic_regression(xk, y[kept], C, n_classes, start)
+            scores[k, j] = ((xh @ start[0].T + start[1]).argmax(dim=1) == y[held]).double().mean().item()
+    return scores.mean(axis=0).tolist()
+
+
+def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: tuple[float, ...] = C_GRID,
+                       folds: int = FOLDS, seed: int = 0) -> LogisticProbe:
+    """The probe on average-pooled features `x` (n, F) with class indices `y`: C by cross-validation (the module
+    docstring), then refitted on all the items. Every class needs at least `folds` items."""
+    counts = torch.bincount(y, minlength=n_classes)
+    if int(counts[counts > 0].min()) < folds:
+        raise ValueError(f"a class has {int(counts[counts > 0].min())} items: choosing C by {folds}-fold "
+                         f"cross-validation needs at least {folds} per class")
+    accuracy = cross_validated_accuracy(x, y, n_classes, grid, folds, seed)
+    best = int(np.argmax(accuracy))  # the first of equal accuracies: the smallest C, the strongest penalty
+    mean, std = standardise(x)
+    weight, bias = fit_logistic_regression((x.double() - mean) / std, y, grid[best], n_classes)
+    return LogisticProbe(mean, std, weight, bias, grid[best], accuracy[best])

@@ -1,0 +1,120 @@
+"""The logistic-regression probe: its fit against scikit-learn's (an independent solver of the same convex
+problem), the choice of C by cross-validation (the first of equal accuracies), and the default fine_tune
+keeping it: the learner then predicts what a logistic regression fitted by scikit-learn on the same features
+predicts."""
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import fastfreeze.finetune.default_choice as default_choice
+from helpers import tiny_learner
+from fastfreeze.data.image_data import ImageDataLoaders
+from fastfreeze.finetune.logistic_probe import (C_GRID, cross_validated_accuracy, fit_logistic_probe,
+                                                fit_logistic_regression, standardise)
+
+
+def blobs(per_class, n_classes=3, n_feats=6, spread=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, n_feats))
+    y = np.repeat(np.arange(n_classes), per_class)
+    x = centres[y] + rng.normal(0, spread, (len(y), n_feats))
+    return torch.tensor(x), torch.tensor(y)
+
+
+@pytest.mark.parametrize("C", [1e-3, 0.1, 10.0])
+def test_the_fit_is_scikit_learns_logistic_regression(C):
+    x, y = blobs(20, spread=3.0)
+    mean, std = standardise(x)
+    xs = (x - mean) / std
+    weight, bias = fit_logistic_regression(xs, y, C, 3)
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(xs.numpy(), y.numpy())
+    scale = np.abs(reference.coef_).max()
+    assert np.abs(weight.numpy() - reference.coef_).max() < 1e-4 * max(scale, 1)
+    assert np.abs(bias.numpy() - reference.intercept_).max() < 1e-4 * max(np.abs(reference.intercept_).max(), 1)
+
+
+def test_standardising_uses_the_population_std_and_leaves_a_constant_feature_alone():
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    mean, std = standardise(x)
+    assert mean.tolist() == [2.0, 5.0] and std.tolist() == [1.0, 1.0]  # sqrt(((1-2)^2 + (3-2)^2) / 2) = 1
+    # float32 rounding around 1000: a relative spread of 1e-8, below a millionth of the mean
+    _, std = standardise(torch.tensor([[1000.0, 4.0], [1000.00001, 8.0]], dtype=torch.float64))
+    assert std.tolist() == [1.0, 2.0]
+
+
+def test_cross_validation_holds_out_a_stratified_fifth_in_each_fold(monkeypatch):
+    import fastfreeze.finetune.logistic_probe as lp
+    held_counts = []
+
+    def fake_fit(x, y, C, n_classes, start=None):
+        return torch.zeros(n_classes, x.shape[1], dtype=torch.float64), torch.zeros(n_classes, dtype=torch.float64)
+
+    monkeypatch.setattr(lp, "fit_logistic_regression", fake_fit)
+    original = lp.standardise
+    monkeypatch.setattr(lp, "standardise", lambda x: (held_counts.append(len(x)), original(x))[1])
+    x, y = blobs(10, n_classes=2)  # 20 items, 10 per class: each fold fits 16 and holds out 2 per class
+    scores = cross_validated_accuracy(x, y, 2, grid=(1.0,))
+    assert held_counts == [16] * 5
+    # all-zero weights tie every class; argmax picks class 0, right on the 2 class-0 items of 4 held out
+    assert scores == [0.5]
+
+
+def test_among_equal_accuracies_the_strongest_penalty_is_chosen():
+    # well separated classes: every C classifies every held-out item, so the smallest C of the grid wins
+    x, y = blobs(15, spread=0.1)
+    probe = fit_logistic_probe(x, y, 3)
+    assert probe.C == C_GRID[0] == 1e-4 and probe.cv_accuracy == 1.0
+
+
+def test_a_weak_penalty_is_chosen_when_a_strong_one_loses_held_out_accuracy():
+    # 3 to 1 imbalance and overlapping classes: under a strong penalty the (unpenalised) bias wins and every
+    # item is called the majority class (75% accuracy); a weaker penalty finds the minority class
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 30 + [1] * 10)
+    x = rng.normal(0, 1, (40, 2))
+    x[:, 0] += 2.5 * y
+    x, y = torch.tensor(x), torch.tensor(y)
+    accuracy = cross_validated_accuracy(x, y, 2)
+    assert accuracy[0] == pytest.approx(0.75)
+    probe = fit_logistic_probe(x, y, 2)
+    best = int(np.argmax(accuracy))
+    assert probe.C == C_GRID[best] > C_GRID[0] and probe.cv_accuracy == accuracy[best] > 0.75
+    assert all(a < accuracy[best] for a in accuracy[:best])
+
+
+def test_too_few_items_of_a_class_for_cross_validation_are_refused():
+    x, y = blobs(4)
+    with pytest.raises(ValueError, match="a class has 4 items: choosing C by 5-fold cross-validation needs at least 5"):
+        fit_logistic_probe(x, y, 3)
+
+
+def test_the_kept_probe_predicts_what_scikit_learn_fits_on_the_same_features(monkeypatch):
+    """End to end: the default fine_tune keeps the logistic regression (the threshold set to 0); its predictions on
+    the validation set are those of scikit-learn's LogisticRegression with the same C, fitted on the
+    average-pooled body features of the training images made without augmentation."""
+    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", 0.0)
+    rng = np.random.default_rng(0)
+    y = np.arange(75) % 3
+    x = (rng.integers(0, 120, (75, 32, 32, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    yv = np.arange(12) % 3
+    xv = (rng.integers(0, 120, (12, 32, 32, 3)) + 60 * yv[:, None, None, None]).astype(np.uint8)
+    dls = ImageDataLoaders.from_arrays(x, y, xv, yv, size=32, bs=8, augment=True, vocab=["a", "b", "c"])
+    learn = tiny_learner(dls)
+    body = learn.model.body
+    learn.fine_tune(1)
+    choice = learn.fine_tune_choice
+    assert choice.probe == "logistic regression"
+
+    def averages(dl):
+        body.eval()
+        with torch.no_grad():
+            return torch.cat([body(xb).double().mean(dim=(2, 3)) for xb, *_ in dl])
+    train = averages(dls.test_dl(x))  # the training images as validation images are made: no flips
+    valid = averages(dls.test_dl(xv))
+    mean, std = train.mean(0), train.std(0, unbiased=False)
+    std[std == 0] = 1  # a constant feature (a channel the random body never fires) is left as it is
+    reference = LogisticRegression(C=choice.C, tol=1e-10, max_iter=10_000).fit(((train - mean) / std).numpy(), y)
+    expected = reference.predict_proba(((valid - mean) / std).numpy())
+    probs, _ = learn.get_preds(dl=dls.test_dl(xv, yv))
+    assert np.abs(probs.double().numpy() - expected).max() < 1e-3

@@ -9,8 +9,9 @@ import torch
 import fastfreeze.finetune.default_choice as default_choice
 from helpers import same, state_of, tiny_learner
 from fastfreeze.data.image_data import ImageDataLoaders
-from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE, PROBE_SEPARATES,
-                                                ItemSubset, held_out_split)
+from fastfreeze.finetune.default_choice import (HOLDOUT_FRACTION, MIN_PER_CLASS_TO_FINE_TUNE,
+                                                MIN_PER_CLASS_TO_MEASURE, PROBE_SEPARATES, ItemSubset,
+                                                held_out_split)
 from fastfreeze.finetune.linear_probe import probe_steps
 
 N_CLASSES = 3
@@ -78,7 +79,8 @@ PER_CLASS = MIN_PER_CLASS_TO_FINE_TUNE  # the comparison's smallest training set
 def test_the_outcome_is_what_the_choice_says(threshold, monkeypatch, capsys):
     """A threshold above 1 no probe reaches sends it to the stage-wise recipe, whose run is then bit-identical to
     fine_tune(base_lr=<the 'auto' value>): measuring leaves the learner, its loaders and the RNG as they were.
-    A threshold of 0 keeps the probe: fitted on all the cached features, the body untouched, no epoch run."""
+    A threshold of 0 keeps the probe, the logistic regression (tests/test_logistic_probe.py checks its
+    predictions): the body untouched, no epoch run."""
     assert PROBE_SEPARATES == 0.95
     monkeypatch.setattr(default_choice, "PROBE_SEPARATES", threshold)
     learn = tiny_learner(image_dls(PER_CLASS))
@@ -96,7 +98,8 @@ def test_the_outcome_is_what_the_choice_says(threshold, monkeypatch, capsys):
         assert same(state_of(named.model), state_of(learn.model))
         assert learn.recorder.phases == named.recorder.phases
     else:
-        assert choice.recipe == "probe" and "fitted as a probe" in out
+        assert choice.recipe == "probe" and choice.probe == "logistic regression" and "logistic regression" in out
+        assert choice.C is not None and 0 <= choice.cv_accuracy <= 1
         assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
 
 
@@ -110,13 +113,30 @@ def test_the_comparison_never_reads_the_validation_set():
     assert same(finals[0][0], finals[1][0])
 
 
-def test_below_25_images_per_class_the_probe_is_kept_without_comparing():
-    learn = tiny_learner(image_dls(MIN_PER_CLASS_TO_FINE_TUNE - 1))
+def test_below_15_images_per_class_the_head_probe_is_kept_without_measuring():
+    assert MIN_PER_CLASS_TO_MEASURE == 15
+    learn = tiny_learner(image_dls(MIN_PER_CLASS_TO_MEASURE - 1))
     body = state_of(learn.model.body)
     learn.fine_tune(2)
     choice = learn.fine_tune_choice
-    assert choice.recipe == "probe" and choice.scores == {} and choice.holdout_items == 0
-    assert choice.reason.startswith("24 training images per class (fewer than 25)")
+    assert choice.recipe == "probe" and choice.probe == "head" and choice.scores == {} and choice.holdout_items == 0
+    assert choice.reason.startswith("14 training images per class (fewer than 25)")
+    assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
+
+
+@pytest.mark.parametrize("threshold", [1.01, 0.0], ids=["below", "at least"])
+def test_from_15_to_24_images_per_class_the_measure_picks_the_probe(threshold, monkeypatch):
+    """Too few images to fine-tune either way: when the held-out probe separates the classes, the logistic
+    regression; when it does not, the head probe, as below 15 per class."""
+    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", threshold)
+    learn = tiny_learner(image_dls(MIN_PER_CLASS_TO_FINE_TUNE - 1))  # 24 per class
+    body = state_of(learn.model.body)
+    learn.fine_tune(1)
+    choice = learn.fine_tune_choice
+    assert choice.recipe == "probe" and choice.holdout_items == round(24 * HOLDOUT_FRACTION) * N_CLASSES
+    assert choice.probe == ("head" if threshold > 1 else "logistic regression")
+    if threshold > 1:
+        assert "24 training images per class are too few to fine-tune the body (fewer than 25)" in choice.reason
     assert learn.recorder.phases == [] and same(state_of(learn.model.body), body)
 
 

@@ -13,11 +13,11 @@ from helpers import RecordLrs, one_cycle_oracle, same, state_of, tiny_learner
 from fastfreeze import Callback, CheckpointCallback
 from fastfreeze.cli import main
 from fastfreeze.data.image_data import ImageDataLoaders
-from fastfreeze.finetune.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, decide
+from fastfreeze.finetune.default_choice import MIN_PER_CLASS_TO_FINE_TUNE, MIN_PER_CLASS_TO_MEASURE, decide
 from fastfreeze.finetune.linear_probe import PROBE_LR, PROBE_STEPS, fit_probe
 from fastfreeze.inference.predictor import load_learner
 
-FEW = 3 * (MIN_PER_CLASS_TO_FINE_TUNE - 1)   # 3 classes, 24 images each: one per class short of fine-tuning
+FEW = 3 * 8   # 3 classes, 8 images each (below MIN_PER_CLASS_TO_MEASURE: the head probe, nothing measured), 3 batches
 ENOUGH = 3 * MIN_PER_CLASS_TO_FINE_TUNE      # 25 each
 
 
@@ -72,7 +72,7 @@ def test_the_threshold_is_25_images_per_class():
     assert decide(250, 10)[1].startswith("25 training images per class (at least 25)")
 
 
-def test_24_images_per_class_keep_the_probe(capsys):
+def test_8_images_per_class_keep_the_head_probe(capsys):
     """The head is fitted on cached features, the body is not touched (weights and BatchNorm statistics), no
     epoch runs, and the output says what was decided and why."""
     learn = tiny_learner(image_dls(FEW))
@@ -82,10 +82,11 @@ def test_24_images_per_class_keep_the_probe(capsys):
     assert same(state_of(learn.model.body), body)
     assert not same(state_of(learn.model.head), head)
     choice = learn.fine_tune_choice
-    assert (choice.probe_kept, choice.n_items, choice.n_classes, choice.per_class) == (True, FEW, 3, 24)
+    assert (choice.probe_kept, choice.n_items, choice.n_classes, choice.per_class) == (True, FEW, 3, 8)
     assert choice.seconds > 0
     out = capsys.readouterr().out
-    assert "fine_tune: 24 training images per class (fewer than 25)" in out
+    assert FEW / 3 < MIN_PER_CLASS_TO_MEASURE
+    assert "fine_tune: 8 training images per class (fewer than 25)" in out
     assert "fitted as a probe" in out and f"{PROBE_STEPS} full-batch steps over {FEW} cached items" in out
     assert f"pass base_lr=, e.g. {learn.auto_lr['base_lr']:.2e}" in out
 

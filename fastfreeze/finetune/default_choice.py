@@ -7,17 +7,22 @@ recipe at the 'auto' lr wins by several points. So when `fine_tune` chooses for 
 strategy) on a single-label classifier with a body and a head (`TransferModel`, cross-entropy loss), it
 chooses between
 
-- `'probe'`: the head fitted on cached body features (`linear_probe.fit_probe`); the body is not trained;
+- `'probe'`: the body is not trained; the head is either fitted as a probe on cached body features
+  (`linear_probe.fit_probe`), or holds a logistic regression of the average-pooled features of the
+  un-augmented training images, its penalty chosen by cross-validation (`logistic_probe`, written into the
+  head by `models.linear_head`);
 - `'stagewise'`: fastai's recipe over the timm stage groups at the 'auto' lr (`slice(lr/2/lr_mult, lr/2)`),
   exactly `fine_tune(base_lr=<the 'auto' value>)`.
 
-`choose='held_out'` (the default): below `MIN_PER_CLASS_TO_FINE_TUNE` training images per class, the probe
-(fine-tuning did not beat it there on any data set measured). From there, a seeded, stratified
-`HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items is held out and a probe is
-fitted on the body's features of the others: when it classifies at least `PROBE_SEPARATES` of the held-out
-items, the pretrained features suffice and the probe (refitted on all the cached features) is kept; below,
-the stage-wise recipe runs. Nothing is trained to decide: the cost is one forward pass of the frozen body over
-the sample and two small probe fits. `choose='by_size'`: the rule before, the probe below
+`choose='held_out'` (the default): below `MIN_PER_CLASS_TO_MEASURE` training images per class, the head probe
+(nothing beat it there on any data set measured, and a held-out slice would be a couple of images per class).
+From there, a seeded, stratified `HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items
+is held out and a head probe is fitted on the body's features of the others: when it classifies at least
+`PROBE_SEPARATES` of the held-out items, the pretrained features suffice, and the logistic regression is kept
+(the head probe where the head has no shape it can be written into). Below, the body has to adapt: the
+stage-wise recipe from `MIN_PER_CLASS_TO_FINE_TUNE` images per class, the head probe under it. Nothing is
+trained to decide: the cost is a forward pass of the frozen body over the sample (two when the logistic
+regression is kept) and small probe fits. `choose='by_size'`: the rule before, the head probe below
 `MIN_PER_CLASS_TO_FINE_TUNE` images per class and the stage-wise recipe from there.
 
 It prints what it measured and chose, and records it in `learn.fine_tune_choice` (a `FineTuneChoice`). The
@@ -26,6 +31,7 @@ validation set is never read.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,21 +44,26 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.loop import BaseLearner
 from ..core.tasks import SINGLE_LABEL, task_of
+from ..data.eval_view import eval_view
 from ..data.image_data import split_indices
 from ..models.body import transfer_model_problem
+from ..models.linear_head import linear_head_layout, write_linear_classifier
 from ..utils.ranks import broadcast_object
 from ..utils.seeds import forked_rng
 from .auto_lr import choose_base_lr, training_features
 from .feature_cache import body_features
 from .linear_probe import PROBE_MAX_BATCH, fit_head, fit_probe, probe_steps, split_fixed_prefix
+from .logistic_probe import FOLDS, fit_logistic_probe
 from .lr_finder import everything_restored
 from .strategies import KeepProbe, Strategy
 
 CANDIDATES = ("probe", "stagewise")
 # how the default chooses: 'held_out' (the default) or 'by_size' (see the module docstring)
 CHOOSERS = ("held_out", "by_size")
-# below this many training images per class: the probe, whichever chooser
+# below this many training images per class: a probe, whichever chooser
 MIN_PER_CLASS_TO_FINE_TUNE = 25
+# from this many training images per class, 'held_out' measures (a fifth holds out 3 images per class)
+MIN_PER_CLASS_TO_MEASURE = 15
 HOLDOUT_FRACTION = 0.2
 # at most this many training items are sampled for the comparison (held out or trained on)
 MAX_COMPARE_ITEMS = 2048
@@ -64,11 +75,13 @@ PROBE_SEPARATES = 0.95
 class FineTuneChoice:
     """What the default `fine_tune` decided.
 
-    `recipe`: 'probe' (the head fitted on cached body features, the body untouched, no epoch run) or
-    'stagewise' (see the module docstring); `base_lr` the 'auto' lr; `reason` why. `scores` / `losses`: the
-    held-out accuracy / cross-entropy of the probe fitted on the other training items (empty when it decided
-    without measuring); `holdout_items` how many training items were held out; `seconds` the time choosing
-    took (the measurement and the probe fit, not the 'auto' lr sweep, which `learn.auto_lr` times)."""
+    `recipe`: 'probe' (the body untouched, no epoch run) or 'stagewise' (see the module docstring); `probe`
+    which probe the head holds: 'logistic regression' (then `C`, its penalty, and `cv_accuracy`, its
+    cross-validated accuracy on the training images) or 'head' (fitted on cached features); `base_lr` the
+    'auto' lr; `reason` why. `scores` / `losses`: the held-out accuracy / cross-entropy of the head probe fitted
+    on the other training items (empty when it decided without measuring); `holdout_items` how many training
+    items were held out; `seconds` the time choosing took (the measurement and the probe fit, not the 'auto' lr
+    sweep, which `learn.auto_lr` times)."""
     recipe: str
     base_lr: float
     reason: str
@@ -78,6 +91,9 @@ class FineTuneChoice:
     losses: dict[str, float] = field(default_factory=dict)
     holdout_items: int = 0
     seconds: float = 0.0
+    probe: str = ""
+    C: Optional[float] = None
+    cv_accuracy: Optional[float] = None
 
     @property
     def probe_kept(self) -> bool:
@@ -86,6 +102,11 @@ class FineTuneChoice:
     @property
     def per_class(self) -> float:
         return self.n_items / max(self.n_classes, 1)
+
+    @property
+    def features_separate(self) -> bool:
+        """The held-out head probe classified at least `PROBE_SEPARATES` of the held-out training items."""
+        return self.scores.get("probe", 0.0) >= PROBE_SEPARATES
 
 
 def probe_blocker(learn: BaseLearner) -> Optional[str]:
@@ -139,11 +160,12 @@ class ItemSubset(Dataset):
         return [self.dataset[k] for k in mapped]
 
 
-def subset_loader(train: DataLoader, positions: Sequence[int]) -> DataLoader:
-    """A loader over the training items at `positions`, in that order, batched, collated and augmented as
-    `train` is."""
-    return DataLoader(ItemSubset(train.dataset, positions), batch_size=train.batch_size or 1, shuffle=False,
-                      collate_fn=train.collate_fn, num_workers=train.num_workers)
+def subset_loader(train: DataLoader, positions: Sequence[int], dataset: Any = None) -> DataLoader:
+    """A loader over the items of `dataset` (default: the training dataset) at `positions`, in that order,
+    batched and collated as `train` is."""
+    return DataLoader(ItemSubset(train.dataset if dataset is None else dataset, positions),
+                      batch_size=train.batch_size or 1, shuffle=False, collate_fn=train.collate_fn,
+                      num_workers=train.num_workers)
 
 
 def comparison_blocker(learn: BaseLearner) -> Optional[str]:
@@ -186,26 +208,95 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
     choice = FineTuneChoice("probe", auto_lr, "", n_items, n_classes)
     keep, choice.reason = decide(n_items, n_classes)
     choice.recipe = "probe" if keep else "stagewise"
-    if choose == "held_out" and not keep:
+    if choose == "held_out" and choice.per_class >= MIN_PER_CLASS_TO_MEASURE:
         blocker = comparison_blocker(learn)
         if blocker is None:
             compare(learn, choice, auto_lr)
-        else:
+        elif not keep:
             choice.reason = f"{blocker}, so the recipes are not compared: {choice.reason}"
     choice.recipe = broadcast_object(choice.recipe)  # every rank of a DDP run follows rank 0
     if choice.recipe == "probe":
-        fit_probe(learn, feats, targs)
+        keep_probe(learn, choice, feats, targs)
     choice.seconds = time.perf_counter() - start
     learn.fine_tune_choice = choice
     if verbose:
-        done = f"{choice.seconds:.1f} s"
-        if choice.recipe == "probe":
-            steps = (f"{probe_steps(len(targs))} full-batch steps" if len(targs) <= PROBE_MAX_BATCH else
-                     f"{probe_steps(len(targs))} steps of {PROBE_MAX_BATCH}")
-            done = (f"{steps} over {len(targs)} cached items, {done}; to fine-tune anyway, "
-                    f"pass base_lr=, e.g. {auto_lr:.2e}")
-        print(f"fine_tune: {choice.reason} ({done}).")
+        print(f"fine_tune: {choice.reason} ({probe_summary(choice, len(targs))}{choice.seconds:.1f} s"
+              + (f"; to fine-tune anyway, pass base_lr=, e.g. {auto_lr:.2e}" if choice.recipe == "probe" else "")
+              + ").")
     return choice.base_lr, (None if choice.recipe == "stagewise" else KeepProbe())
+
+
+def probe_summary(choice: FineTuneChoice, cached_items: int) -> str:
+    """How the kept probe was fitted, for the printed decision ('' when no probe was kept)."""
+    if choice.probe == "logistic regression":
+        return (f"C={choice.C:.3g} by {FOLDS}-fold cross-validation, {choice.cv_accuracy:.1%} held-out accuracy "
+                "on the training images, ")
+    if choice.probe == "head":
+        steps = (f"{probe_steps(cached_items)} full-batch steps" if cached_items <= PROBE_MAX_BATCH else
+                 f"{probe_steps(cached_items)} steps of {PROBE_MAX_BATCH}")
+        return f"{steps} over {cached_items} cached items, "
+    return ""
+
+
+def keep_probe(learn: BaseLearner, choice: FineTuneChoice, feats: torch.Tensor, targs: torch.Tensor) -> None:
+    """Put the kept probe into the model: the logistic regression when the features separate the classes and
+    the head can hold it, else the head fitted on the cached `feats` (`fit_probe`)."""
+    if choice.features_separate:
+        why = keep_logistic_probe(learn, choice)
+        if not why:
+            choice.probe = "logistic regression"
+            choice.reason += (": a logistic regression of the average-pooled features of the un-augmented "
+                              "training images is written into the head, and the body is not trained")
+            return
+        choice.reason += f": the head is fitted as a probe on the cached body features ({why})"
+    fit_probe(learn, feats, targs)
+    choice.probe = "head"
+
+
+def compare_sample(learn: BaseLearner) -> np.ndarray:
+    """The training positions the comparison and the logistic regression use: up to `MAX_COMPARE_ITEMS`,
+    drawn from seed 0, sorted."""
+    sample = torch.randperm(len(learn.dls.train.dataset), generator=torch.Generator().manual_seed(0))
+    return sample[:MAX_COMPARE_ITEMS].sort().values.numpy()
+
+
+def keep_logistic_probe(learn: BaseLearner, choice: FineTuneChoice) -> str:
+    """Fit `logistic_probe` on the body's features of the sampled training items made without augmentation
+    (`eval_view`; as the loader makes them when it cannot tell) and write it into the head; records `C` and
+    `cv_accuracy` in `choice`. Returns '' when written, else why not (the model then unchanged)."""
+    head = learn.model.head
+    parts, why = linear_head_layout(head, choice.n_classes)
+    if parts is None:
+        return why
+    train = learn.dls.train
+    view = eval_view(train.dataset, getattr(learn.dls.valid, "dataset", None))
+    with forked_rng(learn.device, seed=0):
+        feats, targs = body_features(learn, subset_loader(train, compare_sample(learn), view), storage="cpu")
+    counts = torch.bincount(targs, minlength=choice.n_classes)
+    if int(counts.min()) < FOLDS:
+        return f"a class has {int(counts.min())} of the sampled images, fewer than the {FOLDS} cross-validation needs"
+    prefix, _ = split_fixed_prefix(head)
+    with torch.no_grad():
+        pooled = prefix(feats.to(learn.device).float()).cpu()
+    averages = pooled[:, pooled.shape[1] // 2:] if parts["concat"] else pooled
+    if not torch.isfinite(averages).all():
+        return "the body's features are not all finite"
+    probe = fit_logistic_probe(averages, targs, choice.n_classes)
+    before = copy.deepcopy(head.state_dict())
+    why = write_linear_classifier(head, pooled.to(learn.device), probe.mean, probe.std, probe.weight, probe.bias)
+    if not why:
+        head.eval()
+        with torch.no_grad():
+            written = head[len(prefix):](pooled.to(learn.device)).double().cpu()
+        expected = probe.logits(averages)
+        if not torch.allclose(written, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
+            why = "the head does not reproduce the logistic regression"
+    if why:
+        head.load_state_dict(before)
+        return why
+    head.load_state_dict(broadcast_object({k: v.cpu() for k, v in head.state_dict().items()}))
+    choice.C, choice.cv_accuracy = probe.C, probe.cv_accuracy
+    return ""
 
 
 def held_out_split(targets: torch.Tensor, positions: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -236,8 +327,7 @@ def held_out_data(learn: BaseLearner) -> HeldOut:
     """Sample up to `MAX_COMPARE_ITEMS` training items (seeded) and hold out a stratified `HOLDOUT_FRACTION`
     of them (their targets are read through the loader, which decodes the images but runs no model)."""
     train = learn.dls.train
-    sample = torch.randperm(len(train.dataset), generator=torch.Generator().manual_seed(0))
-    sample = sample[:MAX_COMPARE_ITEMS].sort().values.numpy()
+    sample = compare_sample(learn)
     targs = torch.cat([batch[1] for batch in subset_loader(train, sample)])
     fitted_pos, held_pos = held_out_split(targs, sample)
     return HeldOut(holdout=subset_loader(train, held_pos),
@@ -270,9 +360,13 @@ def compare(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> None:
     if accuracy >= PROBE_SEPARATES:
         choice.recipe = "probe"
         choice.reason = (f"{measured} (at least {PROBE_SEPARATES:.0%}): the pretrained features already separate the "
-                         "classes, and training the body would distort them; the head is fitted as a probe on the "
-                         "cached body features and the body is not trained")
-    else:
+                         "classes, and training the body would distort them")
+    elif choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
         choice.recipe = "stagewise"
         choice.reason = (f"{measured} (less than {PROBE_SEPARATES:.0%}): the body has to adapt, so fastai's recipe "
                          f"over the stage groups at the 'auto' base_lr {auto_lr:.2e}")
+    else:
+        choice.recipe = "probe"
+        choice.reason = (f"{measured} (less than {PROBE_SEPARATES:.0%}), and {choice.per_class:.3g} training images "
+                         f"per class are too few to fine-tune the body (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}): the "
+                         "head is fitted as a probe on the cached body features and the body is not trained")

@@ -5,6 +5,7 @@ against hand-worked numbers."""
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import fastfreeze.finetune.default_choice as default_choice
 from helpers import same, state_of, tiny_learner
@@ -145,3 +146,15 @@ def test_an_unknown_chooser_is_refused_before_training():
     with pytest.raises(ValueError, match="choose must be one of 'held_out', 'by_size', got 'best'"):
         learn.fine_tune(1, choose="best")
     assert learn.recorder.phases == []
+
+
+def test_the_held_out_accuracy_is_an_exact_ratio_so_38_of_40_meets_95_percent():
+    class Predicting:
+        def get_preds(self, dl, activation):
+            targets = torch.arange(40) % 4
+            logits = nn.functional.one_hot(targets, 4).float()
+            logits[:2] = logits[:2].roll(1, dims=1)  # 2 wrong: 38 right of 40
+            return logits, targets
+
+    accuracy, _ = default_choice.held_out_score(Predicting(), None)
+    assert accuracy == 0.95 and accuracy >= PROBE_SEPARATES  # torch's float32 mean gives 0.949999988

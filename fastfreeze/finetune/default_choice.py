@@ -308,10 +308,11 @@ def held_out_split(targets: torch.Tensor, positions: np.ndarray, seed: int = 0) 
 
 @torch.no_grad()
 def held_out_score(learn: BaseLearner, loader: DataLoader) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the learner's model over `loader`, in eval mode."""
+    """(accuracy, mean cross-entropy) of the learner's model over `loader`, in eval mode. The accuracy is the
+    exact ratio of two counts (38 right of 40 is 0.95, not float32's 0.949999988, which would miss the threshold)."""
     logits, targets = learn.get_preds(dl=loader, activation=False)
     loss = nn.functional.cross_entropy(logits.float(), targets).item()
-    return (logits.argmax(dim=1) == targets).float().mean().item(), loss
+    return int((logits.argmax(dim=1) == targets).sum()) / len(targets), loss
 
 
 @dataclass

@@ -67,8 +67,9 @@ MIN_PER_CLASS_TO_MEASURE = 15
 HOLDOUT_FRACTION = 0.2
 # at most this many training items are sampled for the comparison (held out or trained on)
 MAX_COMPARE_ITEMS = 2048
-# the probe is kept when it classifies at least this share of the held-out training images
-PROBE_SEPARATES = 0.95
+# the probe is kept when it classifies at least this share of the held-out training images: the middle of the
+# gap measured between digits and Fashion-MNIST (at most 95%) and photographs (97.5% and up; docs/few-shot.md)
+PROBE_SEPARATES = 0.96
 
 
 @dataclass
@@ -309,7 +310,7 @@ def held_out_split(targets: torch.Tensor, positions: np.ndarray, seed: int = 0) 
 @torch.no_grad()
 def held_out_score(learn: BaseLearner, loader: DataLoader) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the learner's model over `loader`, in eval mode. The accuracy is the
-    exact ratio of two counts (38 right of 40 is 0.95, not float32's 0.949999988, which would miss the threshold)."""
+    exact ratio of two counts (24 right of 25 is 0.96, not float32's 0.959999979, which would miss the threshold)."""
     logits, targets = learn.get_preds(dl=loader, activation=False)
     loss = nn.functional.cross_entropy(logits.float(), targets).item()
     return int((logits.argmax(dim=1) == targets).sum()) / len(targets), loss

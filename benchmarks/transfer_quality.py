@@ -377,6 +377,14 @@ def cost_ratio(heldout: dict, plain: Optional[dict]) -> Optional[float]:
     return heldout["seconds"] / plain["seconds"] if plain else None
 
 
+def chosen_label(record: dict) -> str:
+    """What a held-out rule's run kept: 'stage-wise', 'logistic' (the logistic regression written into the
+    head) or 'head probe' (records before the logistic regression existed kept the head probe)."""
+    if record.get("recipe") == "stagewise":
+        return "stage-wise"
+    return "logistic" if record.get("probe") == "logistic regression" else "head probe"
+
+
 def sweep_report(out: Path) -> str:
     """Issue 24's table: per data set and size, the mean ± sd over seeds of the probe, fastai's recipe, the
     default by size ('by_size': the head probe below 25 images per class, the stage-wise recipe at the 'auto'
@@ -410,7 +418,7 @@ def sweep_report(out: Path) -> str:
                 mine = [acc["heldout"][s] for s in seeds]
                 gap = f"{100 * (statistics.mean(mine) - mean_best):+.2f}; {100 * min(m - b for m, b in zip(mine, best)):+.2f}"
             chosen = ", ".join(f"{k} {v}" for k, v in sorted(
-                collections.Counter(r.get("recipe", "?") for r in rows["heldout"].values()).items()))
+                collections.Counter(chosen_label(r) for r in rows["heldout"].values()).items()))
             times = [cost_ratio(r, rows["auto"].get(seed)) for seed, r in rows["heldout"].items()]
             times = [t for t in times if t is not None]
             ratio = f"{statistics.mean(times):.2f} (max {max(times):.2f})" if times else "–"

@@ -158,3 +158,35 @@ def test_the_held_out_accuracy_is_an_exact_ratio_so_24_of_25_meets_96_percent():
 
     accuracy, _ = default_choice.held_out_score(Predicting(), None)
     assert accuracy == 0.96 and accuracy >= PROBE_SEPARATES  # torch's float32 mean gives 0.959999979
+
+
+def test_a_head_that_cannot_hold_the_logistic_regression_gets_the_head_probe_and_says_why(monkeypatch):
+    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", 0.0)
+    learn = tiny_learner(image_dls(PER_CLASS), lin_ftrs=[])  # one Linear after a BatchNorm: no bias
+    head = state_of(learn.model.head)
+    learn.fine_tune(1)
+    choice = learn.fine_tune_choice
+    assert choice.recipe == "probe" and choice.probe == "head" and choice.C is None
+    assert "the head is fitted as a probe on the cached body features (the head's only Linear has no bias)" in choice.reason
+    assert not same(state_of(learn.model.head), head) and learn.recorder.phases == []
+
+
+def test_a_written_head_that_does_not_reproduce_the_logistic_regression_is_put_back(monkeypatch):
+    """The check on the training features: a writer that gets the head wrong is caught, the head restored to what
+    it was, and the head probe fitted instead, from the same start as without the writer."""
+    monkeypatch.setattr(default_choice, "PROBE_SEPARATES", 0.0)
+
+    def wrong_writer(head, *args):
+        with torch.no_grad():
+            head[-1].weight.zero_()
+        return ""
+
+    reference = tiny_learner(image_dls(PER_CLASS), lin_ftrs=[])  # the head probe from the same start
+    reference.fine_tune(1)
+    monkeypatch.setattr(default_choice, "write_linear_classifier", wrong_writer)
+    learn = tiny_learner(image_dls(PER_CLASS), lin_ftrs=[])
+    monkeypatch.setattr(default_choice, "linear_head_layout", lambda head, c: ({"concat": True}, ""))
+    learn.fine_tune(1)
+    choice = learn.fine_tune_choice
+    assert choice.probe == "head" and "the head does not reproduce the logistic regression" in choice.reason
+    assert same(state_of(learn.model.head), state_of(reference.model.head))

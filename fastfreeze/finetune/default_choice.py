@@ -261,34 +261,40 @@ def compare_sample(learn: BaseLearner) -> np.ndarray:
     return sample[:MAX_COMPARE_ITEMS].sort().values.numpy()
 
 
+def unaugmented_features(learn: BaseLearner) -> tuple[torch.Tensor, torch.Tensor]:
+    """(body features, targets) of the sampled training items (`compare_sample`) made without random
+    augmentation (`eval_view`; as the training loader makes them when it cannot tell), on the CPU."""
+    train = learn.dls.train
+    view = eval_view(train.dataset, getattr(learn.dls.valid, "dataset", None))
+    with forked_rng(learn.device, seed=0):
+        return body_features(learn, subset_loader(train, compare_sample(learn), view), storage="cpu")
+
+
 def keep_logistic_probe(learn: BaseLearner, choice: FineTuneChoice) -> str:
-    """Fit `logistic_probe` on the body's features of the sampled training items made without augmentation
-    (`eval_view`; as the loader makes them when it cannot tell) and write it into the head; records `C` and
-    `cv_accuracy` in `choice`. Returns '' when written, else why not (the model then unchanged)."""
+    """Fit `logistic_probe` on the average-pooled `unaugmented_features` and write it into the head, checked on
+    those features; records `C` and `cv_accuracy` in `choice`. Returns '' when written, else why not (the
+    model then unchanged)."""
     head = learn.model.head
     parts, why = linear_head_layout(head, choice.n_classes)
     if parts is None:
         return why
-    train = learn.dls.train
-    view = eval_view(train.dataset, getattr(learn.dls.valid, "dataset", None))
-    with forked_rng(learn.device, seed=0):
-        feats, targs = body_features(learn, subset_loader(train, compare_sample(learn), view), storage="cpu")
-    counts = torch.bincount(targs, minlength=choice.n_classes)
-    if int(counts.min()) < FOLDS:
-        return f"a class has {int(counts.min())} of the sampled images, fewer than the {FOLDS} cross-validation needs"
-    prefix, _ = split_fixed_prefix(head)
+    feats, targs = unaugmented_features(learn)
+    fewest = int(torch.bincount(targs, minlength=choice.n_classes).min())
+    if fewest < FOLDS:
+        return f"a class has {fewest} of the sampled images, fewer than the {FOLDS} cross-validation needs"
+    prefix, classifier = split_fixed_prefix(head)
     with torch.no_grad():
-        pooled = prefix(feats.to(learn.device).float()).cpu()
-    averages = pooled[:, pooled.shape[1] // 2:] if parts["concat"] else pooled
+        pooled = prefix(feats.to(learn.device).float())
+    averages = (pooled[:, pooled.shape[1] // 2:] if parts["concat"] else pooled).cpu()
     if not torch.isfinite(averages).all():
         return "the body's features are not all finite"
     probe = fit_logistic_probe(averages, targs, choice.n_classes)
     before = copy.deepcopy(head.state_dict())
-    why = write_linear_classifier(head, pooled.to(learn.device), probe.mean, probe.std, probe.weight, probe.bias)
+    why = write_linear_classifier(head, pooled, probe.mean, probe.std, probe.weight, probe.bias)
     if not why:
         head.eval()
         with torch.no_grad():
-            written = head[len(prefix):](pooled.to(learn.device)).double().cpu()
+            written = classifier(pooled).double().cpu()
         expected = probe.logits(averages)
         if not torch.allclose(written, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
             why = "the head does not reproduce the logistic regression"

@@ -44,6 +44,8 @@ SCOPES=(
   # preprocess: the unit tests of its bit-depth decoding, predict's input rule and InputSize/SizedTransform are in
   # test_preprocess.py too (test_predictor.py and test_progressive_resize.py test them through a learner, slowly)
   "preprocess|fastfreeze.data.preprocess.*|tests/test_preprocess.py"
+  "logistic_probe|fastfreeze.finetune.logistic_probe.*|tests/test_logistic_probe.py"
+  "linear_head|fastfreeze.models.linear_head.*|tests/test_linear_head.py"
 )
 
 wanted=("$@")

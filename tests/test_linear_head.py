@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from helpers import same, state_of
 from fastfreeze.models.head import SigmoidRange, create_head
-from fastfreeze.models.linear_head import write_linear_classifier
+from fastfreeze.models.linear_head import linear_head_layout, write_linear_classifier
 
 NF, C = 16, 3
 
@@ -50,14 +50,46 @@ def test_the_head_computes_the_linear_classifier(make):
         assert torch.allclose(head(feats).double(), expected, atol=1e-5, rtol=1e-5)
 
 
+def pooled_head(*layers):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *layers)
+
+
 REFUSED = {
-    "create_head, lin_ftrs=[]: its Linear has no bias": (lambda: create_head(NF, C, lin_ftrs=[]), "no bias"),
-    "two hidden layers": (lambda: create_head(NF, C, lin_ftrs=[32, 32]), "layers after its classifier"),
-    "5 hidden units, fewer than 2 x 3": (lambda: create_head(NF, C, lin_ftrs=[5]), "fewer than 2 x 3 units"),
+    "create_head, lin_ftrs=[]: its Linear has no bias": (lambda: create_head(NF, C, lin_ftrs=[]),
+                                                         "the head's only Linear has no bias"),
+    "two hidden layers": (lambda: create_head(NF, C, lin_ftrs=[32, 32]),
+                          "the head has layers after its classifier (ReLU)"),
+    "5 hidden units, fewer than 2 x 3": (lambda: create_head(NF, C, lin_ftrs=[5]),
+                                         "the hidden layer has fewer than 2 x 3 units"),
     "a SigmoidRange at the end": (lambda: nn.Sequential(*create_head(NF, C), SigmoidRange(0, 1)),
-                                  "layers after its classifier (SigmoidRange)"),
-    "no pooling": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(NF * 4, C)), "does not start with global"),
+                                  "the head has layers after its classifier (SigmoidRange)"),
+    "no pooling": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(NF * 4, C)),
+                   "the head does not start with global average or concat pooling"),
+    "pooling to 2 x 2": (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(NF * 4, C)),
+                         "the head does not start with global average or concat pooling"),
+    "not a Sequential": (lambda: nn.Linear(NF, C), "the head is a Linear, not an nn.Sequential"),
+    "no Flatten": (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Linear(NF, C)),
+                   "the head's pooling is not followed by Flatten"),
+    "no Linear": (lambda: pooled_head(nn.BatchNorm1d(NF)), "the head has no Linear layer after its pooling"),
+    "a hidden layer and no Linear after it": (lambda: pooled_head(nn.Linear(NF, 8), nn.ReLU(), nn.BatchNorm1d(8)),
+                                              "the head's hidden layer is not followed by a Linear"),
+    "no bias for the last Linear, no BatchNorm to carry it": (
+        lambda: pooled_head(nn.Linear(NF, 8), nn.ReLU(), nn.Linear(8, C, bias=False)),
+        "the head's last Linear has no bias and no BatchNorm before it to carry one"),
+    "a first BatchNorm without affine parameters": (
+        lambda: pooled_head(nn.BatchNorm1d(NF, affine=False), nn.Linear(NF, C)),
+        "a BatchNorm of the head has no affine parameters or no running statistics"),
+    "a second BatchNorm without running statistics": (
+        lambda: pooled_head(nn.Linear(NF, 8), nn.ReLU(), nn.BatchNorm1d(8, track_running_stats=False),
+                            nn.Linear(8, C)),
+        "a BatchNorm of the head has no affine parameters or no running statistics"),
+    "3 outputs expected, 4 given": (lambda: pooled_head(nn.Linear(NF, 4)), "the head's last Linear has 4 outputs, not 3"),
 }
+
+
+def test_the_layout_of_a_head_that_can_hold_it_comes_with_no_reason():
+    parts, why = linear_head_layout(nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(NF, C)), C)
+    assert why == "" and parts["concat"] is False and parts["bn1"] is None and "linear2" not in parts
 
 
 @pytest.mark.parametrize("make, why", REFUSED.values(), ids=REFUSED.keys())
@@ -66,7 +98,7 @@ def test_a_head_that_cannot_hold_it_is_named_and_left_untouched(make, why):
     head = make()
     before = state_of(head)
     pooled = torch.randn(40, 2 * NF)
-    assert why in write_linear_classifier(head, pooled, mean, std, weight, bias)
+    assert write_linear_classifier(head, pooled, mean, std, weight, bias) == why
     assert same(state_of(head), before)
 
 

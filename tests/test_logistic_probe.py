@@ -24,14 +24,22 @@ def blobs(per_class, n_classes=3, n_feats=6, spread=1.0, seed=0):
 
 @pytest.mark.parametrize("C", [1e-3, 0.1, 10.0])
 def test_the_fit_is_scikit_learns_logistic_regression(C):
-    x, y = blobs(20, spread=3.0)
+    """The same minimum of mean cross-entropy + ||W||^2 / (2 C n) as scikit-learn's solver run to a tight
+    tolerance: the objective within 1e-8, the weights within 1e-3 of their scale (at C=10 the minimum is flat
+    in some directions, where a gradient tolerance of 1e-6 leaves the weights a few 1e-4 apart)."""
+    x, y = blobs(20, n_feats=30, spread=4.0)  # overlapping classes in 30 dimensions
     mean, std = standardise(x)
     xs = (x - mean) / std
     weight, bias = fit_logistic_regression(xs, y, C, 3)
     reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(xs.numpy(), y.numpy())
-    scale = np.abs(reference.coef_).max()
-    assert np.abs(weight.numpy() - reference.coef_).max() < 1e-4 * max(scale, 1)
-    assert np.abs(bias.numpy() - reference.intercept_).max() < 1e-4 * max(np.abs(reference.intercept_).max(), 1)
+    ref_weight, ref_bias = torch.tensor(reference.coef_), torch.tensor(reference.intercept_)
+
+    def objective(w, b):
+        return float(torch.nn.functional.cross_entropy(xs @ w.T + b, y) + (w * w).sum() / (2 * C * len(y)))
+    assert objective(weight, bias) - objective(ref_weight, ref_bias) < 1e-8
+    scale = max(float(ref_weight.abs().max()), float(ref_bias.abs().max()), 1.0)
+    assert float((weight - ref_weight).abs().max()) < 1e-3 * scale
+    assert float((bias - ref_bias).abs().max()) < 1e-3 * scale
 
 
 def test_standardising_uses_the_population_std_and_leaves_a_constant_feature_alone():
@@ -58,6 +66,44 @@ def test_cross_validation_holds_out_a_stratified_fifth_in_each_fold(monkeypatch)
     assert held_counts == [16] * 5
     # all-zero weights tie every class; argmax picks class 0, right on the 2 class-0 items of 4 held out
     assert scores == [0.5]
+
+
+def folds_by_hand(y, folds, seed):
+    """The documented folds: in each class (in order of label), its items shuffled by one numpy generator
+    seeded `seed`, the i-th of them in fold i % folds."""
+    rng = np.random.default_rng(seed)
+    part = np.zeros(len(y), dtype=int)
+    for label in sorted(set(y.tolist())):
+        members = rng.permutation(np.flatnonzero(y.numpy() == label))
+        for i, item in enumerate(members):
+            part[item] = i % folds
+    return part
+
+
+def test_cross_validation_is_scikit_learns_fits_scored_on_the_documented_folds():
+    x, y = blobs(12, n_feats=5, spread=3.5, seed=4)  # classes overlap: accuracies differ between Cs and folds
+    grid = (1e-3, 1e-1, 10.0)
+    part = folds_by_hand(y, 5, seed=7)
+    expected = []
+    for C in grid:
+        right = []
+        for k in range(5):
+            kept, held = part != k, part == k
+            mean, std = x[kept].mean(0), x[kept].std(0, unbiased=False)
+            model = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(((x[kept] - mean) / std).numpy(), y[kept])
+            right.append((model.predict(((x[held] - mean) / std).numpy()) == y[held].numpy()).mean())
+        expected.append(np.mean(right))
+    assert cross_validated_accuracy(x, y, 3, grid, seed=7) == pytest.approx(expected, abs=1e-12)
+    assert len(set(expected)) > 1  # the check can tell the Cs apart
+    probe = fit_logistic_probe(x, y, 3, grid, seed=7)
+    assert probe.cv_accuracy == pytest.approx(max(expected), abs=1e-12) and probe.C == grid[int(np.argmax(expected))]
+
+
+def test_an_empty_fold_is_left_out_of_the_mean():
+    # 2 classes of 3 items, 5 folds: folds 3 and 4 hold nothing out; the mean is over folds 0-2 only
+    x = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert cross_validated_accuracy(x, y, 2, grid=(10.0,)) == [1.0]
 
 
 def test_among_equal_accuracies_the_strongest_penalty_is_chosen():
@@ -87,6 +133,12 @@ def test_too_few_items_of_a_class_for_cross_validation_are_refused():
     x, y = blobs(4)
     with pytest.raises(ValueError, match="a class has 4 items: choosing C by 5-fold cross-validation needs at least 5"):
         fit_logistic_probe(x, y, 3)
+    x, y = blobs(6)
+    with pytest.raises(ValueError, match="a class has 1 items"):
+        fit_logistic_probe(x[:13], y[:13], 3)  # 6, 6 and 1
+    x, y = blobs(5)
+    assert fit_logistic_probe(x, y, 3).C in C_GRID  # 5 per class: enough
+    assert fit_logistic_probe(x, y, 4).weight.shape == (4, 6)  # a class with no items at all is not refused
 
 
 def test_the_kept_probe_predicts_what_scikit_learn_fits_on_the_same_features(monkeypatch):

@@ -90,18 +90,19 @@ def cross_validated_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, g
     for label in np.unique(y_np):
         members = rng.permutation(np.flatnonzero(y_np == label))
         part[members] = np.arange(len(members)) % folds
-    scores = np.zeros((folds, len(grid)))
+    scores = []  # one row per fold that holds out items (a fold is empty when every class has fewer items)
     for k in range(folds):
         held, kept = torch.from_numpy(part == k), torch.from_numpy(part != k)
         if not held.any():
             continue
+        scores.append(np.zeros(len(grid)))
         mean, std = standardise(x[kept])
         xk, xh = (x[kept].double() - mean) / std, (x[held].double() - mean) / std
         start = None
         for j, C in enumerate(grid):  # from the strongest penalty up, each fit starting from the one before
             start = fit_logistic_regression(xk, y[kept], C, n_classes, start)
-            scores[k, j] = ((xh @ start[0].T + start[1]).argmax(dim=1) == y[held]).double().mean().item()
-    return scores.mean(axis=0).tolist()
+            scores[-1][j] = ((xh @ start[0].T + start[1]).argmax(dim=1) == y[held]).double().mean().item()
+    return np.mean(scores, axis=0).tolist()
 
 
 def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: tuple[float, ...] = C_GRID,

@@ -215,7 +215,8 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
             compare(learn, choice, auto_lr)
         elif not keep:
             choice.reason = f"{blocker}, so the recipes are not compared: {choice.reason}"
-    choice.recipe = broadcast_object(choice.recipe)  # every rank of a DDP run follows rank 0
+    # every rank of a DDP run follows rank 0, also in which probe it keeps (read from the scores)
+    choice.recipe, choice.scores = broadcast_object((choice.recipe, choice.scores))
     if choice.recipe == "probe":
         keep_probe(learn, choice, feats, targs)
     choice.seconds = time.perf_counter() - start

@@ -209,18 +209,9 @@ def cli_argv(data: Path, out: Path, workers: int = 0, lr: str = "1e-3", epochs: 
 
 
 def image_folder(root: Path, per_class: int = 8) -> Path:
-    """Two classes of noisy images (train: `per_class` each, valid: 4 each)."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("valid", 4)):
-        for c, level in (("dark", 70), ("light", 180)):
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(level + rng.normal(0, 40, (28, 36, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    """Two classes of noisy 28x36 images (train: `per_class` each, valid: 4 each)."""
+    from helpers import grey_class_folders
+    return grey_class_folders(root, levels=(70, 180), n_train=per_class, noise=40, shape=(28, 36, 3))
 
 
 def kill_points(rng: random.Random, phases: list[tuple[str, int]], n_batches: int) -> list[dict[str, Any]]:

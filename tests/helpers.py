@@ -195,6 +195,25 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def grey_class_folders(root: Path, classes=("dark", "light"), levels=(40, 210), n_train: int = 8, n_valid: int = 4,
+                       noise: float = 10, shape=(12, 12, 3), valid_level=None) -> Path:
+    """`root/{train,valid}/<class>/<i>.png`: per class (paired with its grey level in `levels`), `n_train` and
+    `n_valid` images of that level plus Gaussian noise of std `noise`, clipped to 0-255, drawn in that order from
+    one generator seeded 0. `valid_level`: every validation image drawn around that level instead, whatever its
+    class (a model's predictions on them are borderline)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for c, level in zip(classes, levels):
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                mean = valid_level if split == "valid" and valid_level is not None else level
+                pixels = np.clip(mean + rng.normal(0, noise, shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
 def noise_folder(root: Path, per_class: int = 6) -> Path:
     """Two classes ('a', 'b') of random-noise images (40x48), `per_class` training and 2 validation images each,
     so every random crop, flip or resize shows in the pixels."""

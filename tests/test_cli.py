@@ -3,30 +3,20 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from fastfreeze.cli import build_parser, main
+from helpers import grey_class_folders
 from fastfreeze.cli_arguments import UsageError
 from fastfreeze.inference.predictor import load_learner
 
 
 def image_folder(root: Path, levels=(40, 210), noise=10, valid_level=None) -> Path:
-    """Two classes of noisy grey images (train: 8 each, valid: 4 each); `valid_level`: every validation image
-    drawn around that grey level instead, whatever its class (a model's predictions on them are borderline)."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("valid", 4)):
-        for c, level in zip(("dark", "light"), levels):
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                mean = valid_level if split == "valid" and valid_level is not None else level
-                pixels = np.clip(mean + rng.normal(0, noise, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    """Two classes of noisy grey 24x24 images (train: 8 each, valid: 4 each); `valid_level` as in
+    `grey_class_folders`."""
+    return grey_class_folders(root, levels=levels, noise=noise, shape=(24, 24, 3), valid_level=valid_level)
 
 
 def accuracies_by_hand(model_dir: str, images: list) -> list:

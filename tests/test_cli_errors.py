@@ -8,7 +8,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +16,7 @@ import fastfreeze.cli as cli
 import fastfreeze.cli_arguments as cli_arguments
 import fastfreeze.vision
 from fastfreeze.cli import build_parser, error_line, main
+from helpers import grey_class_folders
 from fastfreeze.cli_arguments import RunError, check_hub_weights_reachable
 from fastfreeze.cli_resume import STATE_KEY, check_resume_arguments, run_arguments
 from fastfreeze.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
@@ -27,15 +27,8 @@ TINY = ["--arch", "test_resnet", "--pretrained", "false", "--size", "32", "--bs"
 
 
 def tiny_folder(root: Path, classes=("dark", "light"), n_train=8, n_valid=4) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        for c, level in zip(classes, (40, 210)):
-            folder = root / split / c
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(level + rng.normal(0, 10, (12, 12, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    """Noisy grey 12x12 images of `classes` (`grey_class_folders`)."""
+    return grey_class_folders(root, classes=classes, n_train=n_train, n_valid=n_valid)
 
 
 def run(argv, capsys):

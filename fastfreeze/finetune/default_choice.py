@@ -47,7 +47,7 @@ from ..core.tasks import SINGLE_LABEL, task_of
 from ..data.eval_view import eval_view
 from ..data.image_data import split_indices
 from ..models.body import transfer_model_problem
-from ..models.linear_head import linear_head_layout, write_linear_classifier
+from ..models.linear_head import average_slice, linear_head_layout, write_linear_classifier
 from ..utils.ranks import broadcast_object
 from ..utils.seeds import forked_rng
 from .auto_lr import choose_base_lr, training_features
@@ -57,7 +57,6 @@ from .logistic_probe import FOLDS, fit_logistic_probe
 from .lr_finder import everything_restored
 from .strategies import KeepProbe, Strategy
 
-CANDIDATES = ("probe", "stagewise")
 # how the default chooses: 'held_out' (the default) or 'by_size' (see the module docstring)
 CHOOSERS = ("held_out", "by_size")
 # below this many training images per class: a probe, whichever chooser
@@ -286,7 +285,7 @@ def keep_logistic_probe(learn: BaseLearner, choice: FineTuneChoice) -> str:
     prefix, classifier = split_fixed_prefix(head)
     with torch.no_grad():
         pooled = prefix(feats.to(learn.device).float())
-    averages = (pooled[:, pooled.shape[1] // 2:] if parts["concat"] else pooled).cpu()
+    averages = pooled[:, average_slice(parts, pooled.shape[1])].cpu()
     if not torch.isfinite(averages).all():
         return "the body's features are not all finite"
     probe = fit_logistic_probe(averages, targs, choice.n_classes)

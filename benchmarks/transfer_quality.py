@@ -216,7 +216,7 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
     if row in ("default", "heldout"):
         decided = learn.fine_tune_choice
         result.update(fine_tuned=not decided.probe_kept, recipe=decided.recipe, reason=decided.reason,
-                      scores=decided.scores, losses=decided.losses, choosing_seconds=decided.seconds,
+                      sampled_items=decided.sampled_items, choosing_seconds=decided.seconds,
                       probe=decided.probe, C=decided.C, cv_accuracy=decided.cv_accuracy,
                       probe_seconds=decided.seconds, probe_fraction=decided.seconds / seconds)
     return result

@@ -1,5 +1,5 @@
 """The logistic-regression probe: its fit against scikit-learn's (an independent solver of the same convex
-problem), the choice of C by cross-validation (the first of equal accuracies), and the default fine_tune
+problem), the choice of C by cross-validation (the middle of equal accuracies), and the default fine_tune
 keeping it: the learner then predicts what a logistic regression fitted by scikit-learn on the same features
 predicts."""
 import numpy as np
@@ -11,7 +11,7 @@ import fastfreeze.finetune.default_choice as default_choice
 from helpers import tiny_learner
 from fastfreeze.data.image_data import ImageDataLoaders
 from fastfreeze.finetune.logistic_probe import (C_GRID, cross_validated_accuracy, fit_logistic_probe,
-                                                fit_logistic_regression, standardise)
+                                                fit_logistic_regression, middle_of_best, standardise)
 
 
 def blobs(per_class, n_classes=3, n_feats=6, spread=1.0, seed=0):
@@ -106,11 +106,19 @@ def test_an_empty_fold_is_left_out_of_the_mean():
     assert cross_validated_accuracy(x, y, 2, grid=(10.0,)) == [1.0]
 
 
-def test_among_equal_accuracies_the_strongest_penalty_is_chosen():
-    # well separated classes: every C classifies every held-out item, so the smallest C of the grid wins
+def test_among_equal_accuracies_the_middle_one_is_chosen():
+    # the best accuracy at positions 3, 4, 5 (middle 4); at 1, 2, 5, 6 (two middles: the higher, 5); alone at 0
+    assert middle_of_best([0.5, 0.6, 0.6, 0.9, 0.9, 0.9, 0.7]) == 4
+    assert middle_of_best([0.5, 0.9, 0.9, 0.6, 0.7, 0.9, 0.9]) == 5
+    assert middle_of_best([1.0, 0.9, 0.9]) == 0
+    assert middle_of_best([0.1 + 0.2, 0.3, 0.2]) == 1  # 0.30000000000000004 and 0.3 tie: positions 0 and 1
+
+
+def test_well_separated_classes_get_the_middle_of_the_grid():
+    # every C classifies every held-out item: all 13 tie, and the 7th, 1e-1, is kept
     x, y = blobs(15, spread=0.1)
     probe = fit_logistic_probe(x, y, 3)
-    assert probe.C == C_GRID[0] == 1e-4 and probe.cv_accuracy == 1.0
+    assert probe.C == C_GRID[6] == pytest.approx(0.1) and probe.cv_accuracy == 1.0
 
 
 def test_a_weak_penalty_is_chosen_when_a_strong_one_loses_held_out_accuracy():
@@ -123,10 +131,10 @@ def test_a_weak_penalty_is_chosen_when_a_strong_one_loses_held_out_accuracy():
     x, y = torch.tensor(x), torch.tensor(y)
     accuracy = cross_validated_accuracy(x, y, 2)
     assert accuracy[0] == pytest.approx(0.75)
+    # the best, 92.5% (37 of 40), from C = 1 (position 9) to 100: the higher of the two middle ones, 31.6
+    assert accuracy[9:] == pytest.approx([0.925] * 4) and all(a < 0.925 for a in accuracy[:9])
     probe = fit_logistic_probe(x, y, 2)
-    best = int(np.argmax(accuracy))
-    assert probe.C == C_GRID[best] > C_GRID[0] and probe.cv_accuracy == accuracy[best] > 0.75
-    assert all(a < accuracy[best] for a in accuracy[:best])
+    assert probe.C == C_GRID[11] == pytest.approx(10 ** 1.5) and probe.cv_accuracy == pytest.approx(0.925)
 
 
 def test_too_few_items_of_a_class_for_cross_validation_are_refused():

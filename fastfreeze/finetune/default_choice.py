@@ -7,23 +7,24 @@ recipe at the 'auto' lr wins by several points. So when `fine_tune` chooses for 
 strategy) on a single-label classifier with a body and a head (`TransferModel`, cross-entropy loss), it
 chooses between
 
-- `'probe'`: the body is not trained; the head is either fitted as a probe on cached body features
-  (`linear_probe.fit_probe`), or holds a logistic regression of the average-pooled features of the
-  un-augmented training images, its penalty chosen by cross-validation (`logistic_probe`, written into the
-  head by `models.linear_head`);
+- `'probe'`: the body is not trained; the head either holds a logistic regression of the average-pooled
+  features of the un-augmented training images, its penalty chosen by cross-validation (`logistic_probe`,
+  written into the head by `models.linear_head`), or is fitted as a probe on cached body features
+  (`linear_probe.fit_probe`);
 - `'stagewise'`: fastai's recipe over the timm stage groups at the 'auto' lr (`slice(lr/2/lr_mult, lr/2)`),
   exactly `fine_tune(base_lr=<the 'auto' value>)`.
 
 `choose='held_out'` (the default): below `MIN_PER_CLASS_TO_MEASURE` training images per class, the head probe
-(nothing beat it there on any data set measured, and a held-out slice would be a couple of images per class).
-From there, a seeded, stratified `HOLDOUT_FRACTION` of (a sample of up to `MAX_COMPARE_ITEMS`) training items
-is held out and a head probe is fitted on the body's features of the others: when it classifies at least
-`PROBE_SEPARATES` of the held-out items, the pretrained features suffice, and the logistic regression is kept
-(the head probe where the head has no shape it can be written into). Below, the body has to adapt: the
-stage-wise recipe from `MIN_PER_CLASS_TO_FINE_TUNE` images per class, the head probe under it. Nothing is
-trained to decide: the cost is a forward pass of the frozen body over the sample (two when the logistic
-regression is kept) and small probe fits. `choose='by_size'`: the rule before, the head probe below
-`MIN_PER_CLASS_TO_FINE_TUNE` images per class and the stage-wise recipe from there.
+(nothing beat it there on any data set measured, and a held-out fold would be a couple of images per class).
+From there the logistic regression is fitted on (a seeded sample of up to `MAX_COMPARE_ITEMS`) training items,
+its penalty chosen by `FOLDS`-fold cross-validation: when it classifies at least `separation_needed` of the
+held-out folds, the pretrained features suffice, and it is kept (the head probe where the head has no shape it
+can be written into). Below, the body has to adapt: the stage-wise recipe from `MIN_PER_CLASS_TO_FINE_TUNE`
+images per class, the head probe under it. The bar is `PROBE_SEPARATES` where the alternative is fine-tuning,
+the lower `FEW_PROBE_SEPARATES` below `MIN_PER_CLASS_TO_FINE_TUNE`, where it is the head probe: a second probe,
+which wins only where the features separate the classes less well (digits, clothing). Nothing is trained to decide but the regression: the cost is a
+forward pass of the frozen body over the sample and the cross-validated fits. `choose='by_size'`: the rule
+before, the head probe below `MIN_PER_CLASS_TO_FINE_TUNE` images per class and the stage-wise recipe from there.
 
 It prints what it measured and chose, and records it in `learn.fine_tune_choice` (a `FineTuneChoice`). The
 learner, its loaders and the global RNG state come out of the measurement exactly as they went in, and the
@@ -34,7 +35,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -45,30 +46,38 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.loop import BaseLearner
 from ..core.tasks import SINGLE_LABEL, task_of
 from ..data.eval_view import eval_view
-from ..data.image_data import split_indices
 from ..models.body import transfer_model_problem
-from ..models.linear_head import average_slice, linear_head_layout, write_linear_classifier
+from ..models.linear_head import linear_head_layout, write_linear_classifier
 from ..utils.ranks import broadcast_object
 from ..utils.seeds import forked_rng
 from .auto_lr import choose_base_lr, training_features
 from .feature_cache import body_features
-from .linear_probe import PROBE_MAX_BATCH, fit_head, fit_probe, probe_steps, split_fixed_prefix
-from .logistic_probe import FOLDS, fit_logistic_probe
-from .lr_finder import everything_restored
+from .linear_probe import PROBE_MAX_BATCH, fit_probe, probe_steps, split_fixed_prefix
+from .logistic_probe import FOLDS, LogisticProbe, fit_logistic_probe
 from .strategies import KeepProbe, Strategy
 
 # how the default chooses: 'held_out' (the default) or 'by_size' (see the module docstring)
 CHOOSERS = ("held_out", "by_size")
 # below this many training images per class: a probe, whichever chooser
 MIN_PER_CLASS_TO_FINE_TUNE = 25
-# from this many training images per class, 'held_out' measures (a fifth holds out 3 images per class)
+# from this many training images per class, 'held_out' measures (each of the 5 folds holds out 3 per class)
 MIN_PER_CLASS_TO_MEASURE = 15
-HOLDOUT_FRACTION = 0.2
-# at most this many training items are sampled for the comparison (held out or trained on)
+# at most this many training items are sampled for the logistic regression and its cross-validation
 MAX_COMPARE_ITEMS = 2048
-# the probe is kept when it classifies at least this share of the held-out training images: the middle of the
-# gap measured between digits and Fashion-MNIST (at most 95%) and photographs (97.5% and up; docs/few-shot.md)
-PROBE_SEPARATES = 0.96
+# the logistic regression is kept when its cross-validated accuracy on the training images reaches this:
+# instead of the stage-wise recipe (from MIN_PER_CLASS_TO_FINE_TUNE per class), the middle of the gap measured
+# between digits and Fashion-MNIST (at most 93.8%) and photographs (97.0% and up; docs/few-shot.md)
+PROBE_SEPARATES = 0.955
+# instead of the head probe (below MIN_PER_CLASS_TO_FINE_TUNE per class), the middle of the gap measured at 20
+# per class between digits and Fashion-MNIST (at most 87.5%) and photographs (91.25% and up)
+FEW_PROBE_SEPARATES = 0.895
+
+
+def separation_needed(per_class: float) -> float:
+    """The cross-validated accuracy from which the logistic regression is kept, for `per_class` training images
+    per class: `PROBE_SEPARATES` where the alternative is fine-tuning, `FEW_PROBE_SEPARATES` where it is the
+    head probe."""
+    return PROBE_SEPARATES if per_class >= MIN_PER_CLASS_TO_FINE_TUNE else FEW_PROBE_SEPARATES
 
 
 @dataclass
@@ -76,20 +85,17 @@ class FineTuneChoice:
     """What the default `fine_tune` decided.
 
     `recipe`: 'probe' (the body untouched, no epoch run) or 'stagewise' (see the module docstring); `probe`
-    which probe the head holds: 'logistic regression' (then `C`, its penalty, and `cv_accuracy`, its
-    cross-validated accuracy on the training images) or 'head' (fitted on cached features); `base_lr` the
-    'auto' lr; `reason` why. `scores` / `losses`: the held-out accuracy / cross-entropy of the head probe fitted
-    on the other training items (empty when it decided without measuring); `holdout_items` how many training
-    items were held out; `seconds` the time choosing took (the measurement and the probe fit, not the 'auto' lr
-    sweep, which `learn.auto_lr` times)."""
+    which probe the head holds: 'logistic regression' or 'head' (fitted on cached features); `base_lr` the
+    'auto' lr; `reason` why. `C` and `cv_accuracy`: the logistic regression's penalty and its cross-validated
+    accuracy on the sampled training images (the measure the choice reads; None when it decided without
+    measuring); `sampled_items` how many training items it was fitted on; `seconds` the time choosing took
+    (the measurement and the probe fit, not the 'auto' lr sweep, which `learn.auto_lr` times)."""
     recipe: str
     base_lr: float
     reason: str
     n_items: int
     n_classes: int
-    scores: dict[str, float] = field(default_factory=dict)
-    losses: dict[str, float] = field(default_factory=dict)
-    holdout_items: int = 0
+    sampled_items: int = 0
     seconds: float = 0.0
     probe: str = ""
     C: Optional[float] = None
@@ -105,8 +111,15 @@ class FineTuneChoice:
 
     @property
     def features_separate(self) -> bool:
-        """The held-out head probe classified at least `PROBE_SEPARATES` of the held-out training items."""
-        return self.scores.get("probe", 0.0) >= PROBE_SEPARATES
+        """The logistic regression classified at least `separation_needed` of the held-out folds."""
+        return self.cv_accuracy is not None and self.cv_accuracy >= separation_needed(self.per_class)
+
+
+@dataclass
+class SampledProbe:
+    """The logistic regression fitted on the sampled training items, and their body features (on the CPU)."""
+    probe: LogisticProbe
+    features: torch.Tensor
 
 
 def probe_blocker(learn: BaseLearner) -> Optional[str]:
@@ -169,8 +182,8 @@ def subset_loader(train: DataLoader, positions: Sequence[int], dataset: Any = No
 
 
 def comparison_blocker(learn: BaseLearner) -> Optional[str]:
-    """Why the candidates cannot be compared on this training data (None when they can): the comparison
-    holds out items of a map-style dataset behind a torch DataLoader."""
+    """Why the training items cannot be sampled for the measure (None when they can): it samples items of a
+    map-style dataset behind a torch DataLoader."""
     train = learn.dls.train
     if not isinstance(train, DataLoader) or not hasattr(train.dataset, "__len__"):
         return "the training data is not a torch DataLoader over a dataset with a length"
@@ -208,16 +221,17 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
     choice = FineTuneChoice("probe", auto_lr, "", n_items, n_classes)
     keep, choice.reason = decide(n_items, n_classes)
     choice.recipe = "probe" if keep else "stagewise"
+    sampled = None
     if choose == "held_out" and choice.per_class >= MIN_PER_CLASS_TO_MEASURE:
         blocker = comparison_blocker(learn)
         if blocker is None:
-            compare(learn, choice, auto_lr)
+            sampled = measure(learn, choice, auto_lr)
         elif not keep:
-            choice.reason = f"{blocker}, so the recipes are not compared: {choice.reason}"
-    # every rank of a DDP run follows rank 0, also in which probe it keeps (read from the scores)
-    choice.recipe, choice.scores = broadcast_object((choice.recipe, choice.scores))
+            choice.reason = f"{blocker}, so the features are not measured: {choice.reason}"
+    # every rank of a DDP run follows rank 0, also in which probe it keeps (read from the measure)
+    choice.recipe, choice.cv_accuracy = broadcast_object((choice.recipe, choice.cv_accuracy))
     if choice.recipe == "probe":
-        keep_probe(learn, choice, feats, targs)
+        keep_probe(learn, choice, feats, targs, sampled)
     choice.seconds = time.perf_counter() - start
     learn.fine_tune_choice = choice
     if verbose:
@@ -230,8 +244,7 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
 def probe_summary(choice: FineTuneChoice, cached_items: int) -> str:
     """How the kept probe was fitted, for the printed decision ('' when no probe was kept)."""
     if choice.probe == "logistic regression":
-        return (f"C={choice.C:.3g} by {FOLDS}-fold cross-validation, {choice.cv_accuracy:.1%} held-out accuracy "
-                "on the training images, ")
+        return f"C={choice.C:.3g} by {FOLDS}-fold cross-validation on {choice.sampled_items} training images, "
     if choice.probe == "head":
         steps = (f"{probe_steps(cached_items)} full-batch steps" if cached_items <= PROBE_MAX_BATCH else
                  f"{probe_steps(cached_items)} steps of {PROBE_MAX_BATCH}")
@@ -239,15 +252,15 @@ def probe_summary(choice: FineTuneChoice, cached_items: int) -> str:
     return ""
 
 
-def keep_probe(learn: BaseLearner, choice: FineTuneChoice, feats: torch.Tensor, targs: torch.Tensor) -> None:
+def keep_probe(learn: BaseLearner, choice: FineTuneChoice, feats: torch.Tensor, targs: torch.Tensor,
+               sampled: Optional[SampledProbe]) -> None:
     """Put the kept probe into the model: the logistic regression when the features separate the classes and
     the head can hold it, else the head fitted on the cached `feats` (`fit_probe`)."""
     if choice.features_separate:
-        why = keep_logistic_probe(learn, choice)
+        why = write_logistic_probe(learn, choice, sampled) if sampled is not None else "it was not fitted here"
         if not why:
             choice.probe = "logistic regression"
-            choice.reason += (": a logistic regression of the average-pooled features of the un-augmented "
-                              "training images is written into the head, and the body is not trained")
+            choice.reason += (": the logistic regression is written into the head, and the body is not trained")
             return
         choice.reason += f": the head is fitted as a probe on the cached body features ({why})"
     fit_probe(learn, feats, targs)
@@ -255,8 +268,8 @@ def keep_probe(learn: BaseLearner, choice: FineTuneChoice, feats: torch.Tensor, 
 
 
 def compare_sample(learn: BaseLearner) -> np.ndarray:
-    """The training positions the comparison and the logistic regression use: up to `MAX_COMPARE_ITEMS`,
-    drawn from seed 0, sorted."""
+    """The training positions the logistic regression is fitted on: up to `MAX_COMPARE_ITEMS`, drawn from seed 0,
+    sorted."""
     sample = torch.randperm(len(learn.dls.train.dataset), generator=torch.Generator().manual_seed(0))
     return sample[:MAX_COMPARE_ITEMS].sort().values.numpy()
 
@@ -270,111 +283,77 @@ def unaugmented_features(learn: BaseLearner) -> tuple[torch.Tensor, torch.Tensor
         return body_features(learn, subset_loader(train, compare_sample(learn), view), storage="cpu")
 
 
-def keep_logistic_probe(learn: BaseLearner, choice: FineTuneChoice) -> str:
-    """Fit `logistic_probe` on the average-pooled `unaugmented_features` and write it into the head, checked on
-    those features; records `C` and `cv_accuracy` in `choice`. Returns '' when written, else why not (the
-    model then unchanged)."""
+def average_pooled(features: torch.Tensor) -> torch.Tensor:
+    """The body's features averaged over their spatial positions, in float32: `(B, C, H, W)` -> `(B, C)`; a pooled
+    body's `(B, C)` as it is."""
+    return features.float().mean(dim=(2, 3)) if features.ndim == 4 else features.float()
+
+
+def measure(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> Optional[SampledProbe]:
+    """Fit the logistic regression on the average-pooled `unaugmented_features` of the sampled training items,
+    its penalty chosen by cross-validation, and choose by its cross-validated accuracy (the module docstring);
+    sets `choice`'s recipe, reason, `C`, `cv_accuracy` and `sampled_items`. Returns the fit, or None when the
+    sample cannot be cross-validated (the choice then by size, saying why). The learner, its loaders and the
+    global RNG state come out exactly as they went in."""
+    feats, targs = unaugmented_features(learn)
+    averages = average_pooled(feats)
+    counts = torch.bincount(targs, minlength=choice.n_classes)
+    fewest = int(counts[counts > 0].min())
+    if fewest < FOLDS:
+        choice.reason = (f"a class has {fewest} of the sampled training images, fewer than the {FOLDS} "
+                         f"cross-validation needs, so the features are not measured: {choice.reason}")
+        return None
+    if not torch.isfinite(averages).all():
+        choice.reason = f"the body's features are not all finite, so they are not measured: {choice.reason}"
+        return None
+    probe = fit_logistic_probe(averages, targs, choice.n_classes)
+    choice.C, choice.cv_accuracy, choice.sampled_items = probe.C, probe.cv_accuracy, len(targs)
+    needed = separation_needed(choice.per_class)
+    measured = (f"a logistic regression of the body's features classifies {probe.cv_accuracy:.1%} of the "
+                f"held-out folds of {len(targs)} training images")
+    if probe.cv_accuracy >= needed and choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
+        choice.recipe = "probe"
+        choice.reason = (f"{measured} (at least {needed:.1%}): the pretrained features already separate the "
+                         "classes, and training the body would distort them")
+    elif probe.cv_accuracy >= needed:
+        choice.recipe = "probe"
+        choice.reason = (f"{measured} (at least {needed:.1%}), and {choice.per_class:.3g} training images per class "
+                         f"are too few to fine-tune the body (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}), and the "
+                         "pretrained features separate the classes")
+    elif choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
+        choice.recipe = "stagewise"
+        choice.reason = (f"{measured} (less than {needed:.1%}): the body has to adapt, so fastai's recipe over the "
+                         f"stage groups at the 'auto' base_lr {auto_lr:.2e}")
+    else:
+        choice.recipe = "probe"
+        choice.reason = (f"{measured} (less than {needed:.1%}), and {choice.per_class:.3g} training images per "
+                         f"class are too few to fine-tune the body (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}): the "
+                         "head is fitted as a probe on the cached body features and the body is not trained")
+    return SampledProbe(probe, feats)
+
+
+def write_logistic_probe(learn: BaseLearner, choice: FineTuneChoice, sampled: SampledProbe) -> str:
+    """Write the fitted logistic regression into the head, checked on the sampled features. Returns '' when
+    written, else why not (the model then unchanged)."""
     head = learn.model.head
     parts, why = linear_head_layout(head, choice.n_classes)
     if parts is None:
         return why
-    feats, targs = unaugmented_features(learn)
-    fewest = int(torch.bincount(targs, minlength=choice.n_classes).min())
-    if fewest < FOLDS:
-        return f"a class has {fewest} of the sampled images, fewer than the {FOLDS} cross-validation needs"
     prefix, classifier = split_fixed_prefix(head)
+    probe = sampled.probe
     with torch.no_grad():
-        pooled = prefix(feats.to(learn.device).float())
-    averages = pooled[:, average_slice(parts, pooled.shape[1])].cpu()
-    if not torch.isfinite(averages).all():
-        return "the body's features are not all finite"
-    probe = fit_logistic_probe(averages, targs, choice.n_classes)
+        pooled = prefix(sampled.features.to(learn.device).float())
     before = copy.deepcopy(head.state_dict())
     why = write_linear_classifier(head, pooled, probe.mean, probe.std, probe.weight, probe.bias)
     if not why:
         head.eval()
         with torch.no_grad():
             written = classifier(pooled).double().cpu()
-        expected = probe.logits(averages)
+        expected = probe.logits(average_pooled(sampled.features))
         if not torch.allclose(written, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
             why = "the head does not reproduce the logistic regression"
     if why:
         head.load_state_dict(before)
         return why
     head.load_state_dict(broadcast_object({k: v.cpu() for k, v in head.state_dict().items()}))
-    choice.C, choice.cv_accuracy = probe.C, probe.cv_accuracy
     return ""
-
-
-def held_out_split(targets: torch.Tensor, positions: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(fitted positions, held-out positions): a stratified, seeded `HOLDOUT_FRACTION` of each class of
-    `positions` held out (every class keeps an item on each side when it has two)."""
-    fit_idx, held_idx = split_indices(targets.cpu().numpy(), HOLDOUT_FRACTION, seed=seed)
-    return positions[fit_idx], positions[held_idx]
-
-
-@torch.no_grad()
-def held_out_score(learn: BaseLearner, loader: DataLoader) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the learner's model over `loader`, in eval mode. The accuracy is the
-    exact ratio of two counts (24 right of 25 is 0.96, not float32's 0.959999979, which would miss the threshold)."""
-    logits, targets = learn.get_preds(dl=loader, activation=False)
-    loss = nn.functional.cross_entropy(logits.float(), targets).item()
-    return int((logits.argmax(dim=1) == targets).sum()) / len(targets), loss
-
-
-@dataclass
-class HeldOut:
-    """The held-out training items and the others (the fitted items), as loaders in dataset order."""
-    holdout: DataLoader
-    fitted: DataLoader
-    holdout_items: int
-    fitted_items: int
-
-
-def held_out_data(learn: BaseLearner) -> HeldOut:
-    """Sample up to `MAX_COMPARE_ITEMS` training items (seeded) and hold out a stratified `HOLDOUT_FRACTION`
-    of them (their targets are read through the loader, which decodes the images but runs no model)."""
-    train = learn.dls.train
-    sample = compare_sample(learn)
-    targs = torch.cat([batch[1] for batch in subset_loader(train, sample)])
-    fitted_pos, held_pos = held_out_split(targs, sample)
-    return HeldOut(holdout=subset_loader(train, held_pos),
-                   fitted=subset_loader(train, fitted_pos),
-                   holdout_items=len(held_pos), fitted_items=len(fitted_pos))
-
-
-def probe_score(learn: BaseLearner, data: HeldOut) -> tuple[float, float]:
-    """Held-out (accuracy, loss) of a probe of the head fitted on the body's features of the fitted items
-    (`fit_head`, as `fit_probe` fits it), the learner put back exactly."""
-    feats, targs = body_features(learn, data.fitted, storage="cpu")
-    with everything_restored(learn):
-        prefix, rest = split_fixed_prefix(learn.model.head)
-        with torch.no_grad():
-            pooled = prefix(feats.to(learn.device).float())
-        fit_head(rest, pooled, targs.to(learn.device), learn.loss_func, wd=learn.wd)
-        return held_out_score(learn, data.holdout)
-
-
-def compare(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> None:
-    """Hold out a fifth of the training set and score a probe fitted on the rest (the module docstring); sets
-    `choice`'s recipe, scores and reason. The learner, its loaders and the global RNG state come out exactly as
-    they went in."""
-    with forked_rng(learn.device, seed=0):
-        data = held_out_data(learn)
-        accuracy, loss = probe_score(learn, data)
-    choice.scores, choice.losses, choice.holdout_items = {"probe": accuracy}, {"probe": loss}, data.holdout_items
-    measured = (f"a probe fitted on {data.fitted_items} training images classifies {accuracy:.1%} of the other "
-                f"{data.holdout_items}")
-    if accuracy >= PROBE_SEPARATES:
-        choice.recipe = "probe"
-        choice.reason = (f"{measured} (at least {PROBE_SEPARATES:.0%}): the pretrained features already separate the "
-                         "classes, and training the body would distort them")
-    elif choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
-        choice.recipe = "stagewise"
-        choice.reason = (f"{measured} (less than {PROBE_SEPARATES:.0%}): the body has to adapt, so fastai's recipe "
-                         f"over the stage groups at the 'auto' base_lr {auto_lr:.2e}")
-    else:
-        choice.recipe = "probe"
-        choice.reason = (f"{measured} (less than {PROBE_SEPARATES:.0%}), and {choice.per_class:.3g} training images "
-                         f"per class are too few to fine-tune the body (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}): the "
-                         "head is fitted as a probe on the cached body features and the body is not trained")

@@ -8,8 +8,10 @@ weights (not the biases) minimises
 
 (n items; the same minimum as `0.5 ||W||^2 + C * sum of cross-entropies`, scikit-learn's parametrisation).
 `C` is chosen from `C_GRID` by `FOLDS`-fold stratified cross-validation on the training items: the C with the
-best mean held-out accuracy, and among equal accuracies the smallest (the strongest penalty: when several
-fit the held-out items equally, the simplest model). The problem is convex, so any solver that converges
+best mean held-out accuracy, and among equal accuracies the middle one (`middle_of_best`: when several
+classify the held-out items equally well, as when the classes separate and accuracy plateaus over a range of C,
+the middle of that range is the farthest from both its ends, where the penalty starts to under- or over-fit;
+docs/few-shot.md shows it beating the plateau's strongest penalty and its weakest). The problem is convex, so any solver that converges
 finds the same weights; this one runs full-batch L-BFGS in float64, warm-started along the grid.
 
 The default `fine_tune` keeps this probe when the pretrained features already separate the classes
@@ -105,6 +107,14 @@ def cross_validated_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, g
     return np.mean(scores, axis=0).tolist()
 
 
+def middle_of_best(accuracy: list[float]) -> int:
+    """The grid position of the C to keep: among the positions with the best accuracy, the middle one (the
+    higher of the two middle ones when their number is even). Accuracies within 1e-9 of the best tie with it:
+    two means of the same fold accuracies summed in another order may differ in the last bit."""
+    best = np.flatnonzero(np.asarray(accuracy) >= max(accuracy) - 1e-9)
+    return int(best[len(best) // 2])
+
+
 def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: tuple[float, ...] = C_GRID,
                        folds: int = FOLDS, seed: int = 0) -> LogisticProbe:
     """The probe on average-pooled features `x` (n, F) with class indices `y`: C by cross-validation (the module
@@ -114,7 +124,7 @@ def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: t
         raise ValueError(f"a class has {int(counts[counts > 0].min())} items: choosing C by {folds}-fold "
                          f"cross-validation needs at least {folds} per class")
     accuracy = cross_validated_accuracy(x, y, n_classes, grid, folds, seed)
-    best = int(np.argmax(accuracy))  # the first of equal accuracies: the smallest C, the strongest penalty
+    best = middle_of_best(accuracy)
     mean, std = standardise(x)
     weight, bias = fit_logistic_regression((x.double() - mean) / std, y, grid[best], n_classes)
     return LogisticProbe(mean, std, weight, bias, grid[best], accuracy[best])

@@ -5,7 +5,6 @@ pooling, the probe's steps) against hand-worked numbers."""
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import fastfreeze.finetune.default_choice as default_choice
 from helpers import same, state_of, tiny_learner

@@ -55,10 +55,11 @@ def fine_tune(learn: BaseLearner, epochs: int, base_lr: Union[float, str] = "aut
     `feature_cache`), True accepts one fixed draw of augmentation, False never caches.
 
     `choose` (with base_lr='auto' and no strategy): 'held_out' (the default) keeps a probe of the head below 15
-    training images per class; from there, when a probe fitted on four fifths of the training images classifies
-    at least 96% of the other fifth, it keeps a cross-validated logistic regression of the un-augmented
-    features, written into the head; below 96%, the stage-wise recipe from 25 images per class, the head probe
-    under 25. 'by_size' keeps a probe below 25 images per class and runs the stage-wise recipe from there.
+    training images per class; from there it fits a logistic regression of the un-augmented training features,
+    its penalty chosen by 5-fold cross-validation, and keeps it (written into the head) when its cross-validated
+    accuracy reaches 95.5% (89.5% below 25 images per class); below that, the stage-wise recipe from 25 images
+    per class, the head probe under 25. 'by_size' keeps a probe below 25 images per class and runs the
+    stage-wise recipe from there.
 
     `resume_from`: a checkpoint written during the same fine_tune (`CheckpointCallback`); the phases it
     completed are skipped and its phase goes on from its epoch, with the base_lr it recorded ('auto' is

@@ -55,8 +55,8 @@ def test_cross_validation_holds_out_a_stratified_fifth_in_each_fold(monkeypatch)
     import fastfreeze.finetune.logistic_probe as lp
     held_counts = []
 
-    def fake_fit(x, y, C, n_classes, start=None):
-        return torch.zeros(n_classes, x.shape[1], dtype=torch.float64), torch.zeros(n_classes, dtype=torch.float64)
+    def fake_fit(x, y, C, n_classes, start=None, dtype=torch.float64):
+        return torch.zeros(n_classes, x.shape[1], dtype=dtype), torch.zeros(n_classes, dtype=dtype)
 
     monkeypatch.setattr(lp, "fit_logistic_regression", fake_fit)
     original = lp.standardise
@@ -95,8 +95,25 @@ def test_cross_validation_is_scikit_learns_fits_scored_on_the_documented_folds()
         expected.append(np.mean(right))
     assert cross_validated_accuracy(x, y, 3, grid, seed=7) == pytest.approx(expected, abs=1e-12)
     assert len(set(expected)) > 1  # the check can tell the Cs apart
+    assert cross_validated_accuracy(x, y, 3, grid, seed=7, dtype=torch.float64) == pytest.approx(expected, abs=1e-12)
     probe = fit_logistic_probe(x, y, 3, grid, seed=7)
     assert probe.cv_accuracy == pytest.approx(max(expected), abs=1e-12) and probe.C == grid[int(np.argmax(expected))]
+
+
+def test_the_cross_validation_fits_in_float32_and_the_kept_fit_in_float64(monkeypatch):
+    import fastfreeze.finetune.logistic_probe as lp
+    dtypes = []
+    original = lp.fit_logistic_regression
+
+    def recording_fit(x, y, C, n_classes, start=None, dtype=torch.float64):
+        dtypes.append(dtype)
+        return original(x, y, C, n_classes, start, dtype)
+
+    monkeypatch.setattr(lp, "fit_logistic_regression", recording_fit)
+    x, y = blobs(10, n_classes=2)
+    probe = fit_logistic_probe(x, y, 2, grid=(0.1, 1.0))
+    assert dtypes == [torch.float32] * 10 + [torch.float64]  # 5 folds x 2 Cs, then the kept fit
+    assert probe.weight.dtype == probe.bias.dtype == torch.float64
 
 
 def test_an_empty_fold_is_left_out_of_the_mean():

@@ -201,7 +201,7 @@ def run_fine_tune(dls: ImageDataLoaders, row: str, epochs: int, seed: int) -> di
             learn.fine_tune(epochs, base_lr=choose_base_lr(learn), freeze_epochs=1)
         elif row == "default":  # the default: a probe below 25 images per class, else the stage-wise recipe
             learn.fine_tune(epochs, freeze_epochs=1)
-        elif row == "heldout":  # the recipe chosen on a held-out slice of the training set (issue 24)
+        elif row == "heldout":  # the default's choice from the training set: choose="held_out" (docs/few-shot.md)
             learn.fine_tune(epochs, freeze_epochs=1, choose="held_out")
         else:
             base_lr = 2e-3 if row == "fastai" else float(row.split("@")[1])

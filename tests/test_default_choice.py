@@ -93,6 +93,7 @@ def test_the_outcome_is_what_the_choice_says(threshold, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert (f"a logistic regression of the body's features classifies {choice.cv_accuracy:.1%} of the held-out "
             "folds of 75 training images") in out
+    assert (f"(C={choice.C:.3g} chosen by 5-fold cross-validation, " in out) == (threshold == 0.0)  # when kept
     if threshold > 1:
         assert choice.recipe == "stagewise" and "so fastai's recipe over the stage groups" in out
         named = tiny_learner(image_dls(PER_CLASS))

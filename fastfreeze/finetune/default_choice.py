@@ -244,7 +244,7 @@ def choose_fine_tune(learn: BaseLearner, verbose: bool = True, accum_steps: int 
 def probe_summary(choice: FineTuneChoice, cached_items: int) -> str:
     """How the kept probe was fitted, for the printed decision ('' when no probe was kept)."""
     if choice.probe == "logistic regression":
-        return f"C={choice.C:.3g} by {FOLDS}-fold cross-validation on {choice.sampled_items} training images, "
+        return f"C={choice.C:.3g} chosen by {FOLDS}-fold cross-validation, "
     if choice.probe == "head":
         steps = (f"{probe_steps(cached_items)} full-batch steps" if cached_items <= PROBE_MAX_BATCH else
                  f"{probe_steps(cached_items)} steps of {PROBE_MAX_BATCH}")

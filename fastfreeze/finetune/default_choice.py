@@ -66,7 +66,7 @@ MIN_PER_CLASS_TO_MEASURE = 15
 MAX_COMPARE_ITEMS = 2048
 # the logistic regression is kept when its cross-validated accuracy on the training images reaches this:
 # instead of the stage-wise recipe (from MIN_PER_CLASS_TO_FINE_TUNE per class), the middle of the gap measured
-# between digits and Fashion-MNIST (at most 93.8%) and photographs (97.0% and up; docs/few-shot.md)
+# between digits and Fashion-MNIST (at most 93.9%) and photographs (97.0% and up; docs/few-shot.md)
 PROBE_SEPARATES = 0.955
 # instead of the head probe (below MIN_PER_CLASS_TO_FINE_TUNE per class), the middle of the gap measured at 20
 # per class between digits and Fashion-MNIST (at most 87.5%) and photographs (91.25% and up)

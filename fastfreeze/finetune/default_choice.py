@@ -53,7 +53,7 @@ from ..utils.seeds import forked_rng
 from .auto_lr import choose_base_lr, training_features
 from .feature_cache import body_features
 from .linear_probe import PROBE_MAX_BATCH, fit_probe, probe_steps, split_fixed_prefix
-from .logistic_probe import FOLDS, LogisticProbe, fit_logistic_probe
+from .logistic_probe import FOLDS, LogisticProbe, fewest_per_class, fit_logistic_probe
 from .strategies import KeepProbe, Strategy
 
 # how the default chooses: 'held_out' (the default) or 'by_size' (see the module docstring)
@@ -297,8 +297,7 @@ def measure(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> Optio
     global RNG state come out exactly as they went in."""
     feats, targs = unaugmented_features(learn)
     averages = average_pooled(feats)
-    counts = torch.bincount(targs, minlength=choice.n_classes)
-    fewest = int(counts[counts > 0].min())
+    fewest = fewest_per_class(targs, choice.n_classes)
     if fewest < FOLDS:
         choice.reason = (f"a class has {fewest} of the sampled training images, fewer than the {FOLDS} "
                          f"cross-validation needs, so the features are not measured: {choice.reason}")
@@ -308,14 +307,14 @@ def measure(learn: BaseLearner, choice: FineTuneChoice, auto_lr: float) -> Optio
         return None
     probe = fit_logistic_probe(averages, targs, choice.n_classes)
     choice.C, choice.cv_accuracy, choice.sampled_items = probe.C, probe.cv_accuracy, len(targs)
-    needed = separation_needed(choice.per_class)
+    needed, separates = separation_needed(choice.per_class), choice.features_separate
     measured = (f"a logistic regression of the body's features classifies {probe.cv_accuracy:.1%} of the "
                 f"held-out folds of {len(targs)} training images")
-    if probe.cv_accuracy >= needed and choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
+    if separates and choice.per_class >= MIN_PER_CLASS_TO_FINE_TUNE:
         choice.recipe = "probe"
         choice.reason = (f"{measured} (at least {needed:.1%}): the pretrained features already separate the "
                          "classes, and training the body would distort them")
-    elif probe.cv_accuracy >= needed:
+    elif separates:
         choice.recipe = "probe"
         choice.reason = (f"{measured} (at least {needed:.1%}), and {choice.per_class:.3g} training images per class "
                          f"are too few to fine-tune the body (fewer than {MIN_PER_CLASS_TO_FINE_TUNE}), and the "

@@ -114,6 +114,13 @@ def cross_validated_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, g
     return np.mean(scores, axis=0).tolist()
 
 
+def fewest_per_class(y: torch.Tensor, n_classes: int) -> int:
+    """The fewest items of a class present in `y` (classes with none are not counted): cross-validation needs
+    at least `FOLDS` of each."""
+    counts = torch.bincount(y, minlength=n_classes)
+    return int(counts[counts > 0].min())
+
+
 def middle_of_best(accuracy: list[float]) -> int:
     """The grid position of the C to keep: among the positions with the best accuracy, the middle one (the
     higher of the two middle ones when their number is even). Accuracies within 1e-9 of the best tie with it:
@@ -126,10 +133,10 @@ def fit_logistic_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, grid: t
                        folds: int = FOLDS, seed: int = 0) -> LogisticProbe:
     """The probe on average-pooled features `x` (n, F) with class indices `y`: C by cross-validation (the module
     docstring), then refitted on all the items. Every class needs at least `folds` items."""
-    counts = torch.bincount(y, minlength=n_classes)
-    if int(counts[counts > 0].min()) < folds:
-        raise ValueError(f"a class has {int(counts[counts > 0].min())} items: choosing C by {folds}-fold "
-                         f"cross-validation needs at least {folds} per class")
+    fewest = fewest_per_class(y, n_classes)
+    if fewest < folds:
+        raise ValueError(f"a class has {fewest} items: choosing C by {folds}-fold cross-validation needs at least "
+                         f"{folds} per class")
     accuracy = cross_validated_accuracy(x, y, n_classes, grid, folds, seed)
     best = middle_of_best(accuracy)
     mean, std = standardise(x)

@@ -77,12 +77,6 @@ def linear_head_layout(head: nn.Module, n_classes: int) -> tuple[Optional[dict],
     return parts, ""
 
 
-def average_slice(parts: dict, n_pooled: int) -> slice:
-    """Where the average-pooled features lie among the head's `n_pooled` pooled features: the second half for
-    `AdaptiveConcatPool2d` (max, then average), all of them for `AdaptiveAvgPool2d`."""
-    return slice(n_pooled // 2, n_pooled) if parts["concat"] else slice(0, n_pooled)
-
-
 @torch.no_grad()
 def write_linear_classifier(head: nn.Module, pooled: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                             weight: torch.Tensor, bias: torch.Tensor) -> str:
@@ -96,7 +90,7 @@ def write_linear_classifier(head: nn.Module, pooled: torch.Tensor, mean: torch.T
     pooled = pooled.double()
     if pooled.shape[1] != (2 if parts["concat"] else 1) * n_feats:
         return f"the head pools {pooled.shape[1]} features, not {n_feats} averages"
-    avg = average_slice(parts, pooled.shape[1])
+    avg = slice(n_feats, 2 * n_feats) if parts["concat"] else slice(0, n_feats)  # concat pools max, then average
     scale = torch.ones(pooled.shape[1], dtype=torch.float64)  # what the first BatchNorm divides by
     bn1 = parts["bn1"]
     if bn1 is not None:
